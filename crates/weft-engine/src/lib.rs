@@ -1,1 +1,13 @@
+//! Request execution: sequences over a paged KV cache, sampling, stop conditions and
+//! detokenization. The engine knows models only through `weft-models` and nothing of HTTP.
 
+pub mod blocks;
+pub mod detokenizer;
+pub mod perplexity;
+pub mod sampler;
+pub mod session;
+pub mod stop;
+
+mod error;
+
+pub use error::EngineError;

@@ -1,1 +1,9 @@
+//! weft's compute kernels: block-quantized formats and their dot products, matrix products,
+//! attention over a paged KV cache, norms, rotary embeddings, activations, and the thread pool
+//! they run on. Nothing here knows about models.
+
+pub mod attention;
+pub mod matmul;
+pub mod ops;
+pub mod pool;
 pub mod quant;

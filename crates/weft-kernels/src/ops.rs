@@ -1,0 +1,187 @@
+//! Element-wise and row-wise operations: norms, rotary embeddings, activations.
+//!
+//! These follow ggml's CPU definitions where the choice changes results (sum of squares
+//! accumulated in f64, rotary angles built by repeated multiplication, GELU through f16), so
+//! that models agree with llama.cpp to the last bits that matter.
+
+use half::f16;
+
+/// RMS norm of each `dim`-long row of `x` into `out`, times `weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = weight.len();
+    assert_eq!(x.len(), out.len());
+    assert_eq!(x.len() % dim, 0);
+    for (row, out_row) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// RMS norm in place, row by row.
+pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    assert_eq!(x.len() % dim, 0);
+    for row in x.chunks_exact_mut(dim) {
+        let scale = rms_scale(row, eps);
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = (sum / row.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// How rotary dimensions are paired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): Llama as converted to GGUF.
+    Interleaved,
+    /// Halves (i, i + d/2): GPT-NeoX, Qwen2, Gemma.
+    Neox,
+}
+
+/// Precomputed cos/sin for one position over `rot_dims / 2` frequencies.
+pub fn rope_cache(pos: f32, rot_dims: usize, freq_base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    let theta_scale = freq_base.powf(-2.0 / rot_dims as f32);
+    let mut theta = pos;
+    for i in 0..rot_dims / 2 {
+        cos[i] = theta.cos();
+        sin[i] = theta.sin();
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates each `head_dim`-long head of `x` in place by the angles in `cos`/`sin`.
+pub fn rope_apply(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        match style {
+            RopeStyle::Interleaved => {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+            RopeStyle::Neox => {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// SiLU(gate) * up, in place into `gate`.
+pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// GELU (tanh approximation) of `x`, evaluated the way ggml does by default: the input is
+/// rounded to f16 and the result is an f16 table entry.
+pub fn gelu_f16_rounded(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        let xr = f16::from_f32(x).to_f32();
+        f16::from_f32(gelu_tanh(xr)).to_f32()
+    }
+}
+
+/// GELU(gate) * up, in place into `gate`.
+pub fn geglu_inplace(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = gelu_f16_rounded(*g) * u;
+    }
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// `acc += x`, element-wise.
+pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// `acc += bias` for every `bias.len()`-long row of `acc`.
+pub fn add_bias_rows(acc: &mut [f32], bias: &[f32]) {
+    for row in acc.chunks_exact_mut(bias.len()) {
+        add_inplace(row, bias);
+    }
+}
+
+/// Multiplies every element by `s`.
+pub fn scale_inplace(x: &mut [f32], s: f32) {
+    for v in x {
+        *v *= s;
+    }
+}
+
+/// Index of the largest value (the first one on ties); NaNs are never chosen.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in x.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let w = [1.0f32, 1.0, 1.0, 1.0];
+        let mut out = [0.0f32; 4];
+        rms_norm(&x, &w, 0.0, &mut out);
+        // rms = sqrt(25 / 4) = 2.5
+        assert!((out[0] - 1.2).abs() < 1e-6 && (out[1] - 1.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_styles_rotate_the_right_pairs() {
+        let mut cos = [0.0f32; 2];
+        let mut sin = [0.0f32; 2];
+        rope_cache(1.0, 4, 10000.0, &mut cos, &mut sin);
+        assert!((cos[0] - 1f32.cos()).abs() < 1e-7);
+        assert!((cos[1] - (0.01f32).cos()).abs() < 1e-6);
+        let mut a = [1.0f32, 0.0, 1.0, 0.0];
+        rope_apply(&mut a, 4, RopeStyle::Interleaved, &cos, &sin);
+        assert!((a[1] - sin[0]).abs() < 1e-7 && (a[3] - sin[1]).abs() < 1e-7);
+        let mut b = [1.0f32, 1.0, 0.0, 0.0];
+        rope_apply(&mut b, 4, RopeStyle::Neox, &cos, &sin);
+        assert!((b[2] - sin[0]).abs() < 1e-7 && (b[3] - sin[1]).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gelu_matches_reference_within_f16() {
+        for i in -300..300 {
+            let x = i as f32 / 25.0;
+            let exact = gelu_tanh(x);
+            assert!((gelu_f16_rounded(x) - exact).abs() <= 2e-2 * exact.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! A persistent thread pool for data-parallel kernels.
+//!
+//! A forward pass issues hundreds of small parallel loops per token, so spawning threads (or
+//! going through a general-purpose work-stealing runtime) per call costs more than the work.
+//! The pool keeps `n - 1` workers alive; the calling thread is worker 0. A job is published by
+//! bumping an epoch counter; workers spin briefly on it, then park on a condvar.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// How many spins a worker makes on the epoch before parking. Tuned so that back-to-back
+/// matmuls (microseconds apart) never park, while an idle pool sleeps.
+const SPIN_LIMIT: usize = 20_000;
+
+type Job = *const (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// Incremented once per published job.
+    epoch: AtomicUsize,
+    /// Workers still running the current job.
+    pending: AtomicUsize,
+    /// The current job; valid while `pending > 0` for the epoch it was published in.
+    job: Mutex<Option<SendJob>>,
+    wake: Condvar,
+    shutdown: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+struct SendJob(Job);
+// SAFETY: the job pointer is only dereferenced while `ThreadPool::run` keeps the closure alive
+// and blocks until every worker has finished with it; the closure itself is `Sync`.
+unsafe impl Send for SendJob {}
+
+/// A fixed set of worker threads that run one parallel job at a time.
+pub struct ThreadPool {
+    n_threads: usize,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serialises callers: one job at a time.
+    run_lock: Mutex<()>,
+}
+
+impl ThreadPool {
+    /// A pool with `n_threads` threads in all, the caller included (at least 1).
+    pub fn new(n_threads: usize) -> ThreadPool {
+        let n_threads = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        });
+        let workers = (1..n_threads)
+            .map(|index| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("weft-worker-{index}"))
+                    .spawn(move || worker_loop(&shared, index))
+                    .expect("spawning a kernel worker thread")
+            })
+            .collect();
+        ThreadPool {
+            n_threads,
+            shared,
+            workers,
+            run_lock: Mutex::new(()),
+        }
+    }
+
+    /// The number of threads a job is split across (caller included).
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Runs `job(thread_index)` once on each of the pool's threads and returns when all are
+    /// done. Index 0 runs on the calling thread.
+    pub fn run<F: Fn(usize) + Sync>(&self, job: F) {
+        if self.n_threads == 1 {
+            job(0);
+            return;
+        }
+        let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let job_ref: &(dyn Fn(usize) + Sync) = &job;
+        // SAFETY: the lifetime is erased only for the duration of this call; we wait below
+        // until `pending` reaches zero, after which no worker touches the pointer again.
+        let job_ptr: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job_ref) };
+        {
+            let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(SendJob(job_ptr));
+            self.shared
+                .pending
+                .store(self.n_threads - 1, Ordering::Release);
+            self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.shared.wake.notify_all();
+        job(0);
+        let mut spins = 0usize;
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < SPIN_LIMIT {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Splits `0..n` into contiguous chunks, one per thread, and runs `f(range)` on each
+    /// non-empty chunk.
+    pub fn for_each_chunk<F: Fn(std::ops::Range<usize>) + Sync>(&self, n: usize, f: F) {
+        let threads = self.n_threads.min(n.max(1));
+        if threads <= 1 {
+            if n > 0 {
+                f(0..n);
+            }
+            return;
+        }
+        self.run(|t| {
+            let r = chunk_range(n, threads, t);
+            if !r.is_empty() {
+                f(r);
+            }
+        });
+    }
+}
+
+/// The `t`-th of `parts` near-equal contiguous pieces of `0..n` (empty when `t >= parts`).
+pub fn chunk_range(n: usize, parts: usize, t: usize) -> std::ops::Range<usize> {
+    if t >= parts {
+        return n..n;
+    }
+    let base = n / parts;
+    let extra = n % parts;
+    let start = t * base + t.min(extra);
+    let len = base + usize::from(t < extra);
+    start..start + len
+}
+
+fn worker_loop(shared: &Shared, index: usize) {
+    let mut seen = 0usize;
+    loop {
+        let mut spins = 0usize;
+        let epoch = loop {
+            let e = shared.epoch.load(Ordering::Acquire);
+            if e != seen || shared.shutdown.load(Ordering::Acquire) {
+                break e;
+            }
+            spins += 1;
+            if spins < SPIN_LIMIT {
+                std::hint::spin_loop();
+                continue;
+            }
+            let guard = shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.epoch.load(Ordering::Acquire) == seen
+                && !shared.shutdown.load(Ordering::Acquire)
+            {
+                drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+            }
+            spins = 0;
+        };
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        seen = epoch;
+        let job = shared
+            .job
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("a published job");
+        // SAFETY: `run` keeps the closure alive until `pending` drops to zero, which happens
+        // only after this call returns.
+        unsafe { (*job.0)(index) };
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        {
+            let _guard = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.shutdown.store(true, Ordering::Release);
+        }
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn every_thread_runs_once_per_job() {
+        let pool = ThreadPool::new(4);
+        for _ in 0..1000 {
+            let hits = AtomicU64::new(0);
+            pool.run(|t| {
+                hits.fetch_add(1 << (8 * t), Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 0x01010101);
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_range_exactly() {
+        for n in 0..50 {
+            for parts in 1..7 {
+                let mut next = 0;
+                for t in 0..parts {
+                    let r = chunk_range(n, parts, t);
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, n);
+            }
+        }
+    }
+
+    #[test]
+    fn for_each_chunk_sums() {
+        let pool = ThreadPool::new(3);
+        let total = AtomicU64::new(0);
+        pool.for_each_chunk(1001, |r| {
+            total.fetch_add(r.map(|i| i as u64).sum::<u64>(), Ordering::Relaxed);
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 1000 * 1001 / 2);
+    }
+}

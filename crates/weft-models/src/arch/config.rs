@@ -1,0 +1,173 @@
+//! Hyper-parameters of the decoder-only text architectures, read from GGUF metadata.
+
+use crate::gguf::GgufFile;
+use crate::ModelError;
+use weft_kernels::ops::RopeStyle;
+
+/// The architectures this crate implements, by their GGUF `general.architecture` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Gemma3,
+}
+
+impl Arch {
+    pub const SUPPORTED: &'static [&'static str] = &["llama", "qwen2", "gemma3"];
+
+    pub fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "gemma3" => Some(Arch::Gemma3),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// Per-layer attention settings that differ between layers (Gemma 3 interleaves local
+/// sliding-window layers with global ones, each with its own RoPE base).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerAttention {
+    /// Keys further back than this many positions are masked; `None` for full attention.
+    pub window: Option<usize>,
+    pub rope_base: f32,
+    /// Positions are multiplied by this before rotation (linear RoPE scaling).
+    pub rope_scale: f32,
+}
+
+/// Everything the forward pass needs to know about the network's shape.
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    pub arch: Arch,
+    pub n_embd: usize,
+    pub n_layers: usize,
+    pub n_ff: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dims: usize,
+    pub rope_style: RopeStyle,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    pub layers: Vec<LayerAttention>,
+    /// Multiplier for q·k.
+    pub attn_scale: f32,
+    /// Multiplier applied to token embeddings (sqrt(n_embd) for Gemma).
+    pub embed_scale: f32,
+}
+
+/// Gemma 3's local layers use this RoPE base (fixed by the architecture, not stored in GGUF).
+const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
+/// Gemma 3: every sixth layer is global, the others slide.
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+
+impl DecoderConfig {
+    pub fn from_gguf(file: &GgufFile) -> Result<DecoderConfig, ModelError> {
+        let name = file
+            .get_str("general.architecture")?
+            .ok_or_else(|| ModelError::invalid(file, "missing general.architecture"))?;
+        let arch = Arch::from_name(name).ok_or_else(|| ModelError::UnsupportedArch {
+            path: file.path().to_path_buf(),
+            arch: name.to_string(),
+        })?;
+        let key = |k: &str| format!("{name}.{k}");
+        let need = |k: &str| -> Result<usize, ModelError> {
+            file.get_u32(&key(k))?
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::invalid(file, &format!("missing metadata {}", key(k))))
+        };
+        let n_embd = need("embedding_length")?;
+        let n_layers = need("block_count")?;
+        let n_ff = need("feed_forward_length")?;
+        let n_heads = need("attention.head_count")?;
+        let n_kv_heads = file
+            .get_u32(&key("attention.head_count_kv"))?
+            .map_or(n_heads, |v| v as usize);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(ModelError::invalid(
+                file,
+                &format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads"),
+            ));
+        }
+        let head_dim = match file.get_u32(&key("attention.key_length"))? {
+            Some(v) => v as usize,
+            None if n_embd % n_heads == 0 => n_embd / n_heads,
+            None => return Err(ModelError::invalid(file, "embedding length not divisible by heads")),
+        };
+        if let Some(v) = file.get_u32(&key("attention.value_length"))? {
+            if v as usize != head_dim {
+                return Err(ModelError::invalid(file, "key and value head sizes differ"));
+            }
+        }
+        let rope_dims = file
+            .get_u32(&key("rope.dimension_count"))?
+            .map_or(head_dim, |v| v as usize);
+        if rope_dims > head_dim || rope_dims % 2 != 0 {
+            return Err(ModelError::invalid(file, &format!("rope dimension {rope_dims} invalid for head size {head_dim}")));
+        }
+        if head_dim > weft_kernels::attention::MAX_HEAD_DIM
+            || n_heads / n_kv_heads > weft_kernels::attention::MAX_GROUP
+        {
+            return Err(ModelError::invalid(file, "attention head shape beyond the kernel's limits"));
+        }
+        let rms_eps = file
+            .get_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5);
+        let rope_base = file.get_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let rope_scale = match file.get_str(&key("rope.scaling.type"))? {
+            Some("linear") => file
+                .get_f32(&key("rope.scaling.factor"))?
+                .filter(|f| *f > 0.0)
+                .map_or(1.0, |f| 1.0 / f),
+            Some("none") | None => 1.0,
+            Some(other) => {
+                return Err(ModelError::invalid(file, &format!("unsupported rope scaling '{other}'")))
+            }
+        };
+        let context_length = file.get_u32(&key("context_length"))?.map_or(2048, |v| v as usize);
+
+        let global = LayerAttention { window: None, rope_base, rope_scale };
+        let (layers, rope_style, embed_scale) = match arch {
+            Arch::Llama => (vec![global; n_layers], RopeStyle::Interleaved, 1.0),
+            Arch::Qwen2 => (vec![global; n_layers], RopeStyle::Neox, 1.0),
+            Arch::Gemma3 => {
+                let window = file.get_u32(&key("attention.sliding_window"))?.map(|v| v as usize);
+                let layers = (0..n_layers)
+                    .map(|il| {
+                        if (il + 1) % GEMMA3_GLOBAL_EVERY == 0 || window.is_none() {
+                            global
+                        } else {
+                            LayerAttention { window, rope_base: GEMMA3_LOCAL_ROPE_BASE, rope_scale: 1.0 }
+                        }
+                    })
+                    .collect();
+                (layers, RopeStyle::Neox, (n_embd as f32).sqrt())
+            }
+        };
+        Ok(DecoderConfig {
+            arch,
+            n_embd,
+            n_layers,
+            n_ff,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dims,
+            rope_style,
+            rms_eps,
+            context_length,
+            layers,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            embed_scale,
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! The decoder-only transformer shared by Llama, Qwen2 and Gemma 3: the architectures differ
+//! only in switches (QKV bias, QK-norm, post-norms, GELU vs SiLU, embedding scale, per-layer
+//! windows and RoPE bases), which `DecoderConfig` and the optional tensors carry.
+
+use std::sync::Arc;
+
+use weft_kernels::attention::{attend_group, AttnShape};
+use weft_kernels::matmul::{matmul, QMatrix};
+use weft_kernels::ops;
+use weft_kernels::pool::{chunk_range, ThreadPool};
+use weft_kernels::quant::{dequantize_row, GgmlType};
+
+use super::config::{Arch, DecoderConfig};
+use crate::batch::{Batch, LogitsWanted};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::kv_cache::{KvCache, KvShape};
+use crate::ModelError;
+
+/// A weight matrix that stays in the memory-mapped file.
+#[derive(Clone, Debug)]
+struct Mat {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    info: TensorInfo,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    wo: Mat,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Mat,
+    w_up: Mat,
+    w_down: Mat,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A loaded decoder: configuration plus weights that point into the GGUF mapping.
+pub struct Decoder {
+    config: DecoderConfig,
+    file: Arc<GgufFile>,
+    token_embd: Mat,
+    output_norm: Vec<f32>,
+    output: Mat,
+    layers: Vec<Layer>,
+    vocab_size: usize,
+}
+
+/// Buffers reused across forward passes so that the hot path does not allocate once they
+/// have grown to the largest batch seen.
+#[derive(Default)]
+pub struct ForwardScratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    xq: Vec<u8>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    out_rows: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Decoder {
+    pub fn load(file: Arc<GgufFile>) -> Result<Decoder, ModelError> {
+        let config = DecoderConfig::from_gguf(&file)?;
+        let loader = Loader { file: &file };
+        let c = &config;
+        let token_embd = loader.mat("token_embd.weight", c.n_embd, None)?;
+        let vocab_size = token_embd.rows;
+        let output = match file.tensor("output.weight") {
+            Some(_) => loader.mat("output.weight", c.n_embd, Some(vocab_size))?,
+            None => token_embd.clone(),
+        };
+        let q_width = c.n_heads * c.head_dim;
+        let kv_width = c.n_kv_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for il in 0..c.n_layers {
+            let t = |suffix: &str| format!("blk.{il}.{suffix}");
+            let gemma = c.arch == Arch::Gemma3;
+            layers.push(Layer {
+                attn_norm: loader.vector(&t("attn_norm.weight"), c.n_embd)?,
+                wq: loader.mat(&t("attn_q.weight"), c.n_embd, Some(q_width))?,
+                wk: loader.mat(&t("attn_k.weight"), c.n_embd, Some(kv_width))?,
+                wv: loader.mat(&t("attn_v.weight"), c.n_embd, Some(kv_width))?,
+                wo: loader.mat(&t("attn_output.weight"), q_width, Some(c.n_embd))?,
+                bq: loader.optional_vector(&t("attn_q.bias"), q_width)?,
+                bk: loader.optional_vector(&t("attn_k.bias"), kv_width)?,
+                bv: loader.optional_vector(&t("attn_v.bias"), kv_width)?,
+                q_norm: loader.required_if(gemma, &t("attn_q_norm.weight"), c.head_dim)?,
+                k_norm: loader.required_if(gemma, &t("attn_k_norm.weight"), c.head_dim)?,
+                post_attn_norm: loader.required_if(gemma, &t("post_attention_norm.weight"), c.n_embd)?,
+                ffn_norm: loader.vector(&t("ffn_norm.weight"), c.n_embd)?,
+                w_gate: loader.mat(&t("ffn_gate.weight"), c.n_embd, Some(c.n_ff))?,
+                w_up: loader.mat(&t("ffn_up.weight"), c.n_embd, Some(c.n_ff))?,
+                w_down: loader.mat(&t("ffn_down.weight"), c.n_ff, Some(c.n_embd))?,
+                post_ffn_norm: loader.required_if(gemma, &t("post_ffw_norm.weight"), c.n_embd)?,
+            });
+        }
+        let output_norm = loader.vector("output_norm.weight", c.n_embd)?;
+        Ok(Decoder { config, file, token_embd, output_norm, output, layers, vocab_size })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The shape a KV cache for this model must have.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape {
+            n_layers: self.config.n_layers,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    fn mat(&self, m: &Mat) -> QMatrix<'_> {
+        QMatrix { ty: m.ty, rows: m.rows, cols: m.cols, data: self.file.tensor_data(&m.info) }
+    }
+
+    /// Runs every token of `batch` through the network, writing their K/V into `kv`, and
+    /// returns the requested logits rows (`batch.logits_rows()` rows of `vocab_size`).
+    pub fn forward<'s>(
+        &self,
+        batch: &Batch<'_>,
+        kv: &mut KvCache,
+        pool: &ThreadPool,
+        s: &'s mut ForwardScratch,
+    ) -> &'s [f32] {
+        let c = &self.config;
+        let n = batch.tokens.len();
+        assert_eq!(batch.positions.len(), n, "one position per token");
+        assert_eq!(kv.shape(), self.kv_shape(), "KV cache shape");
+        let (d, q_width, kv_width) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        resize(&mut s.x, n * d);
+        resize(&mut s.h, n * d);
+        resize(&mut s.q, n * q_width);
+        resize(&mut s.k, n * kv_width);
+        resize(&mut s.v, n * kv_width);
+        resize(&mut s.attn, n * q_width);
+        resize(&mut s.o, n * d);
+        resize(&mut s.gate, n * c.n_ff);
+        resize(&mut s.up, n * c.n_ff);
+
+        let embd = self.mat(&self.token_embd);
+        let embd_row = embd.ty.row_bytes(d).expect("validated at load");
+        for (&tok, x) in batch.tokens.iter().zip(s.x.chunks_exact_mut(d)) {
+            let tok = tok as usize;
+            assert!(tok < self.vocab_size, "token id {tok} outside the vocabulary");
+            dequantize_row(embd.ty, &embd.data[tok * embd_row..(tok + 1) * embd_row], x);
+            if c.embed_scale != 1.0 {
+                ops::scale_inplace(x, c.embed_scale);
+            }
+        }
+
+        for (il, layer) in self.layers.iter().enumerate() {
+            let la = c.layers[il];
+            self.rope_tables(batch, la.rope_base, la.rope_scale, s);
+            ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.h);
+            matmul(pool, &self.mat(&layer.wq), &s.h, n, &mut s.q, &mut s.xq);
+            matmul(pool, &self.mat(&layer.wk), &s.h, n, &mut s.k, &mut s.xq);
+            matmul(pool, &self.mat(&layer.wv), &s.h, n, &mut s.v, &mut s.xq);
+            if let Some(b) = &layer.bq {
+                ops::add_bias_rows(&mut s.q, b);
+            }
+            if let Some(b) = &layer.bk {
+                ops::add_bias_rows(&mut s.k, b);
+            }
+            if let Some(b) = &layer.bv {
+                ops::add_bias_rows(&mut s.v, b);
+            }
+            if let Some(w) = &layer.q_norm {
+                ops::rms_norm_inplace(&mut s.q, w, c.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                ops::rms_norm_inplace(&mut s.k, w, c.rms_eps);
+            }
+            let half = c.rope_dims / 2;
+            for t in 0..n {
+                let (cos, sin) = (&s.rope_cos[t * half..(t + 1) * half], &s.rope_sin[t * half..(t + 1) * half]);
+                rope_heads(&mut s.q[t * q_width..(t + 1) * q_width], c, cos, sin);
+                rope_heads(&mut s.k[t * kv_width..(t + 1) * kv_width], c, cos, sin);
+            }
+            for seq in batch.seqs {
+                for i in 0..seq.len {
+                    let t = seq.start + i;
+                    kv.write(
+                        il,
+                        seq.block_table,
+                        seq.cached + i,
+                        &s.k[t * kv_width..(t + 1) * kv_width],
+                        &s.v[t * kv_width..(t + 1) * kv_width],
+                    );
+                }
+            }
+            self.attention(batch, kv, il, pool, &s.q, &mut s.attn);
+            matmul(pool, &self.mat(&layer.wo), &s.attn, n, &mut s.o, &mut s.xq);
+            if let Some(w) = &layer.post_attn_norm {
+                ops::rms_norm_inplace(&mut s.o, w, c.rms_eps);
+            }
+            ops::add_inplace(&mut s.x, &s.o);
+
+            ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
+            matmul(pool, &self.mat(&layer.w_gate), &s.h, n, &mut s.gate, &mut s.xq);
+            matmul(pool, &self.mat(&layer.w_up), &s.h, n, &mut s.up, &mut s.xq);
+            match c.arch {
+                Arch::Gemma3 => ops::geglu_inplace(&mut s.gate, &s.up),
+                Arch::Llama | Arch::Qwen2 => ops::swiglu_inplace(&mut s.gate, &s.up),
+            }
+            matmul(pool, &self.mat(&layer.w_down), &s.gate, n, &mut s.o, &mut s.xq);
+            if let Some(w) = &layer.post_ffn_norm {
+                ops::rms_norm_inplace(&mut s.o, w, c.rms_eps);
+            }
+            ops::add_inplace(&mut s.x, &s.o);
+        }
+
+        // Gather the rows that need logits, then norm and project only those.
+        let n_out = batch.logits_rows();
+        s.out_rows.clear();
+        for seq in batch.seqs {
+            let rows = match seq.logits {
+                LogitsWanted::None => 0..0,
+                LogitsWanted::Last => seq.start + seq.len.saturating_sub(1)..seq.start + seq.len,
+                LogitsWanted::All => seq.start..seq.start + seq.len,
+            };
+            s.out_rows.extend_from_slice(&s.x[rows.start * d..rows.end * d]);
+        }
+        ops::rms_norm_inplace(&mut s.out_rows, &self.output_norm, c.rms_eps);
+        resize(&mut s.logits, n_out * self.vocab_size);
+        matmul(pool, &self.mat(&self.output), &s.out_rows, n_out, &mut s.logits, &mut s.xq);
+        &s.logits
+    }
+
+    /// Fills cos/sin tables for every token of the batch for one RoPE base.
+    fn rope_tables(&self, batch: &Batch<'_>, base: f32, scale: f32, s: &mut ForwardScratch) {
+        let half = self.config.rope_dims / 2;
+        resize(&mut s.rope_cos, batch.tokens.len() * half);
+        resize(&mut s.rope_sin, batch.tokens.len() * half);
+        for (t, p) in batch.positions.iter().enumerate() {
+            ops::rope_cache(
+                p.index() as f32 * scale,
+                self.config.rope_dims,
+                base,
+                &mut s.rope_cos[t * half..(t + 1) * half],
+                &mut s.rope_sin[t * half..(t + 1) * half],
+            );
+        }
+    }
+
+    /// Causal (optionally windowed) attention of every new token over its sequence's cache.
+    fn attention(&self, batch: &Batch<'_>, kv: &KvCache, il: usize, pool: &ThreadPool, q: &[f32], out: &mut [f32]) {
+        let c = &self.config;
+        let q_width = c.n_heads * c.head_dim;
+        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: c.attn_scale };
+        let window = c.layers[il].window;
+        // One task per (token, kv head); tasks are split into contiguous ranges per thread.
+        let n_tasks = batch.tokens.len() * c.n_kv_heads;
+        let out_ptr = OutRows(out.as_mut_ptr());
+        let threads = pool.n_threads();
+        pool.run(|th| {
+            for task in chunk_range(n_tasks, threads, th) {
+                let (t, kv_head) = (task / c.n_kv_heads, task % c.n_kv_heads);
+                let seq = batch
+                    .seqs
+                    .iter()
+                    .find(|s| (s.start..s.start + s.len).contains(&t))
+                    .expect("every token belongs to a sequence");
+                let index = seq.cached + (t - seq.start);
+                let first = window.map_or(0, |w| (index + 1).saturating_sub(w));
+                let view = kv.view(il, seq.block_table);
+                // SAFETY: each task writes only its own token row's heads of kv_head's group,
+                // which no other task touches; `out` outlives `pool.run`.
+                let row = unsafe { out_ptr.row(t, q_width) };
+                attend_group(&q[t * q_width..(t + 1) * q_width], &view, &shape, kv_head, first..index + 1, row);
+            }
+        });
+    }
+}
+
+fn rope_heads(x: &mut [f32], c: &DecoderConfig, cos: &[f32], sin: &[f32]) {
+    if c.rope_dims == c.head_dim {
+        ops::rope_apply(x, c.head_dim, c.rope_style, cos, sin);
+    } else {
+        for head in x.chunks_exact_mut(c.head_dim) {
+            ops::rope_apply(&mut head[..c.rope_dims], c.rope_dims, c.rope_style, cos, sin);
+        }
+    }
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    v.resize(n, 0.0);
+}
+
+/// A pointer to the attention output, whose head groups are written by different threads.
+#[derive(Clone, Copy)]
+struct OutRows(*mut f32);
+// SAFETY: only used for disjoint writes within one `pool.run`.
+unsafe impl Sync for OutRows {}
+unsafe impl Send for OutRows {}
+impl OutRows {
+    /// # Safety
+    /// The caller must write only elements no other thread writes during the same run.
+    unsafe fn row<'a>(self, t: usize, width: usize) -> &'a mut [f32] {
+        // SAFETY: guaranteed by the caller; the row is in bounds of the output buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * width), width) }
+    }
+}
+
+/// Looks tensors up by name and checks their shapes against the configuration.
+struct Loader<'a> {
+    file: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
+        self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.file.path().to_path_buf(),
+            tensor: name.to_string(),
+        })
+    }
+
+    fn shape_error(&self, name: &str, info: &TensorInfo, want: &str) -> ModelError {
+        ModelError::TensorShape {
+            path: self.file.path().to_path_buf(),
+            tensor: name.to_string(),
+            found: format!("{:?}", info.dims),
+            expected: want.to_string(),
+        }
+    }
+
+    /// A 2-D matrix with rows of `cols` elements (and `rows` rows, when given).
+    fn mat(&self, name: &str, cols: usize, rows: Option<usize>) -> Result<Mat, ModelError> {
+        let info = self.info(name)?;
+        let ok = info.dims.len() == 2
+            && info.dims[0] as usize == cols
+            && rows.is_none_or(|r| info.dims[1] as usize == r);
+        if !ok {
+            let want = match rows {
+                Some(r) => format!("[{cols}, {r}]"),
+                None => format!("[{cols}, *]"),
+            };
+            return Err(self.shape_error(name, info, &want));
+        }
+        // Q8_1 and Q8_K exist only as activation formats; no vec_dot takes them as weights.
+        if matches!(info.ggml_type, GgmlType::Q8_1 | GgmlType::Q8_K) {
+            return Err(ModelError::UnsupportedTensorType {
+                path: self.file.path().to_path_buf(),
+                tensor: name.to_string(),
+                ty: info.ggml_type.name(),
+            });
+        }
+        Ok(Mat {
+            ty: info.ggml_type,
+            rows: info.dims[1] as usize,
+            cols,
+            info: info.clone(),
+        })
+    }
+
+    /// A 1-D tensor of `len` elements, dequantized to f32 (norm weights and biases are tiny).
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let info = self.info(name)?;
+        if info.dims.len() != 1 || info.dims[0] as usize != len {
+            return Err(self.shape_error(name, info, &format!("[{len}]")));
+        }
+        let mut out = vec![0.0; len];
+        dequantize_row(info.ggml_type, self.file.tensor_data(info), &mut out);
+        Ok(out)
+    }
+
+    fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        match self.file.tensor(name) {
+            Some(_) => self.vector(name, len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn required_if(&self, required: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if required {
+            self.vector(name, len).map(Some)
+        } else {
+            self.optional_vector(name, len)
+        }
+    }
+}
