@@ -108,20 +108,25 @@ def main():
             cases = []
             for prompt in PROMPTS:
                 ids = post(port, "/tokenize", {"content": prompt, "add_special": True})["tokens"]
-                r = post(port, "/completion", {
-                    "prompt": ids, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1,
-                    "n_probs": 2, "cache_prompt": False, "return_tokens": True,
-                    "ignore_eos": False, "samplers": ["top_k"],
-                })
-                steps = []
-                for p in r["completion_probabilities"]:
-                    top = p["top_logprobs"]
-                    steps.append({
-                        "token": p["id"],
-                        "top": [[t["id"], t["logprob"]] for t in top],
+                # One request per step: the server leaves out the probabilities of a token that
+                # ends inside a UTF-8 character, so a single long request would misalign them.
+                tokens, steps = [], []
+                for _ in range(N_PREDICT):
+                    r = post(port, "/completion", {
+                        "prompt": ids + tokens, "n_predict": 1, "temperature": 0, "top_k": 1,
+                        "n_probs": 2, "cache_prompt": True, "return_tokens": True,
+                        "samplers": ["top_k"],
                     })
-                cases.append({"prompt": prompt, "prompt_ids": ids,
-                              "tokens": [s["token"] for s in steps], "steps": steps})
+                    if not r["tokens"]:
+                        break  # end of generation
+                    token = r["tokens"][0]
+                    probs = r.get("completion_probabilities")
+                    top = [[t["id"], t["logprob"]] for t in probs[0]["top_logprobs"]] if probs else None
+                    tokens.append(token)
+                    steps.append({"token": token, "top": top})
+                    if r.get("stop_type") == "eos":
+                        break
+                cases.append({"prompt": prompt, "prompt_ids": ids, "tokens": tokens, "steps": steps})
             with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
                 json.dump({"model": name, "file": file, "peer": version, "n_predict": N_PREDICT,
                            "cases": cases}, f, ensure_ascii=False, separators=(",", ":"))

@@ -9,7 +9,10 @@ pub struct BlockAllocator {
 impl BlockAllocator {
     pub fn new(n_blocks: usize) -> BlockAllocator {
         // Reversed so that blocks are handed out in ascending order.
-        BlockAllocator { free: (0..n_blocks as u32).rev().collect(), total: n_blocks }
+        BlockAllocator {
+            free: (0..n_blocks as u32).rev().collect(),
+            total: n_blocks,
+        }
     }
 
     pub fn free_blocks(&self) -> usize {

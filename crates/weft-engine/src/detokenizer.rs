@@ -11,7 +11,8 @@ pub struct Detokenizer {
 impl Detokenizer {
     /// Appends `token`'s bytes and returns the text that is now complete.
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> String {
-        self.pending.extend_from_slice(&tokenizer.token_bytes(token, false));
+        self.pending
+            .extend_from_slice(&tokenizer.token_bytes(token, false));
         let valid = match std::str::from_utf8(&self.pending) {
             Ok(_) => self.pending.len(),
             // An invalid sequence that is not just an unfinished tail will never complete:

@@ -9,5 +9,9 @@ pub enum EngineError {
     #[error("invalid sampling parameters: {0}")]
     Sampling(SamplingError),
     #[error("perplexity needs at least {needed} tokens (2 x ctx {ctx}); the text has {have}")]
-    TextTooShort { needed: usize, ctx: usize, have: usize },
+    TextTooShort {
+        needed: usize,
+        ctx: usize,
+        have: usize,
+    },
 }

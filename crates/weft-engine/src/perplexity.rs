@@ -26,15 +26,30 @@ pub fn perplexity(
     mut on_chunk: impl FnMut(&PerplexityEstimate),
 ) -> Result<PerplexityEstimate, EngineError> {
     if ctx < 4 || tokens.len() < 2 * ctx {
-        return Err(EngineError::TextTooShort { needed: 2 * ctx.max(4), ctx, have: tokens.len() });
+        return Err(EngineError::TextTooShort {
+            needed: 2 * ctx.max(4),
+            ctx,
+            have: tokens.len(),
+        });
     }
     let tokenizer = &session.model().tokenizer;
-    let bos = if tokenizer.add_bos() { tokenizer.bos() } else { None };
-    let n_chunks = (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX)).max(1);
+    let bos = if tokenizer.add_bos() {
+        tokenizer.bos()
+    } else {
+        None
+    };
+    let n_chunks = (tokens.len() / ctx)
+        .min(max_chunks.unwrap_or(usize::MAX))
+        .max(1);
     let first = ctx / 2;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut chunk_tokens = Vec::with_capacity(ctx);
-    let mut estimate = PerplexityEstimate { chunk: 0, n_chunks, ppl: f64::NAN, ppl_err: f64::NAN };
+    let mut estimate = PerplexityEstimate {
+        chunk: 0,
+        n_chunks,
+        ppl: f64::NAN,
+        ppl_err: f64::NAN,
+    };
     for chunk in 0..n_chunks {
         chunk_tokens.clear();
         chunk_tokens.extend_from_slice(&tokens[chunk * ctx..(chunk + 1) * ctx]);
@@ -53,9 +68,18 @@ pub fn perplexity(
         })?;
         let mean = nll / count as f64;
         let var = nll2 / count as f64 - mean * mean;
-        let err = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() } else { 0.0 };
+        let err = if var > 0.0 && count > 1 {
+            (var / (count - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         let ppl = mean.exp();
-        estimate = PerplexityEstimate { chunk: chunk + 1, n_chunks, ppl, ppl_err: err * ppl };
+        estimate = PerplexityEstimate {
+            chunk: chunk + 1,
+            n_chunks,
+            ppl,
+            ppl_err: err * ppl,
+        };
         on_chunk(&estimate);
     }
     Ok(estimate)

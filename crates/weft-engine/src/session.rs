@@ -31,7 +31,11 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     pub fn new(n_threads: usize, ctx_size: usize) -> SessionConfig {
-        SessionConfig { n_threads, ctx_size, max_batch: 512 }
+        SessionConfig {
+            n_threads,
+            ctx_size,
+            max_batch: 512,
+        }
     }
 }
 
@@ -121,23 +125,52 @@ impl<'m> Session<'m> {
     /// Evaluates `new` after the cached tokens, in chunks of at most `max_batch`, passing each
     /// chunk's logits rows to `on_chunk(index of the chunk's first token, rows)`. `Last` asks
     /// for the final token's row only; `All` for every row of every chunk.
-    fn extend(&mut self, new: &[u32], logits: LogitsWanted, mut on_chunk: impl FnMut(usize, &[f32])) -> Result<(), EngineError> {
+    fn extend(
+        &mut self,
+        new: &[u32],
+        logits: LogitsWanted,
+        mut on_chunk: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
         let total = self.tokens.len() + new.len();
         if total > self.config.ctx_size {
-            return Err(EngineError::ContextOverflow { tokens: total, ctx_size: self.config.ctx_size });
+            return Err(EngineError::ContextOverflow {
+                tokens: total,
+                ctx_size: self.config.ctx_size,
+            });
         }
         if !self.blocks.ensure(&mut self.block_table, total, BLOCK_SIZE) {
-            return Err(EngineError::ContextOverflow { tokens: total, ctx_size: self.config.ctx_size });
+            return Err(EngineError::ContextOverflow {
+                tokens: total,
+                ctx_size: self.config.ctx_size,
+            });
         }
         let n_chunks = new.len().div_ceil(self.config.max_batch);
         for (i, chunk) in new.chunks(self.config.max_batch).enumerate() {
             let cached = self.tokens.len();
-            let logits = if i + 1 == n_chunks || logits == LogitsWanted::All { logits } else { LogitsWanted::None };
+            let logits = if i + 1 == n_chunks || logits == LogitsWanted::All {
+                logits
+            } else {
+                LogitsWanted::None
+            };
             self.positions.clear();
-            self.positions.extend((cached..cached + chunk.len()).map(Position::text));
-            let seqs = [SeqSlice { start: 0, len: chunk.len(), cached, block_table: &self.block_table, logits }];
-            let batch = Batch { tokens: chunk, positions: &self.positions, seqs: &seqs };
-            let out = self.model.decoder.forward(&batch, &mut self.kv, &self.pool, &mut self.scratch);
+            self.positions
+                .extend((cached..cached + chunk.len()).map(Position::text));
+            let seqs = [SeqSlice {
+                start: 0,
+                len: chunk.len(),
+                cached,
+                block_table: &self.block_table,
+                logits,
+            }];
+            let batch = Batch {
+                tokens: chunk,
+                positions: &self.positions,
+                seqs: &seqs,
+            };
+            let out =
+                self.model
+                    .decoder
+                    .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch);
             on_chunk(cached, out);
             self.tokens.extend_from_slice(chunk);
         }
@@ -151,14 +184,24 @@ impl<'m> Session<'m> {
             return Err(EngineError::EmptyPrompt);
         }
         if prompt.len() > self.config.ctx_size {
-            return Err(EngineError::ContextOverflow { tokens: prompt.len(), ctx_size: self.config.ctx_size });
+            return Err(EngineError::ContextOverflow {
+                tokens: prompt.len(),
+                ctx_size: self.config.ctx_size,
+            });
         }
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // At least the last prompt token is evaluated, to produce its logits.
         let reuse = common.min(prompt.len() - 1);
         self.truncate(reuse);
         let mut last = Vec::new();
-        self.extend(&prompt[reuse..], LogitsWanted::Last, |_, out| last.extend_from_slice(out))?;
+        self.extend(&prompt[reuse..], LogitsWanted::Last, |_, out| {
+            last.extend_from_slice(out)
+        })?;
         Ok((last, reuse))
     }
 
@@ -235,7 +278,11 @@ impl<'m> Session<'m> {
 
     /// Evaluates `tokens` as a fresh sequence and calls `on_logits(index, row)` for every
     /// position's logits (used for perplexity).
-    pub fn score(&mut self, tokens: &[u32], mut on_logits: impl FnMut(usize, &[f32])) -> Result<(), EngineError> {
+    pub fn score(
+        &mut self,
+        tokens: &[u32],
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
         self.reset();
         let vocab = self.model.decoder.vocab_size();
         self.extend(tokens, LogitsWanted::All, |start, out| {

@@ -1,20 +1,19 @@
-//! Attention of query tokens over a paged KV cache, with an online (streaming) softmax so that
-//! nothing of size `context` is materialised and the cost per key stays flat with depth.
+//! Attention of query tokens over a paged KV cache, computed the way ggml's CPU flash
+//! attention computes it, so that results match llama.cpp's: queries rounded to f16, scores
+//! from f16 dot products, an online (streaming) softmax over the keys in order, and the
+//! weighted sum of V kept in an f16 accumulator. Nothing of size `context` is materialised.
 //!
-//! The cache stores K and V in f16 (like llama.cpp's default cache), in fixed-size blocks:
-//! `[block][slot in block][kv head][head_dim]`. A sequence reaches its keys through a block
-//! table. Queries are rounded to f16 before the dot product, as ggml does when it multiplies
-//! an f16 cache by f32 queries.
+//! The cache stores K and V in f16, in fixed-size blocks: `[block][slot in block][kv
+//! head][head_dim]`. A sequence reaches its keys through a block table.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+
+use crate::f16v;
 
 /// Largest head dimension the kernel's stack buffers hold.
 pub const MAX_HEAD_DIM: usize = 512;
 /// Largest number of query heads sharing one KV head.
 pub const MAX_GROUP: usize = 32;
-/// Keys scored per tile before the softmax state is updated.
-const TILE: usize = 32;
 
 /// One layer's paged K/V storage, seen through one sequence's block table.
 #[derive(Clone, Copy)]
@@ -64,84 +63,44 @@ pub fn attend_group(
     assert!(hd <= MAX_HEAD_DIM && group <= MAX_GROUP);
     let first_head = kv_head * group;
 
-    // Queries of the group, rounded through f16 and pre-scaled.
-    let mut qg = [0.0f32; MAX_GROUP * MAX_HEAD_DIM];
-    for g in 0..group {
-        let src = &q[(first_head + g) * hd..(first_head + g + 1) * hd];
-        for (d, &s) in qg[g * hd..(g + 1) * hd].iter_mut().zip(src) {
-            *d = f16::from_f32(s).to_f32();
-        }
+    let mut q16 = [f16::ZERO; MAX_GROUP * MAX_HEAD_DIM];
+    for (d, &s) in q16[..group * hd]
+        .iter_mut()
+        .zip(&q[first_head * hd..(first_head + group) * hd])
+    {
+        *d = f16::from_f32(s);
     }
+    let mut acc = [f16::ZERO; MAX_GROUP * MAX_HEAD_DIM];
     let mut max = [f32::NEG_INFINITY; MAX_GROUP];
-    let mut denom = [0.0f32; MAX_GROUP];
-    let acc = &mut out[first_head * hd..(first_head + group) * hd];
-    acc.fill(0.0);
-
-    let mut kbuf = [0.0f32; MAX_HEAD_DIM];
-    let mut vbuf = [0.0f32; MAX_HEAD_DIM];
-    let mut scores = [0.0f32; MAX_GROUP * TILE];
-    let mut start = keys.start;
-    while start < keys.end {
-        let n = TILE.min(keys.end - start);
-        for j in 0..n {
-            let off = kv.offset(start + j, kv_head);
-            kv.k[off..off + hd].convert_to_f32_slice(&mut kbuf[..hd]);
-            for g in 0..group {
-                scores[g * TILE + j] = dot(&qg[g * hd..(g + 1) * hd], &kbuf[..hd]) * shape.scale;
-            }
-        }
+    let mut sum = [0.0f32; MAX_GROUP];
+    for index in keys {
+        let off = kv.offset(index, kv_head);
+        let (k, v) = (&kv.k[off..off + hd], &kv.v[off..off + hd]);
         for g in 0..group {
-            let s = &mut scores[g * TILE..g * TILE + n];
-            let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = max[g].max(tile_max);
-            if new_max > max[g] {
-                let correction = (max[g] - new_max).exp();
-                denom[g] *= correction;
-                for a in &mut acc[g * hd..(g + 1) * hd] {
-                    *a *= correction;
-                }
-                max[g] = new_max;
+            let s = f16v::dot(&q16[g * hd..(g + 1) * hd], k) * shape.scale;
+            let acc_g = &mut acc[g * hd..(g + 1) * hd];
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if s > max[g] {
+                ms = (max[g] - s).exp();
+                max[g] = s;
+                f16v::scale(acc_g, ms);
+            } else {
+                vs = (s - max[g]).exp();
             }
-            for v in s.iter_mut() {
-                *v = (*v - new_max).exp();
-                denom[g] += *v;
-            }
+            f16v::mad(acc_g, v, vs);
+            sum[g] = sum[g] * ms + vs;
         }
-        for j in 0..n {
-            let off = kv.offset(start + j, kv_head);
-            kv.v[off..off + hd].convert_to_f32_slice(&mut vbuf[..hd]);
-            for g in 0..group {
-                let p = scores[g * TILE + j];
-                for (a, &v) in acc[g * hd..(g + 1) * hd].iter_mut().zip(&vbuf[..hd]) {
-                    *a += p * v;
-                }
-            }
-        }
-        start += n;
     }
     for g in 0..group {
-        let inv = if denom[g] > 0.0 { 1.0 / denom[g] } else { 0.0 };
-        for a in &mut acc[g * hd..(g + 1) * hd] {
-            *a *= inv;
+        let inv = if sum[g] == 0.0 { 0.0 } else { 1.0 / sum[g] };
+        let head = first_head + g;
+        for (o, a) in out[head * hd..(head + 1) * hd]
+            .iter_mut()
+            .zip(&acc[g * hd..(g + 1) * hd])
+        {
+            *o = a.to_f32() * inv;
         }
     }
-}
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums let the compiler vectorise without reassociating.
-    let mut s = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            s[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut total = s.iter().sum::<f32>();
-    for i in chunks * 8..a.len() {
-        total += a[i] * b[i];
-    }
-    total
 }
 
 #[cfg(test)]
@@ -169,7 +128,8 @@ mod tests {
 
     #[test]
     fn paged_online_softmax_matches_plain_softmax() {
-        let (hd, n_heads, n_kv, block_size, n_keys) = (8, 4, 2, 4, 75);
+        let (hd, n_heads, n_kv, block_size, n_keys): (usize, usize, usize, usize, usize) =
+            (8, 4, 2, 4, 75);
         let mut seed = 1u32;
         let mut rnd = || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -177,12 +137,22 @@ mod tests {
         };
         let n_blocks = n_keys.div_ceil(block_size) + 3;
         // A shuffled block table: physical blocks in reverse order.
-        let table: Vec<u32> = (0..n_keys.div_ceil(block_size) as u32).rev().map(|b| b + 2).collect();
+        let table: Vec<u32> = (0..n_keys.div_ceil(block_size) as u32)
+            .rev()
+            .map(|b| b + 2)
+            .collect();
         let mut k = vec![f16::ZERO; n_blocks * block_size * n_kv * hd];
         let mut v = k.clone();
         let mut ks = vec![vec![vec![0.0; hd]; n_keys]; n_kv];
         let mut vs = ks.clone();
-        let view = PagedKv { k: &[], v: &[], block_size, n_kv_heads: n_kv, head_dim: hd, block_table: &table };
+        let view = PagedKv {
+            k: &[],
+            v: &[],
+            block_size,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            block_table: &table,
+        };
         for i in 0..n_keys {
             for h in 0..n_kv {
                 let off = view.offset(i, h);
@@ -196,17 +166,31 @@ mod tests {
             }
         }
         let q: Vec<f32> = (0..n_heads * hd).map(|_| rnd()).collect();
-        let kv = PagedKv { k: &k, v: &v, ..view };
-        let shape = AttnShape { n_heads, n_kv_heads: n_kv, head_dim: hd, scale: 0.35 };
+        let kv = PagedKv {
+            k: &k,
+            v: &v,
+            ..view
+        };
+        let shape = AttnShape {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 0.35,
+        };
         let mut out = vec![0.0; n_heads * hd];
         for h in 0..n_kv {
             attend_group(&q, &kv, &shape, h, 5..n_keys, &mut out);
         }
         for head in 0..n_heads {
             let g = head / (n_heads / n_kv);
-            let want = reference(&q[head * hd..(head + 1) * hd], &ks[g][5..], &vs[g][5..], 0.35);
+            let want = reference(
+                &q[head * hd..(head + 1) * hd],
+                &ks[g][5..],
+                &vs[g][5..],
+                0.35,
+            );
             for (a, b) in out[head * hd..(head + 1) * hd].iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+                assert!((a - b).abs() < 4e-3, "{a} vs {b}");
             }
         }
     }

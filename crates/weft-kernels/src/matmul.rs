@@ -119,7 +119,12 @@ mod tests {
                 }
             }
             let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
-            let w = QMatrix { ty, rows, cols, data: &data };
+            let w = QMatrix {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
             let mut out = vec![0.0; n * rows];
             let mut scratch = Vec::new();
             matmul(&pool, &w, &x, n, &mut out, &mut scratch);
@@ -127,10 +132,17 @@ mod tests {
             for r in 0..rows {
                 dequantize_row(ty, &data[r * row_bytes..(r + 1) * row_bytes], &mut wrow);
                 for t in 0..n {
-                    let want: f32 = wrow.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| a * b).sum();
+                    let want: f32 = wrow
+                        .iter()
+                        .zip(&x[t * cols..(t + 1) * cols])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     let got = out[t * rows + r];
                     let tol = 0.02 * wrow.iter().map(|v| v.abs()).sum::<f32>().max(1e-3);
-                    assert!((got - want).abs() <= tol, "{ty:?} r{r} t{t}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{ty:?} r{r} t{t}: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -32,7 +32,8 @@ pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 fn rms_scale(row: &[f32], eps: f32) -> f32 {
-    let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    // As ggml: squares in f32, accumulated in f64.
+    let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
     let mean = (sum / row.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
 }

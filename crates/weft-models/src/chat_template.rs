@@ -870,7 +870,10 @@ mod tests {
     use super::*;
 
     fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
-        pairs.iter().map(|(r, c)| ChatMessage::new(*r, *c)).collect()
+        pairs
+            .iter()
+            .map(|(r, c)| ChatMessage::new(*r, *c))
+            .collect()
     }
 
     fn render_src(src: &str) -> Result<String, ChatTemplateError> {
@@ -887,7 +890,10 @@ mod tests {
     #[test]
     fn raise_exception_message_comes_back() {
         let err = render_src("{{ raise_exception('roles must alternate') }}").unwrap_err();
-        assert_eq!(err, ChatTemplateError::Raised("roles must alternate".into()));
+        assert_eq!(
+            err,
+            ChatTemplateError::Raised("roles must alternate".into())
+        );
         assert_eq!(err.message(), "roles must alternate");
     }
 
@@ -932,8 +938,10 @@ mod tests {
 
     #[test]
     fn python_strip_whitespace() {
-        let out = render_src("{{ '\u{1f} x\u{a0}'.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ ' y ' | trim }}")
-            .unwrap();
+        let out = render_src(
+            "{{ '\u{1f} x\u{a0}'.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ ' y ' | trim }}",
+        )
+        .unwrap();
         assert_eq!(out, "x|hi|y");
     }
 

@@ -12,16 +12,27 @@ pub enum ModelError {
     #[error("{path}: tensor '{tensor}' is missing")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor '{tensor}' has shape {found}, expected {expected}")]
-    TensorShape { path: PathBuf, tensor: String, found: String, expected: String },
+    TensorShape {
+        path: PathBuf,
+        tensor: String,
+        found: String,
+        expected: String,
+    },
     #[error("{path}: tensor '{tensor}' has type {ty}, which cannot be used as a weight matrix")]
-    UnsupportedTensorType { path: PathBuf, tensor: String, ty: &'static str },
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        ty: &'static str,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
 
 impl ModelError {
     pub(crate) fn invalid(file: &GgufFile, message: &str) -> ModelError {
-        ModelError::Invalid { path: file.path().to_path_buf(), message: message.to_string() }
+        ModelError::Invalid {
+            path: file.path().to_path_buf(),
+            message: message.to_string(),
+        }
     }
-
 }

@@ -37,8 +37,12 @@ impl KvCache {
             shape,
             block_size,
             n_blocks,
-            k: (0..shape.n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
-            v: (0..shape.n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
+            k: (0..shape.n_layers)
+                .map(|_| vec![f16::ZERO; per_layer])
+                .collect(),
+            v: (0..shape.n_layers)
+                .map(|_| vec![f16::ZERO; per_layer])
+                .collect(),
         }
     }
 
@@ -57,7 +61,9 @@ impl KvCache {
     /// Element offset of token slot `index` of a sequence with `block_table`.
     fn slot_offset(&self, block_table: &[u32], index: usize) -> usize {
         let block = block_table[index / self.block_size] as usize;
-        (block * self.block_size + index % self.block_size) * self.shape.n_kv_heads * self.shape.head_dim
+        (block * self.block_size + index % self.block_size)
+            * self.shape.n_kv_heads
+            * self.shape.head_dim
     }
 
     /// Stores one token's K and V rows (all KV heads) for `layer`, converting to f16.

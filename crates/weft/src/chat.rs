@@ -37,7 +37,9 @@ pub fn chat_prompt_tokens(model: &TextModel, messages: &[ChatMessage]) -> Result
             model.name()
         );
     };
-    let text = template.render(messages, true).context("rendering the chat template")?;
+    let text = template
+        .render(messages, true)
+        .context("rendering the chat template")?;
     let mut tokens = model.tokenizer.encode(&text, true, true);
     // Templates often write BOS themselves; do not add a second one.
     if let Some(bos) = model.tokenizer.bos() {
@@ -57,7 +59,8 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = Arc::clone(&cancel);
-        ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
     }
     let params = GenerateParams {
         sampling: args.sampling.params(),
@@ -66,9 +69,15 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     };
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
-        messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: system.clone(),
+        });
     }
-    eprintln!("chatting with {} (Ctrl-C stops a reply, Ctrl-D leaves)", model.name());
+    eprintln!(
+        "chatting with {} (Ctrl-C stops a reply, Ctrl-D leaves)",
+        model.name()
+    );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     let mut line = String::new();
@@ -84,7 +93,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         if input.trim().is_empty() {
             continue;
         }
-        messages.push(ChatMessage { role: "user".into(), content: input.to_string() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: input.to_string(),
+        });
         let tokens = chat_prompt_tokens(&model, &messages)?;
         let mut reply = String::new();
         let result = session.generate(&tokens, &params, &cancel, |text| {
@@ -99,7 +111,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
                     eprintln!("[stopped]");
                 }
                 crate::run::report(&outcome);
-                messages.push(ChatMessage { role: "assistant".into(), content: reply });
+                messages.push(ChatMessage {
+                    role: "assistant".into(),
+                    content: reply,
+                });
             }
             Err(e) => {
                 // The turn did not fit: drop it and let the user go on.

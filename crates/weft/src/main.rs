@@ -14,7 +14,11 @@ use weft_engine::session::{Session, SessionConfig};
 use weft_models::TextModel;
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Run native multimodal language models from GGUF files")]
+#[command(
+    name = "weft",
+    version,
+    about = "Run native multimodal language models from GGUF files"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -181,27 +185,50 @@ fn main() -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Tokenize { model, text, special, no_add_special } => {
+        Command::Tokenize {
+            model,
+            text,
+            special,
+            no_add_special,
+        } => {
             let model = load_model(&model)?;
             let ids = model.tokenizer.encode(&text, !no_add_special, special);
             for &id in &ids {
-                println!("{id:>8} -> {:?}", String::from_utf8_lossy(&model.tokenizer.token_bytes(id, true)));
+                println!(
+                    "{id:>8} -> {:?}",
+                    String::from_utf8_lossy(&model.tokenizer.token_bytes(id, true))
+                );
             }
             println!("{}", serde_json::to_string(&ids)?);
             Ok(())
         }
-        Command::Perplexity { model, file, ctx, chunks, threads } => {
-            perplexity(&model, &file, ctx, chunks, &threads)
-        }
+        Command::Perplexity {
+            model,
+            file,
+            ctx,
+            chunks,
+            threads,
+        } => perplexity(&model, &file, ctx, chunks, &threads),
     }
 }
 
-fn perplexity(model: &str, file: &PathBuf, ctx: usize, chunks: Option<usize>, threads: &ThreadArgs) -> Result<()> {
+fn perplexity(
+    model: &str,
+    file: &PathBuf,
+    ctx: usize,
+    chunks: Option<usize>,
+    threads: &ThreadArgs,
+) -> Result<()> {
     use std::io::Write;
     let model = load_model(model)?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let tokens = model.tokenizer.encode(&text, true, false);
-    eprintln!("{} tokens, {} chunks of {ctx}", tokens.len(), tokens.len() / ctx);
+    eprintln!(
+        "{} tokens, {} chunks of {ctx}",
+        tokens.len(),
+        tokens.len() / ctx
+    );
     let mut session = Session::new(&model, SessionConfig::new(threads.get(), ctx));
     let t0 = Instant::now();
     let mut out = std::io::stdout();
@@ -210,7 +237,14 @@ fn perplexity(model: &str, file: &PathBuf, ctx: usize, chunks: Option<usize>, th
         let _ = out.flush();
     })?;
     println!();
-    eprintln!("{:.2} s for {} chunks", t0.elapsed().as_secs_f64(), est.n_chunks);
-    println!("Final estimate: PPL = {:.4} +/- {:.5}", est.ppl, est.ppl_err);
+    eprintln!(
+        "{:.2} s for {} chunks",
+        t0.elapsed().as_secs_f64(),
+        est.n_chunks
+    );
+    println!(
+        "Final estimate: PPL = {:.4} +/- {:.5}",
+        est.ppl, est.ppl_err
+    );
     Ok(())
 }

