@@ -13,10 +13,13 @@ use weft_models::TextModel;
 
 /// Largest llama.cpp log-probability gap between its top two tokens at which a different
 /// greedy choice is accepted as rounding, not a bug. These small quantized models amplify
-/// last-bit differences (each one can flip the rounding of an 8-bit activation): weft's own
-/// AVX2 and scalar paths, which differ only in the order of f32 sums, give log-probabilities
-/// up to 0.32 nats apart on these prompts (median 0.01-0.05), so a gap below that is a tie.
-const NEAR_TIE_NATS: f64 = 0.35;
+/// last-bit differences (each can flip the rounding of an 8-bit activation), so their
+/// log-probabilities carry noise that no engine avoids: on these prompts weft's own AVX2 and
+/// scalar paths, which differ only in the order of f32 sums, give log-probabilities up to
+/// 0.32 nats apart, and llama.cpp itself moves by up to 0.21 nats on Gemma 3 when its server
+/// splits the same prompt differently. A margin is the difference of two such values, so
+/// its noise is up to twice that.
+const NEAR_TIE_NATS: f64 = 0.6;
 
 fn models_dir() -> Option<PathBuf> {
     match std::env::var_os("WEFT_TEST_MODELS") {
