@@ -6,9 +6,10 @@ pub mod batch;
 pub mod chat_template;
 pub mod gguf;
 pub mod kv_cache;
-// TEMP pub mod text_model;
+pub mod text_model;
+pub mod tokenizer;
 
 mod error;
 
 pub use error::ModelError;
-// TEMP pub use text_model::TextModel;
+pub use text_model::TextModel;

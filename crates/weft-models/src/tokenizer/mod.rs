@@ -1,0 +1,409 @@
+//! Tokenizers built from GGUF metadata: byte-level BPE (`gpt2` model) and SentencePiece
+//! (`llama` model), with special-token splitting, as llama.cpp tokenizes.
+
+use std::collections::{BinaryHeap, HashMap};
+
+use fancy_regex::Regex;
+
+use crate::gguf::{GgufError, GgufFile};
+
+#[derive(thiserror::Error, Debug)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("tokenizer metadata '{0}' is missing")]
+    Missing(&'static str),
+    #[error("tokenizer model '{0}' is not supported (supported: gpt2, llama)")]
+    UnsupportedModel(String),
+    #[error("pre-tokenizer '{0}' is not supported (supported: default, gpt2, llama-bpe, llama3, smollm, qwen2)")]
+    UnsupportedPre(String),
+    #[error("tokenizer arrays disagree: {0}")]
+    Inconsistent(String),
+    #[error("bad pre-tokenizer expression: {0}")]
+    Regex(String),
+}
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TYPE_NORMAL: i32 = 1;
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+const TYPE_BYTE: i32 = 6;
+
+enum Model {
+    /// Byte-level BPE: merge ranks and the pre-tokenizer expressions applied in sequence.
+    Bpe { ranks: HashMap<(String, String), usize>, pre: Vec<Regex> },
+    /// SentencePiece with scores and byte fallback.
+    Spm { scores: Vec<f32>, add_space_prefix: bool },
+}
+
+pub struct Tokenizer {
+    tokens: Vec<String>,
+    types: Vec<i32>,
+    ids: HashMap<String, u32>,
+    model: Model,
+    /// Tokens matched in raw text before the model runs, longest first.
+    specials: Vec<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eog: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+// Pre-tokenizer expressions (as in llama.cpp's llama-vocab.cpp for each `tokenizer.ggml.pre`).
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn pre_expressions(pre: &str) -> Result<Vec<&'static str>, TokenizerError> {
+    Ok(match pre {
+        "default" | "gpt2" | "gpt-2" => vec![GPT2],
+        "llama-bpe" | "llama3" | "llama-v3" => vec![LLAMA3],
+        "smollm" => vec![r"\p{N}", GPT2],
+        "qwen2" => vec![QWEN2],
+        other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
+    })
+}
+
+impl Tokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let model_name = file.get_str("tokenizer.ggml.model")?.ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
+        let tokens = file.get_str_array("tokenizer.ggml.tokens")?.ok_or(TokenizerError::Missing("tokenizer.ggml.tokens"))?.to_vec();
+        let types = match file.get_i32_array("tokenizer.ggml.token_type")? {
+            Some(t) => t.to_vec(),
+            None => vec![TYPE_NORMAL; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(TokenizerError::Inconsistent(format!("{} tokens, {} token types", tokens.len(), types.len())));
+        }
+        let id = |key| -> Result<Option<u32>, TokenizerError> {
+            Ok(file.get_u32(key)?.filter(|&i| (i as usize) < tokens.len()))
+        };
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
+        let eot = id("tokenizer.ggml.eot_token_id")?;
+        let model = match model_name {
+            "gpt2" => {
+                let merges = file.get_str_array("tokenizer.ggml.merges")?.ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
+                let mut ranks = HashMap::with_capacity(merges.len());
+                for (rank, m) in merges.iter().enumerate() {
+                    if let Some((a, b)) = m.split_once(' ') {
+                        ranks.entry((a.to_string(), b.to_string())).or_insert(rank);
+                    }
+                }
+                let pre_name = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
+                let pre = pre_expressions(pre_name)?
+                    .into_iter()
+                    .map(|e| Regex::new(e).map_err(|err| TokenizerError::Regex(err.to_string())))
+                    .collect::<Result<_, _>>()?;
+                Model::Bpe { ranks, pre }
+            }
+            "llama" => {
+                let scores = file.get_f32_array("tokenizer.ggml.scores")?.ok_or(TokenizerError::Missing("tokenizer.ggml.scores"))?.to_vec();
+                if scores.len() != tokens.len() {
+                    return Err(TokenizerError::Inconsistent(format!("{} tokens, {} scores", tokens.len(), scores.len())));
+                }
+                let add_space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+                Model::Spm { scores, add_space_prefix }
+            }
+            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
+        };
+        let is_spm = matches!(model, Model::Spm { .. });
+        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(is_spm);
+        let add_eos = file.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let mut specials: Vec<u32> = (0..tokens.len() as u32)
+            .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN) && !tokens[i as usize].is_empty())
+            .collect();
+        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        // End-of-generation tokens: EOS, EOT, and the turn-end markers llama.cpp recognises.
+        let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
+        for name in ["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|return|>", "<|call|>", "<|eom_id|>", "<EOT>"] {
+            if let Some(&i) = ids.get(name) {
+                if types[i as usize] == TYPE_CONTROL || name == "<|endoftext|>" || name == "<end_of_turn>" {
+                    eog.push(i);
+                }
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
+        Ok(Tokenizer { tokens, types, ids, model, specials, bos, eos, eog, add_bos, add_eos })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+    pub fn token_text(&self, id: u32) -> &str {
+        self.tokens.get(id as usize).map_or("", |s| s.as_str())
+    }
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// Token ids of `text`. `add_special` adds BOS/EOS where the model asks for them;
+    /// `parse_special` turns control-token text into those tokens.
+    pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if add_special && self.add_bos {
+            out.extend(self.bos);
+        }
+        let mut first_text = true;
+        for part in self.partition(text, parse_special) {
+            match part {
+                Part::Special(id) => out.push(id),
+                Part::Text(t) => {
+                    match &self.model {
+                        Model::Bpe { ranks, pre } => self.encode_bpe(t, ranks, pre, &mut out),
+                        Model::Spm { scores, add_space_prefix } => {
+                            let mut s = String::with_capacity(t.len() + 3);
+                            if *add_space_prefix && first_text {
+                                s.push(' ');
+                            }
+                            s.push_str(t);
+                            self.encode_spm(&s.replace(' ', "\u{2581}"), scores, &mut out);
+                        }
+                    }
+                    first_text = false;
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.extend(self.eos);
+        }
+        out
+    }
+
+    /// Splits text at special-token occurrences (control tokens only when `parse_special`).
+    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Part<'t>> {
+        let mut parts = vec![Part::Text(text)];
+        for &id in &self.specials {
+            let ty = self.types[id as usize];
+            if !parse_special && ty != TYPE_USER_DEFINED {
+                continue;
+            }
+            let needle = self.tokens[id as usize].as_str();
+            let mut next = Vec::with_capacity(parts.len());
+            for part in parts {
+                let Part::Text(mut t) = part else {
+                    next.push(part);
+                    continue;
+                };
+                while let Some(pos) = t.find(needle) {
+                    if pos > 0 {
+                        next.push(Part::Text(&t[..pos]));
+                    }
+                    next.push(Part::Special(id));
+                    t = &t[pos + needle.len()..];
+                }
+                if !t.is_empty() {
+                    next.push(Part::Text(t));
+                }
+            }
+            parts = next;
+        }
+        parts
+    }
+
+    fn encode_bpe(&self, text: &str, ranks: &HashMap<(String, String), usize>, pre: &[Regex], out: &mut Vec<u32>) {
+        let mut pieces = vec![text.to_string()];
+        for re in pre {
+            let mut next = Vec::new();
+            for p in &pieces {
+                let mut last = 0;
+                for m in re.find_iter(p).flatten() {
+                    if m.start() > last {
+                        next.push(p[last..m.start()].to_string());
+                    }
+                    next.push(m.as_str().to_string());
+                    last = m.end();
+                }
+                if last < p.len() {
+                    next.push(p[last..].to_string());
+                }
+            }
+            pieces = next;
+        }
+        for piece in pieces.iter().filter(|p| !p.is_empty()) {
+            let mapped: String = piece.bytes().map(byte_to_char).collect();
+            if let Some(&id) = self.ids.get(&mapped) {
+                out.push(id);
+                continue;
+            }
+            let mut syms: Vec<String> = mapped.chars().map(String::from).collect();
+            loop {
+                let best = syms
+                    .windows(2)
+                    .enumerate()
+                    .filter_map(|(i, w)| ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, i)))
+                    .min();
+                let Some((_, i)) = best else { break };
+                let merged = format!("{}{}", syms[i], syms[i + 1]);
+                syms[i] = merged;
+                syms.remove(i + 1);
+            }
+            for s in syms {
+                match self.ids.get(&s) {
+                    Some(&id) => out.push(id),
+                    // Unmergeable symbol without a token: fall back to its single characters.
+                    None => out.extend(s.chars().filter_map(|c| self.ids.get(&c.to_string()).copied())),
+                }
+            }
+        }
+    }
+
+    fn encode_spm(&self, text: &str, scores: &[f32], out: &mut Vec<u32>) {
+        // Symbols as a linked list over the text's characters.
+        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let n = starts.len();
+        if n == 0 {
+            return;
+        }
+        let mut sym: Vec<(usize, usize)> = (0..n).map(|i| (starts[i], if i + 1 < n { starts[i + 1] } else { text.len() })).collect();
+        let mut prev: Vec<isize> = (0..n as isize).map(|i| i - 1).collect();
+        let mut next: Vec<isize> = (0..n as isize).map(|i| if i + 1 < n as isize { i + 1 } else { -1 }).collect();
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<Bigram>, sym: &[(usize, usize)], l: usize, r: usize| {
+            let s = &text[sym[l].0..sym[r].1];
+            if let Some(&id) = self.ids.get(s) {
+                heap.push(Bigram { score: scores[id as usize], left: l, right: r, len: s.len() });
+            }
+        };
+        for i in 1..n {
+            push(&mut heap, &sym, i - 1, i);
+        }
+        while let Some(b) = heap.pop() {
+            let (l, r) = (b.left, b.right);
+            // Skip stale bigrams whose symbols have changed since they were queued.
+            if sym[l].1 - sym[l].0 == 0 || sym[r].1 - sym[r].0 == 0 || sym[r].1 - sym[l].0 != b.len || next[l] != r as isize {
+                continue;
+            }
+            sym[l].1 = sym[r].1;
+            sym[r] = (sym[r].0, sym[r].0);
+            next[l] = next[r];
+            if next[r] >= 0 {
+                prev[next[r] as usize] = l as isize;
+            }
+            if prev[l] >= 0 {
+                push(&mut heap, &sym, prev[l] as usize, l);
+            }
+            if next[l] >= 0 {
+                push(&mut heap, &sym, l, next[l] as usize);
+            }
+        }
+        let mut i: isize = 0;
+        while i >= 0 {
+            let (a, b) = sym[i as usize];
+            let piece = &text[a..b];
+            match self.ids.get(piece) {
+                Some(&id) => out.push(id),
+                None => {
+                    for byte in piece.bytes() {
+                        if let Some(&id) = self.ids.get(&format!("<0x{byte:02X}>")) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+            i = next[i as usize];
+        }
+    }
+
+    /// The bytes of one token as llama.cpp's `llama_token_to_piece` renders them.
+    pub fn token_bytes(&self, id: u32, special: bool) -> Vec<u8> {
+        let Some(text) = self.tokens.get(id as usize) else { return Vec::new() };
+        let ty = self.types[id as usize];
+        match ty {
+            TYPE_CONTROL | TYPE_UNKNOWN if !special => return Vec::new(),
+            TYPE_CONTROL | TYPE_UNKNOWN => return text.as_bytes().to_vec(),
+            TYPE_USER_DEFINED => return text.as_bytes().to_vec(),
+            _ => {}
+        }
+        match &self.model {
+            Model::Bpe { .. } => text.chars().map(|c| char_to_byte(c).unwrap_or(b'?')).collect(),
+            Model::Spm { .. } => {
+                if ty == TYPE_BYTE {
+                    if let Some(b) = text.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        return vec![b];
+                    }
+                }
+                text.replace('\u{2581}', " ").into_bytes()
+            }
+        }
+    }
+
+    /// Text of `ids` (lossy UTF-8).
+    pub fn decode(&self, ids: &[u32], special: bool) -> String {
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i, special)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+enum Part<'t> {
+    Text(&'t str),
+    Special(u32),
+}
+
+/// A candidate merge of two adjacent symbols, highest score first, then leftmost.
+struct Bigram {
+    score: f32,
+    left: usize,
+    right: usize,
+    len: usize,
+}
+impl PartialEq for Bigram {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Bigram {}
+impl PartialOrd for Bigram {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Bigram {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+    }
+}
+
+/// GPT-2's reversible map between bytes and printable characters: printable Latin-1 bytes
+/// map to themselves, the others, in order, to U+0100 onwards.
+fn byte_table() -> &'static ([char; 256], HashMap<char, u8>) {
+    static TABLE: std::sync::OnceLock<([char; 256], HashMap<char, u8>)> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let mut chars = ['\0'; 256];
+        let mut next = 0x100u32;
+        for b in 0..=255u8 {
+            chars[b as usize] = if printable(b) {
+                b as char
+            } else {
+                next += 1;
+                char::from_u32(next - 1).expect("valid code point")
+            };
+        }
+        let back = chars.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        (chars, back)
+    })
+}
+
+fn byte_to_char(b: u8) -> char {
+    byte_table().0[b as usize]
+}
+
+fn char_to_byte(c: char) -> Option<u8> {
+    byte_table().1.get(&c).copied()
+}
