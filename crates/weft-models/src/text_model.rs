@@ -22,7 +22,8 @@ impl TextModel {
     pub fn load(path: &Path) -> Result<TextModel, ModelError> {
         let file = Arc::new(GgufFile::open(path)?);
         let decoder = Decoder::load(Arc::clone(&file))?;
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| ModelError::invalid(&file, &e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_gguf(&file).map_err(|e| ModelError::invalid(&file, &e.to_string()))?;
         if tokenizer.vocab_size() != decoder.vocab_size() {
             return Err(ModelError::invalid(
                 &file,
@@ -35,14 +36,23 @@ impl TextModel {
         }
         let chat_template = match file.get_str("tokenizer.chat_template")? {
             Some(source) => {
-                let text = |id: Option<u32>| id.map(|t| tokenizer.token_text(t).to_string()).unwrap_or_default();
-                let template = ChatTemplate::new(source, &text(tokenizer.bos()), &text(tokenizer.eos()))
-                    .map_err(|e| ModelError::invalid(&file, &format!("chat template: {e}")))?;
+                let text = |id: Option<u32>| {
+                    id.map(|t| tokenizer.token_text(t).to_string())
+                        .unwrap_or_default()
+                };
+                let template =
+                    ChatTemplate::new(source, &text(tokenizer.bos()), &text(tokenizer.eos()))
+                        .map_err(|e| ModelError::invalid(&file, &format!("chat template: {e}")))?;
                 Some(template)
             }
             None => None,
         };
-        Ok(TextModel { file, decoder, tokenizer, chat_template })
+        Ok(TextModel {
+            file,
+            decoder,
+            tokenizer,
+            chat_template,
+        })
     }
 
     /// The model's display name: `general.name`, else the file stem.
@@ -50,6 +60,10 @@ impl TextModel {
         if let Ok(Some(name)) = self.file.get_str("general.name") {
             return name.to_string();
         }
-        self.file.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.file
+            .path()
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }

@@ -34,20 +34,42 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn greedy_raw_run_is_deterministic_and_stdout_is_only_text() {
     let Some(m) = model(SMOL) else { return };
-    let args = ["run", &m, "The capital of France is", "--raw", "--temperature", "0", "-n", "12"];
+    let args = [
+        "run",
+        &m,
+        "The capital of France is",
+        "--raw",
+        "--temperature",
+        "0",
+        "-n",
+        "12",
+    ];
     let a = weft(&args);
     assert!(a.status.success(), "{}", stderr(&a));
     let b = weft(&args);
     assert_eq!(stdout(&a), stdout(&b));
     let text = stdout(&a);
     assert!(!text.trim().is_empty());
-    assert!(!text.contains("loaded") && !text.contains("t/s"), "logs leaked to stdout: {text:?}");
+    assert!(
+        !text.contains("loaded") && !text.contains("t/s"),
+        "logs leaked to stdout: {text:?}"
+    );
 }
 
 #[test]
 fn same_seed_same_sample() {
     let Some(m) = model(SMOL) else { return };
-    let args = ["run", &m, "Write a word:", "--temperature", "1.0", "--seed", "42", "-n", "16"];
+    let args = [
+        "run",
+        &m,
+        "Write a word:",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "42",
+        "-n",
+        "16",
+    ];
     let (a, b) = (weft(&args), weft(&args));
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
@@ -56,13 +78,41 @@ fn same_seed_same_sample() {
 #[test]
 fn stop_string_ends_the_reply_before_it() {
     let Some(m) = model(SMOL) else { return };
-    let full = weft(&["run", &m, "1, 2, 3, 4,", "--raw", "--temperature", "0", "-n", "16"]);
+    let full = weft(&[
+        "run",
+        &m,
+        "1, 2, 3, 4,",
+        "--raw",
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+    ]);
     let text = stdout(&full);
-    let stop = text.trim_start().split(',').nth(1).map(|s| format!(",{s}")).expect("a comma in the continuation");
-    let cut = weft(&["run", &m, "1, 2, 3, 4,", "--raw", "--temperature", "0", "-n", "16", "--stop", &stop]);
+    let stop = text
+        .trim_start()
+        .split(',')
+        .nth(1)
+        .map(|s| format!(",{s}"))
+        .expect("a comma in the continuation");
+    let cut = weft(&[
+        "run",
+        &m,
+        "1, 2, 3, 4,",
+        "--raw",
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+        "--stop",
+        &stop,
+    ]);
     let got = stdout(&cut);
     assert!(!got.contains(&stop), "{got:?} still holds stop {stop:?}");
-    assert!(text.starts_with(got.trim_end_matches('\n')), "{got:?} is not a prefix of {text:?}");
+    assert!(
+        text.starts_with(got.trim_end_matches('\n')),
+        "{got:?} is not a prefix of {text:?}"
+    );
 }
 
 #[test]
@@ -128,8 +178,19 @@ fn perplexity_matches_llama_cpp_within_half_a_percent() {
     let o = weft(&["perplexity", &m, text, "--ctx", "512", "--chunks", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    let line = out.lines().find(|l| l.starts_with("Final estimate: PPL = ")).expect(&out);
-    let ppl: f64 = line["Final estimate: PPL = ".len()..].split_whitespace().next().unwrap().parse().unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Final estimate: PPL = "))
+        .expect(&out);
+    let ppl: f64 = line["Final estimate: PPL = ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let llama_cpp = 17.7185;
-    assert!((ppl / llama_cpp - 1.0).abs() < 0.005, "weft {ppl} vs llama.cpp {llama_cpp}");
+    assert!(
+        (ppl / llama_cpp - 1.0).abs() < 0.005,
+        "weft {ppl} vs llama.cpp {llama_cpp}"
+    );
 }

@@ -32,9 +32,15 @@ const TYPE_BYTE: i32 = 6;
 
 enum Model {
     /// Byte-level BPE: merge ranks and the pre-tokenizer expressions applied in sequence.
-    Bpe { ranks: HashMap<(String, String), usize>, pre: Vec<Regex> },
+    Bpe {
+        ranks: HashMap<(String, String), usize>,
+        pre: Vec<Regex>,
+    },
     /// SentencePiece with scores and byte fallback.
-    Spm { scores: Vec<f32>, add_space_prefix: bool },
+    Spm {
+        scores: Vec<f32>,
+        add_space_prefix: bool,
+    },
 }
 
 pub struct Tokenizer {
@@ -68,23 +74,37 @@ fn pre_expressions(pre: &str) -> Result<Vec<&'static str>, TokenizerError> {
 
 impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-        let model_name = file.get_str("tokenizer.ggml.model")?.ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
-        let tokens = file.get_str_array("tokenizer.ggml.tokens")?.ok_or(TokenizerError::Missing("tokenizer.ggml.tokens"))?.to_vec();
+        let model_name = file
+            .get_str("tokenizer.ggml.model")?
+            .ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
+        let tokens = file
+            .get_str_array("tokenizer.ggml.tokens")?
+            .ok_or(TokenizerError::Missing("tokenizer.ggml.tokens"))?
+            .to_vec();
         let types = match file.get_i32_array("tokenizer.ggml.token_type")? {
             Some(t) => t.to_vec(),
             None => vec![TYPE_NORMAL; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(TokenizerError::Inconsistent(format!("{} tokens, {} token types", tokens.len(), types.len())));
+            return Err(TokenizerError::Inconsistent(format!(
+                "{} tokens, {} token types",
+                tokens.len(),
+                types.len()
+            )));
         }
         let id = |key| -> Result<Option<u32>, TokenizerError> {
             Ok(file.get_u32(key)?.filter(|&i| (i as usize) < tokens.len()))
         };
-        let (bos, eos) = (id("tokenizer.ggml.bos_token_id")?, id("tokenizer.ggml.eos_token_id")?);
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id")?,
+            id("tokenizer.ggml.eos_token_id")?,
+        );
         let eot = id("tokenizer.ggml.eot_token_id")?;
         let model = match model_name {
             "gpt2" => {
-                let merges = file.get_str_array("tokenizer.ggml.merges")?.ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
+                let merges = file
+                    .get_str_array("tokenizer.ggml.merges")?
+                    .ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
                 let mut ranks = HashMap::with_capacity(merges.len());
                 for (rank, m) in merges.iter().enumerate() {
                     if let Some((a, b)) = m.split_once(' ') {
@@ -99,35 +119,84 @@ impl Tokenizer {
                 Model::Bpe { ranks, pre }
             }
             "llama" => {
-                let scores = file.get_f32_array("tokenizer.ggml.scores")?.ok_or(TokenizerError::Missing("tokenizer.ggml.scores"))?.to_vec();
+                let scores = file
+                    .get_f32_array("tokenizer.ggml.scores")?
+                    .ok_or(TokenizerError::Missing("tokenizer.ggml.scores"))?
+                    .to_vec();
                 if scores.len() != tokens.len() {
-                    return Err(TokenizerError::Inconsistent(format!("{} tokens, {} scores", tokens.len(), scores.len())));
+                    return Err(TokenizerError::Inconsistent(format!(
+                        "{} tokens, {} scores",
+                        tokens.len(),
+                        scores.len()
+                    )));
                 }
-                let add_space_prefix = file.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-                Model::Spm { scores, add_space_prefix }
+                let add_space_prefix = file
+                    .get_bool("tokenizer.ggml.add_space_prefix")?
+                    .unwrap_or(true);
+                Model::Spm {
+                    scores,
+                    add_space_prefix,
+                }
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         };
         let is_spm = matches!(model, Model::Spm { .. });
-        let add_bos = file.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(is_spm);
-        let add_eos = file.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-        let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let add_bos = file
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(is_spm);
+        let add_eos = file
+            .get_bool("tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false);
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let mut specials: Vec<u32> = (0..tokens.len() as u32)
-            .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN) && !tokens[i as usize].is_empty())
+            .filter(|&i| {
+                matches!(
+                    types[i as usize],
+                    TYPE_CONTROL | TYPE_USER_DEFINED | TYPE_UNKNOWN
+                ) && !tokens[i as usize].is_empty()
+            })
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
         // End-of-generation tokens: EOS, EOT, and the turn-end markers llama.cpp recognises.
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for name in ["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|return|>", "<|call|>", "<|eom_id|>", "<EOT>"] {
+        for name in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<end_of_turn>",
+            "<|eot_id|>",
+            "<|end|>",
+            "<|return|>",
+            "<|call|>",
+            "<|eom_id|>",
+            "<EOT>",
+        ] {
             if let Some(&i) = ids.get(name) {
-                if types[i as usize] == TYPE_CONTROL || name == "<|endoftext|>" || name == "<end_of_turn>" {
+                if types[i as usize] == TYPE_CONTROL
+                    || name == "<|endoftext|>"
+                    || name == "<end_of_turn>"
+                {
                     eog.push(i);
                 }
             }
         }
         eog.sort_unstable();
         eog.dedup();
-        Ok(Tokenizer { tokens, types, ids, model, specials, bos, eos, eog, add_bos, add_eos })
+        Ok(Tokenizer {
+            tokens,
+            types,
+            ids,
+            model,
+            specials,
+            bos,
+            eos,
+            eog,
+            add_bos,
+            add_eos,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -166,7 +235,10 @@ impl Tokenizer {
                 Part::Text(t) => {
                     match &self.model {
                         Model::Bpe { ranks, pre } => self.encode_bpe(t, ranks, pre, &mut out),
-                        Model::Spm { scores, add_space_prefix } => {
+                        Model::Spm {
+                            scores,
+                            add_space_prefix,
+                        } => {
                             let mut s = String::with_capacity(t.len() + 3);
                             if *add_space_prefix && first_text {
                                 s.push(' ');
@@ -216,7 +288,13 @@ impl Tokenizer {
         parts
     }
 
-    fn encode_bpe(&self, text: &str, ranks: &HashMap<(String, String), usize>, pre: &[Regex], out: &mut Vec<u32>) {
+    fn encode_bpe(
+        &self,
+        text: &str,
+        ranks: &HashMap<(String, String), usize>,
+        pre: &[Regex],
+        out: &mut Vec<u32>,
+    ) {
         let mut pieces = vec![text.to_string()];
         for re in pre {
             let mut next = Vec::new();
@@ -257,7 +335,10 @@ impl Tokenizer {
                 match self.ids.get(&s) {
                     Some(&id) => out.push(id),
                     // Unmergeable symbol without a token: fall back to its single characters.
-                    None => out.extend(s.chars().filter_map(|c| self.ids.get(&c.to_string()).copied())),
+                    None => out.extend(
+                        s.chars()
+                            .filter_map(|c| self.ids.get(&c.to_string()).copied()),
+                    ),
                 }
             }
         }
@@ -270,14 +351,28 @@ impl Tokenizer {
         if n == 0 {
             return;
         }
-        let mut sym: Vec<(usize, usize)> = (0..n).map(|i| (starts[i], if i + 1 < n { starts[i + 1] } else { text.len() })).collect();
+        let mut sym: Vec<(usize, usize)> = (0..n)
+            .map(|i| {
+                (
+                    starts[i],
+                    if i + 1 < n { starts[i + 1] } else { text.len() },
+                )
+            })
+            .collect();
         let mut prev: Vec<isize> = (0..n as isize).map(|i| i - 1).collect();
-        let mut next: Vec<isize> = (0..n as isize).map(|i| if i + 1 < n as isize { i + 1 } else { -1 }).collect();
+        let mut next: Vec<isize> = (0..n as isize)
+            .map(|i| if i + 1 < n as isize { i + 1 } else { -1 })
+            .collect();
         let mut heap = BinaryHeap::new();
         let push = |heap: &mut BinaryHeap<Bigram>, sym: &[(usize, usize)], l: usize, r: usize| {
             let s = &text[sym[l].0..sym[r].1];
             if let Some(&id) = self.ids.get(s) {
-                heap.push(Bigram { score: scores[id as usize], left: l, right: r, len: s.len() });
+                heap.push(Bigram {
+                    score: scores[id as usize],
+                    left: l,
+                    right: r,
+                    len: s.len(),
+                });
             }
         };
         for i in 1..n {
@@ -286,7 +381,11 @@ impl Tokenizer {
         while let Some(b) = heap.pop() {
             let (l, r) = (b.left, b.right);
             // Skip stale bigrams whose symbols have changed since they were queued.
-            if sym[l].1 - sym[l].0 == 0 || sym[r].1 - sym[r].0 == 0 || sym[r].1 - sym[l].0 != b.len || next[l] != r as isize {
+            if sym[l].1 - sym[l].0 == 0
+                || sym[r].1 - sym[r].0 == 0
+                || sym[r].1 - sym[l].0 != b.len
+                || next[l] != r as isize
+            {
                 continue;
             }
             sym[l].1 = sym[r].1;
@@ -322,7 +421,9 @@ impl Tokenizer {
 
     /// The bytes of one token as llama.cpp's `llama_token_to_piece` renders them.
     pub fn token_bytes(&self, id: u32, special: bool) -> Vec<u8> {
-        let Some(text) = self.tokens.get(id as usize) else { return Vec::new() };
+        let Some(text) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
         let ty = self.types[id as usize];
         match ty {
             TYPE_CONTROL | TYPE_UNKNOWN if !special => return Vec::new(),
@@ -331,10 +432,17 @@ impl Tokenizer {
             _ => {}
         }
         match &self.model {
-            Model::Bpe { .. } => text.chars().map(|c| char_to_byte(c).unwrap_or(b'?')).collect(),
+            Model::Bpe { .. } => text
+                .chars()
+                .map(|c| char_to_byte(c).unwrap_or(b'?'))
+                .collect(),
             Model::Spm { .. } => {
                 if ty == TYPE_BYTE {
-                    if let Some(b) = text.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    if let Some(b) = text
+                        .strip_prefix("<0x")
+                        .and_then(|h| h.strip_suffix('>'))
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
                         return vec![b];
                     }
                 }
@@ -345,7 +453,10 @@ impl Tokenizer {
 
     /// Text of `ids` (lossy UTF-8).
     pub fn decode(&self, ids: &[u32], special: bool) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i, special)).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i, special))
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -375,16 +486,21 @@ impl PartialOrd for Bigram {
 }
 impl Ord for Bigram {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
+        self.score
+            .total_cmp(&o.score)
+            .then_with(|| o.left.cmp(&self.left))
     }
 }
 
 /// GPT-2's reversible map between bytes and printable characters: printable Latin-1 bytes
 /// map to themselves, the others, in order, to U+0100 onwards.
 fn byte_table() -> &'static ([char; 256], HashMap<char, u8>) {
-    static TABLE: std::sync::OnceLock<([char; 256], HashMap<char, u8>)> = std::sync::OnceLock::new();
+    static TABLE: std::sync::OnceLock<([char; 256], HashMap<char, u8>)> =
+        std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = |b: u8| {
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+        };
         let mut chars = ['\0'; 256];
         let mut next = 0x100u32;
         for b in 0..=255u8 {
@@ -395,7 +511,11 @@ fn byte_table() -> &'static ([char; 256], HashMap<char, u8>) {
                 char::from_u32(next - 1).expect("valid code point")
             };
         }
-        let back = chars.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let back = chars
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         (chars, back)
     })
 }
