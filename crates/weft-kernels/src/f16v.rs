@@ -73,13 +73,9 @@ pub mod scalar {
             }
         }
         // Pairwise register reduction, then the 8 lanes as _mm_hadd_ps does.
-        for l in 0..LANES {
-            sum[0][l] += sum[2][l];
-            sum[1][l] += sum[3][l];
-        }
-        for l in 0..LANES {
-            sum[0][l] += sum[1][l];
-        }
+        let [s0, s1, s2, s3] = sum;
+        let r: [f32; LANES] = std::array::from_fn(|l| (s0[l] + s2[l]) + (s1[l] + s3[l]));
+        let sum = [r];
         let t0: [f32; 4] = std::array::from_fn(|l| sum[0][l] + sum[0][l + 4]);
         let t1 = [t0[0] + t0[1], t0[2] + t0[3]];
         let mut total = f64::from(t1[0] + t1[1]);

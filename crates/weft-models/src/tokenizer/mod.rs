@@ -57,6 +57,30 @@ pub struct Tokenizer {
     add_eos: bool,
 }
 
+/// Token texts that end generation (llama.cpp's list in llama-vocab.cpp).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+];
+
 // Pre-tokenizer expressions (as in llama.cpp's llama-vocab.cpp for each `tokenizer.ggml.pre`).
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -147,11 +171,24 @@ impl Tokenizer {
         let add_eos = file
             .get_bool("tokenizer.ggml.add_eos_token")?
             .unwrap_or(false);
+        let mut types = types;
         let ids: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
+        // End-of-generation tokens: EOS, EOT, and every token whose text llama.cpp treats as a
+        // turn or text end, which it also makes a control token (so that its text is matched
+        // as special only with parse_special).
+        let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
+        for text in EOG_TEXTS {
+            if let Some(&i) = ids.get(*text) {
+                eog.push(i);
+                types[i as usize] = TYPE_CONTROL;
+            }
+        }
+        eog.sort_unstable();
+        eog.dedup();
         let mut specials: Vec<u32> = (0..tokens.len() as u32)
             .filter(|&i| {
                 matches!(
@@ -161,30 +198,6 @@ impl Tokenizer {
             })
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
-        // End-of-generation tokens: EOS, EOT, and the turn-end markers llama.cpp recognises.
-        let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for name in [
-            "<|im_end|>",
-            "<|endoftext|>",
-            "<end_of_turn>",
-            "<|eot_id|>",
-            "<|end|>",
-            "<|return|>",
-            "<|call|>",
-            "<|eom_id|>",
-            "<EOT>",
-        ] {
-            if let Some(&i) = ids.get(name) {
-                if types[i as usize] == TYPE_CONTROL
-                    || name == "<|endoftext|>"
-                    || name == "<end_of_turn>"
-                {
-                    eog.push(i);
-                }
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
         Ok(Tokenizer {
             tokens,
             types,
