@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use weft_engine::session::{FinishReason, GenerateParams, Session};
+use weft_engine::session::{FinishReason, Session};
 use weft_models::chat_template::ChatMessage;
 use weft_models::TextModel;
 
@@ -62,11 +62,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))
             .context("installing the Ctrl-C handler")?;
     }
-    let params = GenerateParams {
-        sampling: args.sampling.params(),
-        max_tokens: args.sampling.max_tokens,
-        stop: args.sampling.stop.clone(),
-    };
+    let params = args.sampling.generate_params();
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use weft_engine::sampler::SamplingParams;
-use weft_engine::session::{Session, SessionConfig};
+use weft_engine::session::{GenerateParams, Session, SessionConfig};
 use weft_models::TextModel;
 
 #[derive(Parser)]
@@ -113,7 +113,16 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn params(&self) -> SamplingParams {
+    /// Sampling plus length and stop strings, as the engine takes them.
+    pub fn generate_params(&self) -> GenerateParams {
+        GenerateParams {
+            sampling: self.params(),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        }
+    }
+
+    fn params(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,

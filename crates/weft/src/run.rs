@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use clap::Args;
-use weft_engine::session::{GenerateOutcome, GenerateParams, Session};
+use weft_engine::session::{GenerateOutcome, Session};
 use weft_models::chat_template::ChatMessage;
 
 use crate::chat::chat_prompt_tokens;
@@ -53,11 +53,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         chat_prompt_tokens(&model, &messages)?
     };
     let mut session = Session::new(&model, args.context.session_config(&model));
-    let params = GenerateParams {
-        sampling: args.sampling.params(),
-        max_tokens: args.sampling.max_tokens,
-        stop: args.sampling.stop.clone(),
-    };
+    let params = args.sampling.generate_params();
     let mut stdout = std::io::stdout().lock();
     let outcome = session.generate(&tokens, &params, &AtomicBool::new(false), |text| {
         let _ = stdout.write_all(text.as_bytes());
