@@ -1,6 +1,7 @@
 //! Request execution: sequences over a paged KV cache, sampling, stop conditions and
 //! detokenization. The engine knows models only through `weft-models` and nothing of HTTP.
 
+pub mod bench;
 pub mod blocks;
 pub mod detokenizer;
 pub mod perplexity;

@@ -19,6 +19,9 @@ use crate::EngineError;
 /// Tokens per KV cache block.
 pub const BLOCK_SIZE: usize = 16;
 
+/// Default most tokens per forward pass (llama.cpp's default micro-batch).
+pub const MAX_BATCH: usize = 512;
+
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// Threads for the kernels.
@@ -34,7 +37,7 @@ impl SessionConfig {
         SessionConfig {
             n_threads,
             ctx_size,
-            max_batch: 512,
+            max_batch: MAX_BATCH,
         }
     }
 }
@@ -175,6 +178,12 @@ impl<'m> Session<'m> {
             self.tokens.extend_from_slice(chunk);
         }
         Ok(())
+    }
+
+    /// Evaluates `tokens` after the cached ones (logits of the last token only, discarded):
+    /// what a benchmark times.
+    pub fn append(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+        self.extend(tokens, LogitsWanted::Last, |_, _| {})
     }
 
     /// Makes the cache hold exactly `prompt`, reusing its longest cached prefix, and returns

@@ -3,7 +3,6 @@
 //! they run on. Nothing here knows about models.
 
 pub mod attention;
-pub mod f16v;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

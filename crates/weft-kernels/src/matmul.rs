@@ -1,12 +1,14 @@
 //! Matrix products of block-quantized weights with f32 activations.
 //!
-//! Activations are first quantized to the weight type's dot format (8-bit blocks for the
-//! quantized types, as ggml does), then every output is one `vec_dot` of a weight row with an
-//! activation row. Work is split over weight rows, so each thread streams its own slice of the
-//! weights once for all tokens of the batch.
+//! Activations are quantized once to the weight type's dot format (8-bit blocks for the
+//! quantized types, as ggml does) and reused by every matrix that reads the same input (Q, K
+//! and V; gate and up). The product runs as [`dot_tile`]s of up to 4 weight rows by 4 tokens,
+//! so each weight block is decoded once per 4 tokens and each activation block serves 4 rows.
+//! Work is split over weight rows, so each thread streams its own slice of the weights once for
+//! all tokens of the batch.
 
-use crate::pool::{chunk_range, ThreadPool};
-use crate::quant::{quantize_row, vec_dot, GgmlType};
+use crate::pool::ThreadPool;
+use crate::quant::{act_scales, dot_tile, quantize_row, ActScale, GgmlType, TILE_MAX};
 
 /// A row-major weight matrix in its on-disk block format: `rows` rows of `cols` elements.
 #[derive(Clone, Copy, Debug)]
@@ -17,72 +19,137 @@ pub struct QMatrix<'a> {
     pub data: &'a [u8],
 }
 
-/// Weight rows handled together for every token, so they stay in cache across tokens.
-const ROW_TILE: usize = 16;
+/// Weight rows a thread takes at a time and multiplies by every token before taking more, so
+/// they stay in cache (L2) across all token tiles.
+const ROW_CHUNK: usize = 32;
 
-/// `out[t][r] = sum_c w[r][c] * x[t][c]` for `t < n_tokens`.
-///
-/// `x` is `n_tokens * w.cols` long, `out` is `n_tokens * w.rows` long; `xq` is scratch space
-/// that keeps its capacity between calls.
+/// Activation rows quantized to one dot type, with their block scales; keeps its buffers
+/// between uses.
+#[derive(Default)]
+pub struct QuantizedActs {
+    ty: Option<GgmlType>,
+    cols: usize,
+    n_tokens: usize,
+    data: Vec<u8>,
+    scales: Vec<ActScale>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` (`n_tokens` rows of `cols`) to `ty` (a dot type), splitting the rows
+    /// over the pool.
+    pub fn quantize(&mut self, pool: &ThreadPool, ty: GgmlType, x: &[f32], cols: usize) {
+        assert!(cols > 0 && x.len().is_multiple_of(cols), "activation shape");
+        let n_tokens = x.len() / cols;
+        let row = ty
+            .row_bytes(cols)
+            .expect("row length is a whole number of blocks");
+        let nb = cols / ty.block_len();
+        self.data.resize(row * n_tokens, 0);
+        self.scales.resize(nb * n_tokens, ActScale::default());
+        let data = SharedMut(self.data.as_mut_ptr());
+        let scales = SharedMut(self.scales.as_mut_ptr());
+        pool.for_each_chunk(n_tokens, |tokens| {
+            for t in tokens {
+                // SAFETY: token rows are partitioned between threads, the buffers were sized
+                // above and outlive the call.
+                let (dst, xs) = unsafe { (data.slice(t * row, row), scales.slice(t * nb, nb)) };
+                quantize_row(ty, &x[t * cols..(t + 1) * cols], dst);
+                act_scales(ty, dst, xs);
+            }
+        });
+        self.ty = Some(ty);
+        self.cols = cols;
+        self.n_tokens = n_tokens;
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Whether these are `x`'s rows in `ty` (for reuse across matrices).
+    pub fn is(&self, ty: GgmlType, cols: usize) -> bool {
+        self.ty == Some(ty) && self.cols == cols
+    }
+}
+
+/// `out[t][r] = sum_c w[r][c] * x[t][c]` for every token `t` of `xa`, which must hold the
+/// activations quantized to `w.ty.dot_type()`.
+pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, out: &mut [f32]) {
+    let dot_ty = w.ty.dot_type();
+    assert!(
+        xa.is(dot_ty, w.cols),
+        "activations quantized for this matrix"
+    );
+    let n_tokens = xa.n_tokens;
+    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
+    let wrow = w.ty.row_bytes(w.cols).expect("weight row bytes");
+    let xrow = dot_ty.row_bytes(w.cols).expect("activation row bytes");
+    let nb = w.cols / w.ty.block_len();
+    assert_eq!(w.data.len(), wrow * w.rows, "weight data size");
+
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    pool.for_each_dynamic(w.rows, ROW_CHUNK, |rows| {
+        let mut tile = [0.0f32; TILE_MAX * TILE_MAX];
+        for t0 in (0..n_tokens).step_by(TILE_MAX) {
+            let nt = (n_tokens - t0).min(TILE_MAX);
+            let x = &xa.data[t0 * xrow..(t0 + nt) * xrow];
+            let xs = &xa.scales[t0 * nb..(t0 + nt) * nb];
+            for r0 in rows.clone().step_by(TILE_MAX) {
+                let nr = (rows.end - r0).min(TILE_MAX);
+                let wt = &w.data[r0 * wrow..(r0 + nr) * wrow];
+                let tile = &mut tile[..nr * nt];
+                dot_tile(w.ty, w.cols, wt, x, xs, nr, nt, tile);
+                for r in 0..nr {
+                    for t in 0..nt {
+                        // SAFETY: row chunks are handed to one thread each, so each (token,
+                        // row) element is written by exactly one thread, and `out` outlives
+                        // the call.
+                        unsafe { out_ptr.write((t0 + t) * w.rows + r0 + r, tile[r * nt + t]) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Quantizes `x` (`n_tokens` rows) into `xa` and multiplies: [`matmul_quantized`] for an
+/// input that only one matrix reads.
 pub fn matmul(
     pool: &ThreadPool,
     w: &QMatrix<'_>,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
-    xq: &mut Vec<u8>,
+    xa: &mut QuantizedActs,
 ) {
     assert_eq!(x.len(), n_tokens * w.cols, "activation shape");
-    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
-    let dot_ty = w.ty.dot_type();
-    let xrow = dot_ty
-        .row_bytes(w.cols)
-        .expect("weight row length is a whole number of blocks");
-    let wrow = w.ty.row_bytes(w.cols).expect("weight row bytes");
-    assert_eq!(w.data.len(), wrow * w.rows, "weight data size");
-
-    xq.resize(xrow * n_tokens, 0);
-    for (src, dst) in x.chunks_exact(w.cols).zip(xq.chunks_exact_mut(xrow)) {
-        quantize_row(dot_ty, src, dst);
-    }
-    let xq: &[u8] = xq;
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    let threads = pool.n_threads();
-    pool.run(|t| {
-        let rows = chunk_range(w.rows, threads, t);
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let r1 = (r0 + ROW_TILE).min(rows.end);
-            for tok in 0..n_tokens {
-                let xt = &xq[tok * xrow..(tok + 1) * xrow];
-                for r in r0..r1 {
-                    let v = vec_dot(w.ty, w.cols, &w.data[r * wrow..(r + 1) * wrow], xt);
-                    // SAFETY: rows are partitioned between threads, so each (tok, r) element
-                    // is written by exactly one thread, and `out` outlives `pool.run`.
-                    unsafe { out_ptr.write(tok * w.rows + r, v) };
-                }
-            }
-            r0 = r1;
-        }
-    });
+    xa.quantize(pool, w.ty.dot_type(), x, w.cols);
+    matmul_quantized(pool, w, xa, out);
 }
 
-/// A raw pointer to an output buffer whose elements are partitioned between threads.
+/// A raw pointer to a buffer whose elements are partitioned between threads.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: used only for disjoint writes from the threads of one `pool.run` call.
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-impl SharedOut {
+struct SharedMut<T>(*mut T);
+// SAFETY: used only for disjoint accesses from the threads of one `pool.run` call.
+unsafe impl<T> Sync for SharedMut<T> {}
+unsafe impl<T> Send for SharedMut<T> {}
+impl<T> SharedMut<T> {
     /// # Safety
     /// `i` must be in bounds and no other thread may access element `i` concurrently.
     #[inline]
-    unsafe fn write(self, i: usize, v: f32) {
+    unsafe fn write(self, i: usize, v: T) {
         // SAFETY: guaranteed by the caller.
         unsafe { *self.0.add(i) = v };
     }
-}
 
+    /// # Safety
+    /// `start..start + len` must be in bounds and accessed by no other thread concurrently.
+    #[inline]
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,7 +193,7 @@ mod tests {
                 data: &data,
             };
             let mut out = vec![0.0; n * rows];
-            let mut scratch = Vec::new();
+            let mut scratch = QuantizedActs::default();
             matmul(&pool, &w, &x, n, &mut out, &mut scratch);
             let mut wrow = vec![0.0; cols];
             for r in 0..rows {

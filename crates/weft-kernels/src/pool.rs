@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// How many spins a worker makes on the epoch before parking. Tuned so that back-to-back
-/// matmuls (microseconds apart) never park, while an idle pool sleeps.
-const SPIN_LIMIT: usize = 20_000;
+/// How many spins a worker makes on the epoch before parking (about 100 µs): back-to-back
+/// kernels (microseconds apart) never park, while an idle pool sleeps.
+const SPIN_LIMIT: usize = 5_000;
+/// How many spins the caller makes waiting for the workers before yielding its core at each
+/// further check: when threads outnumber cores, a descheduled worker needs that core.
+const WAIT_SPINS: usize = 500;
 
 type Job = *const (dyn Fn(usize) + Sync);
 
@@ -23,6 +26,9 @@ struct Shared {
     /// The current job; valid while `pending > 0` for the epoch it was published in.
     job: Mutex<Option<SendJob>>,
     wake: Condvar,
+    /// Workers parked on `wake` (changed under the `job` lock), so that publishing a job
+    /// costs a futex wake only when someone sleeps.
+    sleepers: AtomicUsize,
     shutdown: std::sync::atomic::AtomicBool,
 }
 
@@ -50,6 +56,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             job: Mutex::new(None),
             wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
         });
         let workers = (1..n_threads)
@@ -86,20 +93,23 @@ impl ThreadPool {
         // SAFETY: the lifetime is erased only for the duration of this call; we wait below
         // until `pending` reaches zero, after which no worker touches the pointer again.
         let job_ptr: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job_ref) };
-        {
+        let sleepers = {
             let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
             *slot = Some(SendJob(job_ptr));
             self.shared
                 .pending
                 .store(self.n_threads - 1, Ordering::Release);
             self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+            self.shared.sleepers.load(Ordering::Acquire)
+        };
+        if sleepers > 0 {
+            self.shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
         job(0);
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
-            if spins < SPIN_LIMIT {
+            if spins < WAIT_SPINS {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -123,6 +133,34 @@ impl ThreadPool {
             if !r.is_empty() {
                 f(r);
             }
+        });
+    }
+}
+
+impl ThreadPool {
+    /// Runs `f` over `0..n` in pieces of at most `grain`, handed out on demand: a thread that
+    /// finishes early, or was scheduled late, takes more pieces, so one slow core does not hold
+    /// up the whole job.
+    pub fn for_each_dynamic<F: Fn(std::ops::Range<usize>) + Sync>(
+        &self,
+        n: usize,
+        grain: usize,
+        f: F,
+    ) {
+        let grain = grain.max(1);
+        if self.n_threads == 1 || n <= grain {
+            if n > 0 {
+                f(0..n);
+            }
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(|_| loop {
+            let start = next.fetch_add(grain, Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            f(start..(start + grain).min(n));
         });
     }
 }
@@ -157,7 +195,10 @@ fn worker_loop(shared: &Shared, index: usize) {
             if shared.epoch.load(Ordering::Acquire) == seen
                 && !shared.shutdown.load(Ordering::Acquire)
             {
-                drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+                shared.sleepers.fetch_add(1, Ordering::AcqRel);
+                let guard = shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                shared.sleepers.fetch_sub(1, Ordering::AcqRel);
+                drop(guard);
             }
             spins = 0;
         };
@@ -219,6 +260,24 @@ mod tests {
                 }
                 assert_eq!(next, n);
             }
+        }
+    }
+
+    #[test]
+    fn for_each_dynamic_covers_every_index_once() {
+        let pool = ThreadPool::new(3);
+        for (n, grain) in [(0, 4), (1, 4), (1001, 7), (64, 64), (65, 64)] {
+            let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            pool.for_each_dynamic(n, grain, |r| {
+                assert!(r.len() <= grain);
+                for i in r {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(
+                seen.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n {n} grain {grain}"
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `weft` command line.
 
+mod bench;
 mod chat;
 mod pull;
 mod run;
@@ -47,6 +48,8 @@ enum Command {
         #[arg(long)]
         no_add_special: bool,
     },
+    /// Time prompt processing and generation, with llama-bench's flags and output.
+    Bench(bench::BenchArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity {
         /// Packaged model name or path to a .gguf file.
@@ -73,9 +76,12 @@ pub struct ThreadArgs {
 
 impl ThreadArgs {
     pub fn get(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
+        self.threads.unwrap_or_else(Self::default_threads).max(1)
+    }
+
+    /// All cores.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 
@@ -183,6 +189,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Chat(args) => chat::chat(&args),
         Command::Pull { name: None } => {
             for m in pull::PACKAGED {

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::layout::*;
-use super::GgmlType;
+use super::{act_scales, ActScale, GgmlType};
 
 /// Whether the CPU has AVX2, FMA and F16C (checked once). Setting `WEFT_FORCE_SCALAR` in the
 /// environment turns the SIMD paths off.
@@ -114,19 +114,6 @@ unsafe fn f16x2_times(b: &[u8], off: usize, y: f32) -> __m128 {
     _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)), _mm_set1_ps(y))
 }
 
-/// The product of the f16 at `a[ao..]` and the f16 at `b[bo..]`, as f32.
-///
-/// # Safety
-/// The CPU must support F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_mul(a: &[u8], ao: usize, b: &[u8], bo: usize) -> f32 {
-    f16_pair_product(
-        u16::from_le_bytes([a[ao], a[ao + 1]]),
-        u16::from_le_bytes([b[bo], b[bo + 1]]),
-    )
-}
-
 /// # Safety
 /// The CPU must support AVX2.
 #[inline]
@@ -158,19 +145,6 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
     _mm_cvtsi128_si32(s)
-}
-
-/// Pairwise sums of the products of signed bytes `a` and `b`, as 8 i32 lanes. `b` must not
-/// contain -128 (the activation quantizers never produce it).
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8(a: __m256i, b: __m256i) -> __m256i {
-    let ua = _mm256_sign_epi8(a, a);
-    let sb = _mm256_sign_epi8(b, a);
-    _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1))
 }
 
 /// Pairwise sums of the products of unsigned bytes `a` (< 128) and signed bytes `b`, as 8 i32
@@ -230,44 +204,167 @@ unsafe fn scale_pair(scales: __m128i, g: usize) -> __m256i {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dot products.
+// Dot products, as tiles of weight rows x activation rows.
+//
+// A weight type's kernel splits its block work in two: `prepare` decodes one weight block
+// (unpacks the quants, builds the scale vectors) and `apply` multiplies the decoded block by one
+// activation block. A tile of R weight rows by T activation rows decodes each weight block once
+// and applies it T times, so the unpacking is paid once per T tokens and each activation block
+// loaded from L1 serves R rows: that reuse is what makes prompt processing compute-bound on the
+// integer multiplies instead of on unpacking.
 
-/// Defines `unsafe fn $name(w, x) -> f32` that runs the block kernel `$blk` over all blocks,
-/// alternating two accumulators. A kernel adds its block's vector contribution to `acc` and
-/// any scalar contribution to `extra`.
-macro_rules! block_dot {
-    ($name:ident, $blk:ident, $wb:expr, $xb:expr) => {
-        /// # Safety
-        /// The CPU must support AVX2, FMA and F16C.
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $name(w: &[u8], x: &[u8]) -> f32 {
-            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let (mut e0, mut e1) = (0.0f32, 0.0f32);
-            let mut wi = w.chunks_exact(2 * $wb);
-            let mut xi = x.chunks_exact(2 * $xb);
-            for (w2, x2) in (&mut wi).zip(&mut xi) {
-                $blk(&mut acc0, &mut e0, arr(w2, 0), arr(x2, 0));
-                $blk(&mut acc1, &mut e1, arr(w2, $wb), arr(x2, $xb));
-            }
-            let (wr, xr) = (wi.remainder(), xi.remainder());
-            if wr.len() == $wb && xr.len() == $xb {
-                $blk(&mut acc0, &mut e0, arr(wr, 0), arr(xr, 0));
-            }
-            hsum_ps(_mm256_add_ps(acc0, acc1)) + (e0 + e1)
-        }
-    };
+/// A weight type's block kernel (see the section comment).
+trait BlockKernel {
+    /// Bytes of one weight block and of one activation block.
+    const WB: usize;
+    const XB: usize;
+    /// A decoded weight block.
+    type Decoded: Copy;
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `w` is one whole weight block.
+    unsafe fn prepare(w: &[u8]) -> Self::Decoded;
+
+    /// Adds the block's vector contribution to `acc` and any scalar one to `extra`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `x` is one whole activation block whose scale
+    /// is `xs`.
+    unsafe fn apply(w: &Self::Decoded, x: &[u8], xs: ActScale, acc: &mut __m256, extra: &mut f32);
 }
 
-block_dot!(dot_q4_0, blk_q4_0, Q4_0_BYTES, Q8_0_BYTES);
-block_dot!(dot_q4_1, blk_q4_1, Q4_1_BYTES, Q8_1_BYTES);
-block_dot!(dot_q5_0, blk_q5_0, Q5_0_BYTES, Q8_0_BYTES);
-block_dot!(dot_q5_1, blk_q5_1, Q5_1_BYTES, Q8_1_BYTES);
-block_dot!(dot_q8_0, blk_q8_0, Q8_0_BYTES, Q8_0_BYTES);
-block_dot!(dot_q2_k, blk_q2_k, Q2_K_BYTES, Q8_K_BYTES);
-block_dot!(dot_q3_k, blk_q3_k, Q3_K_BYTES, Q8_K_BYTES);
-block_dot!(dot_q4_k, blk_q4_k, Q4_K_BYTES, Q8_K_BYTES);
-block_dot!(dot_q5_k, blk_q5_k, Q5_K_BYTES, Q8_K_BYTES);
-block_dot!(dot_q6_k, blk_q6_k, Q6_K_BYTES, Q8_K_BYTES);
+/// Computes `out[r * T + t]` = dot(weight row r, activation row t) for an R x T tile.
+/// `w` holds the R rows `wrow` bytes apart, `x` the T rows `xrow` bytes apart, `xs` their
+/// per-block scales (`nb` per row).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; the slices must hold whole rows of `nb` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<K: BlockKernel, const R: usize, const T: usize>(
+    nb: usize,
+    w: &[u8],
+    wrow: usize,
+    x: &[u8],
+    xrow: usize,
+    xs: &[ActScale],
+    out: &mut [f32],
+) {
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut extra = [[0.0f32; T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wo = r * wrow + b * K::WB;
+            // SAFETY: the caller guarantees the CPU features and whole blocks.
+            let decoded = unsafe { K::prepare(&w[wo..wo + K::WB]) };
+            for t in 0..T {
+                let xo = t * xrow + b * K::XB;
+                // SAFETY: as above.
+                unsafe {
+                    K::apply(
+                        &decoded,
+                        &x[xo..xo + K::XB],
+                        xs[t * nb + b],
+                        &mut acc[r][t],
+                        &mut extra[r][t],
+                    )
+                };
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r * T + t] = hsum_ps(acc[r][t]) + extra[r][t];
+        }
+    }
+}
+
+/// Runs [`tile`] for the weight type's kernel, with R and T as constants (the shapes the
+/// matrix product uses: up to 4 rows by up to 4 tokens).
+///
+/// # Safety
+/// As [`tile`]; `rows` and `tokens` must be in 1..=4.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_of<K: BlockKernel>(
+    nb: usize,
+    w: &[u8],
+    wrow: usize,
+    x: &[u8],
+    xrow: usize,
+    xs: &[ActScale],
+    rows: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    macro_rules! shapes {
+        ($(($r:literal, $t:literal)),*) => {
+            match (rows, tokens) {
+                // SAFETY: guaranteed by the caller.
+                $(($r, $t) => unsafe { tile::<K, $r, $t>(nb, w, wrow, x, xrow, xs, out) },)*
+                _ => unreachable!("tile shape {rows}x{tokens}"),
+            }
+        };
+    }
+    shapes!(
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+        (2, 4),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+        (3, 4),
+        (4, 1),
+        (4, 2),
+        (4, 3),
+        (4, 4)
+    )
+}
+
+/// The SIMD tile for `ty` over `nb` blocks per row, or `false` when there is none (the float
+/// formats and the activation formats). Arguments as [`tile`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]); `rows` and `tokens` in 1..=4;
+/// the slices hold whole rows.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dot_tile(
+    ty: GgmlType,
+    nb: usize,
+    w: &[u8],
+    wrow: usize,
+    x: &[u8],
+    xrow: usize,
+    xs: &[ActScale],
+    rows: usize,
+    tokens: usize,
+    out: &mut [f32],
+) -> bool {
+    macro_rules! run {
+        ($k:ty) => {
+            // SAFETY: guaranteed by the caller.
+            unsafe { tile_of::<$k>(nb, w, wrow, x, xrow, xs, rows, tokens, out) }
+        };
+    }
+    match ty {
+        GgmlType::Q4_0 => run!(Q4_0),
+        GgmlType::Q4_1 => run!(Q4_1),
+        GgmlType::Q5_0 => run!(Q5_0),
+        GgmlType::Q5_1 => run!(Q5_1),
+        GgmlType::Q8_0 => run!(Q8_0),
+        GgmlType::Q2_K => run!(Q2_K),
+        GgmlType::Q3_K => run!(Q3_K),
+        GgmlType::Q4_K => run!(Q4_K),
+        GgmlType::Q5_K => run!(Q5_K),
+        GgmlType::Q6_K => run!(Q6_K),
+        _ => return false,
+    }
+    true
+}
 
 /// The SIMD dot product for `ty`, or `None` when there is none. Lengths must have been checked.
 ///
@@ -275,85 +372,166 @@ block_dot!(dot_q6_k, blk_q6_k, Q6_K_BYTES, Q8_K_BYTES);
 /// The CPU must support AVX2, FMA and F16C ([`available`]).
 pub(super) unsafe fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> Option<f32> {
     // SAFETY (all calls below): guaranteed by the caller.
-    Some(unsafe {
-        match ty {
-            GgmlType::F32 => dot_f32(n, w, x),
-            GgmlType::F16 => dot_f16(n, w, x),
-            GgmlType::BF16 => dot_bf16(n, w, x),
-            GgmlType::Q4_0 => dot_q4_0(w, x),
-            GgmlType::Q4_1 => dot_q4_1(w, x),
-            GgmlType::Q5_0 => dot_q5_0(w, x),
-            GgmlType::Q5_1 => dot_q5_1(w, x),
-            GgmlType::Q8_0 => dot_q8_0(w, x),
-            GgmlType::Q2_K => dot_q2_k(w, x),
-            GgmlType::Q3_K => dot_q3_k(w, x),
-            GgmlType::Q4_K => dot_q4_k(w, x),
-            GgmlType::Q5_K => dot_q5_k(w, x),
-            GgmlType::Q6_K => dot_q6_k(w, x),
-            GgmlType::Q8_1 | GgmlType::Q8_K => return None,
+    match ty {
+        GgmlType::F32 => return Some(unsafe { dot_f32(n, w, x) }),
+        GgmlType::F16 => return Some(unsafe { dot_f16(n, w, x) }),
+        GgmlType::BF16 => return Some(unsafe { dot_bf16(n, w, x) }),
+        GgmlType::Q8_1 | GgmlType::Q8_K => return None,
+        _ => {}
+    }
+    // A 1 x 1 tile, over chunks of blocks whose activation scales fit on the stack.
+    const CHUNK: usize = 64;
+    let (wb, xb) = (ty.block_bytes(), ty.dot_type().block_bytes());
+    let nb = n / ty.block_len();
+    let mut xs = [ActScale::default(); CHUNK];
+    let mut total = 0.0;
+    for c0 in (0..nb).step_by(CHUNK) {
+        let c = (nb - c0).min(CHUNK);
+        let (wc, xc) = (&w[c0 * wb..(c0 + c) * wb], &x[c0 * xb..(c0 + c) * xb]);
+        act_scales(ty.dot_type(), xc, &mut xs[..c]);
+        let mut out = [0.0f32];
+        // SAFETY: guaranteed by the caller; one row by one token of whole blocks.
+        unsafe { dot_tile(ty, c, wc, c * wb, xc, c * xb, &xs[..c], 1, 1, &mut out) };
+        total += out[0];
+    }
+    Some(total)
+}
+
+/// A 32-element block whose quants, once decoded, are signed bytes (Q4_0, Q5_0, Q8_0): they
+/// multiply through `maddubs` as |q| times the activations with q's sign.
+#[derive(Clone, Copy)]
+struct SignedBlock {
+    abs: __m256i,
+    q: __m256i,
+    d: f32,
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_block(q: __m256i, d: f32) -> SignedBlock {
+    SignedBlock {
+        abs: _mm256_sign_epi8(q, q),
+        q,
+        d,
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` is a Q8_0 block (no quant is -128).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn apply_signed(w: &SignedBlock, x: &[u8], xs: ActScale, acc: &mut __m256) {
+    let y = _mm256_sign_epi8(load32(arr(x, 2)), w.q);
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w.abs, y), _mm256_set1_epi16(1));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * xs.d), _mm256_cvtepi32_ps(p), *acc);
+}
+
+/// A 32-element block with unsigned quants and a min (Q4_1, Q5_1): d * q + m.
+#[derive(Clone, Copy)]
+struct MinBlock {
+    q: __m256i,
+    d: f32,
+    m: f32,
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` is a Q8_1 block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn apply_min(w: &MinBlock, x: &[u8], xs: ActScale, acc: &mut __m256, extra: &mut f32) {
+    let p = dot_u8(w.q, load32(arr(x, 4)));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * xs.d), _mm256_cvtepi32_ps(p), *acc);
+    *extra += w.m * xs.s;
+}
+
+/// Defines a 32-element block kernel from its decoder.
+macro_rules! block32_kernel {
+    ($name:ident, $wb:expr, $xb:expr, $decoded:ty, $apply:expr, |$w:ident| $prepare:block) => {
+        #[allow(non_camel_case_types)]
+        struct $name;
+        impl BlockKernel for $name {
+            const WB: usize = $wb;
+            const XB: usize = $xb;
+            type Decoded = $decoded;
+
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn prepare($w: &[u8]) -> $decoded {
+                $prepare
+            }
+
+            #[inline]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn apply(
+                w: &$decoded,
+                x: &[u8],
+                xs: ActScale,
+                acc: &mut __m256,
+                extra: &mut f32,
+            ) {
+                let _ = &extra;
+                $apply(w, x, xs, acc, extra)
+            }
         }
-    })
+    };
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q8_0(acc: &mut __m256, _: &mut f32, w: &[u8; Q8_0_BYTES], x: &[u8; Q8_0_BYTES]) {
-    let d = f16_mul(w, 0, x, 0);
-    let p = dot_i8(load32(arr(w, 2)), load32(arr(x, 2)));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), *acc);
-}
+block32_kernel!(
+    Q8_0,
+    Q8_0_BYTES,
+    Q8_0_BYTES,
+    SignedBlock,
+    |w, x, xs, acc, _| apply_signed(w, x, xs, acc),
+    |w| { signed_block(load32(arr(w, 2)), f16_at_c(w, 0)) }
+);
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q4_0(acc: &mut __m256, _: &mut f32, w: &[u8; Q4_0_BYTES], x: &[u8; Q8_0_BYTES]) {
-    let d = f16_mul(w, 0, x, 0);
-    let q = _mm256_sub_epi8(nibbles32(arr(w, 2)), _mm256_set1_epi8(8));
-    let p = dot_i8(q, load32(arr(x, 2)));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), *acc);
-}
+block32_kernel!(
+    Q4_0,
+    Q4_0_BYTES,
+    Q8_0_BYTES,
+    SignedBlock,
+    |w, x, xs, acc, _| apply_signed(w, x, xs, acc),
+    |w| {
+        let q = _mm256_sub_epi8(nibbles32(arr(w, 2)), _mm256_set1_epi8(8));
+        signed_block(q, f16_at_c(w, 0))
+    }
+);
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q4_1(acc: &mut __m256, e: &mut f32, w: &[u8; Q4_1_BYTES], x: &[u8; Q8_1_BYTES]) {
-    let d = f16_mul(w, 0, x, 0);
-    let p = dot_u8(nibbles32(arr(w, 4)), load32(arr(x, 4)));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), *acc);
-    *e += f16_mul(w, 2, x, 2);
-}
+block32_kernel!(
+    Q5_0,
+    Q5_0_BYTES,
+    Q8_0_BYTES,
+    SignedBlock,
+    |w, x, xs, acc, _| apply_signed(w, x, xs, acc),
+    |w| {
+        let qh = u32::from_le_bytes(*arr(w, 2));
+        // Quants without their high bit get 0xF0 or'ed in: as i8 that is q - 16.
+        let low = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0_u8 as i8));
+        signed_block(_mm256_or_si256(nibbles32(arr(w, 6)), low), f16_at_c(w, 0))
+    }
+);
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q5_0(acc: &mut __m256, _: &mut f32, w: &[u8; Q5_0_BYTES], x: &[u8; Q8_0_BYTES]) {
-    let d = f16_mul(w, 0, x, 0);
-    let qh = u32::from_le_bytes(*arr(w, 2));
-    // Quants without their high bit get 0xF0 or'ed in: as i8 that is q - 16.
-    let low = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0_u8 as i8));
-    let q = _mm256_or_si256(nibbles32(arr(w, 6)), low);
-    let p = dot_i8(q, load32(arr(x, 2)));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), *acc);
-}
+block32_kernel!(Q4_1, Q4_1_BYTES, Q8_1_BYTES, MinBlock, apply_min, |w| {
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(*arr(w, 0))));
+    MinBlock {
+        q: nibbles32(arr(w, 4)),
+        d: _mm_cvtss_f32(dm),
+        m: _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+    }
+});
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q5_1(acc: &mut __m256, e: &mut f32, w: &[u8; Q5_1_BYTES], x: &[u8; Q8_1_BYTES]) {
-    let d = f16_mul(w, 0, x, 0);
+block32_kernel!(Q5_1, Q5_1_BYTES, Q8_1_BYTES, MinBlock, apply_min, |w| {
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(*arr(w, 0))));
     let qh = u32::from_le_bytes(*arr(w, 4));
     let high = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
-    let q = _mm256_or_si256(nibbles32(arr(w, 8)), high);
-    let p = dot_u8(q, load32(arr(x, 4)));
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), *acc);
-    *e += f16_mul(w, 2, x, 2);
-}
+    MinBlock {
+        q: _mm256_or_si256(nibbles32(arr(w, 8)), high),
+        d: _mm_cvtss_f32(dm),
+        m: _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+    }
+});
 
 /// The 32 Q8_K quants of elements `32 * g .. 32 * g + 32`.
 ///
@@ -361,201 +539,278 @@ unsafe fn blk_q5_1(acc: &mut __m256, e: &mut f32, w: &[u8; Q5_1_BYTES], x: &[u8;
 /// The CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8k_quants(x: &[u8; Q8_K_BYTES], g: usize) -> __m256i {
+unsafe fn q8k_quants(x: &[u8], g: usize) -> __m256i {
     load32(arr(x, Q8_K_QS + 32 * g))
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q2_k(acc: &mut __m256, e: &mut f32, w: &[u8; Q2_K_BYTES], x: &[u8; Q8_K_BYTES]) {
-    let raw = load16(arr(w, 0));
-    let m4 = _mm_set1_epi8(0x0f);
-    let scales = _mm_and_si128(raw, m4);
-    let mins = _mm_and_si128(_mm_srli_epi16::<4>(raw), m4);
-    let bsums = load32(arr(x, Q8_K_BSUMS));
-    let summs = hsum_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), bsums));
-
-    let m3 = _mm256_set1_epi8(3);
-    let mut sumi = _mm256_setzero_si256();
-    for half in 0..2 {
-        let q = load32(arr(w, Q2_K_QS + 32 * half));
-        for shift in 0..4 {
-            let g = 4 * half + shift;
-            let qv = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * shift as i32)), m3);
-            let p = _mm256_maddubs_epi16(qv, q8k_quants(x, g));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales, 2 * g)));
-        }
-    }
-    let dd = f16x2_times(w, Q2_K_D, f32_at(x, 0));
-    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
-    *e -= _mm_cvtss_f32(_mm_movehdup_ps(dd)) * summs as f32;
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q3_k(acc: &mut __m256, _: &mut f32, w: &[u8; Q3_K_BYTES], x: &[u8; Q8_K_BYTES]) {
-    let [s0, s1, s2, s3] = q3k_scales_packed(arr(w, Q3_K_SCALES));
-    let scales = _mm_sub_epi8(
-        _mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32),
-        _mm_set1_epi8(32),
-    );
-    let hmask = load32(arr(w, 0));
-    let m3 = _mm256_set1_epi8(3);
-    let four = _mm256_set1_epi8(4);
-    let zero = _mm256_setzero_si256();
-    let mut sumi = _mm256_setzero_si256();
-    for half in 0..2 {
-        let q = load32(arr(w, Q3_K_QS + 32 * half));
-        for shift in 0..4 {
-            let g = 4 * half + shift;
-            let lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * shift as i32)), m3);
-            // 4 where the high bit is clear: q = lo - 4 there.
-            let bit = _mm256_set1_epi8((1u8 << g) as i8);
-            let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), zero);
-            let h4 = _mm256_and_si256(clear, four);
-            let y = q8k_quants(x, g);
-            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, y), _mm256_maddubs_epi16(h4, y));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales, 2 * g)));
-        }
-    }
-    let d = f16_at_c(w, Q3_K_D) * f32_at(x, 0);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q4_k(acc: &mut __m256, e: &mut f32, w: &[u8; Q4_K_BYTES], x: &[u8; Q8_K_BYTES]) {
-    let (scales, summs) = k4_scales(w, x);
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut sumi = _mm256_setzero_si256();
-    for c in 0..4 {
-        let q = load32(arr(w, Q4_K_QS + 32 * c));
-        let lo = _mm256_and_si256(q, m4);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-        let p0 = _mm256_maddubs_epi16(lo, q8k_quants(x, 2 * c));
-        let p1 = _mm256_maddubs_epi16(hi, q8k_quants(x, 2 * c + 1));
-        let p0 = _mm256_madd_epi16(p0, k4_scale(scales, 2 * c));
-        let p1 = _mm256_madd_epi16(p1, k4_scale(scales, 2 * c + 1));
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
-    }
-    let dd = f16x2_times(w, 0, f32_at(x, 0));
-    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
-    *e -= _mm_cvtss_f32(_mm_movehdup_ps(dd)) * summs as f32;
-}
-
-/// The 6-bit scales of a Q4_K / Q5_K block (bytes 0..8 of both 128-bit lanes), and
-/// Σ mins[j] * (bsums[2j] + bsums[2j + 1]) over its eight 32-element sub-blocks.
+/// The Q8_K block's sixteen bsums as i16 lanes.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn k4_scales(w: &[u8], x: &[u8; Q8_K_BYTES]) -> (__m256i, i32) {
+unsafe fn q8k_bsums(x: &[u8]) -> __m256i {
+    load32(arr(x, Q8_K_BSUMS))
+}
+
+#[allow(non_camel_case_types)]
+struct Q2_K;
+impl BlockKernel for Q2_K {
+    const WB: usize = Q2_K_BYTES;
+    const XB: usize = Q8_K_BYTES;
+    type Decoded = [u8; Q2_K_BYTES];
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(w: &[u8]) -> [u8; Q2_K_BYTES] {
+        *arr(w, 0)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn apply(w: &[u8; Q2_K_BYTES], x: &[u8], xs: ActScale, acc: &mut __m256, e: &mut f32) {
+        // Q2_K and Q3_K blocks are decoded per product (they are rarely on a hot path).
+        let raw = load16(arr(w, 0));
+        let m4 = _mm_set1_epi8(0x0f);
+        let scales = _mm_and_si128(raw, m4);
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(raw), m4);
+        let summs = hsum_epi32(_mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), q8k_bsums(x)));
+        let m3 = _mm256_set1_epi8(3);
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q = load32(arr(w, Q2_K_QS + 32 * half));
+            for shift in 0..4 {
+                let g = 4 * half + shift;
+                let shifted = _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * shift as i32));
+                let p = _mm256_maddubs_epi16(_mm256_and_si256(shifted, m3), q8k_quants(x, g));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales, 2 * g)));
+            }
+        }
+        let dd = f16x2_times(w, Q2_K_D, xs.d);
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
+        *e -= _mm_cvtss_f32(_mm_movehdup_ps(dd)) * summs as f32;
+    }
+}
+
+#[allow(non_camel_case_types)]
+struct Q3_K;
+impl BlockKernel for Q3_K {
+    const WB: usize = Q3_K_BYTES;
+    const XB: usize = Q8_K_BYTES;
+    type Decoded = [u8; Q3_K_BYTES];
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(w: &[u8]) -> [u8; Q3_K_BYTES] {
+        *arr(w, 0)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn apply(w: &[u8; Q3_K_BYTES], x: &[u8], xs: ActScale, acc: &mut __m256, _: &mut f32) {
+        let [s0, s1, s2, s3] = q3k_scales_packed(arr(w, Q3_K_SCALES));
+        let scales = _mm_sub_epi8(
+            _mm_setr_epi32(s0 as i32, s1 as i32, s2 as i32, s3 as i32),
+            _mm_set1_epi8(32),
+        );
+        let hmask = load32(arr(w, 0));
+        let m3 = _mm256_set1_epi8(3);
+        let four = _mm256_set1_epi8(4);
+        let zero = _mm256_setzero_si256();
+        let mut sumi = _mm256_setzero_si256();
+        for half in 0..2 {
+            let q = load32(arr(w, Q3_K_QS + 32 * half));
+            for shift in 0..4 {
+                let g = 4 * half + shift;
+                let shifted = _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * shift as i32));
+                let lo = _mm256_and_si256(shifted, m3);
+                // 4 where the high bit is clear: q = lo - 4 there.
+                let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), zero);
+                let h4 = _mm256_and_si256(clear, four);
+                let y = q8k_quants(x, g);
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, y), _mm256_maddubs_epi16(h4, y));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales, 2 * g)));
+            }
+        }
+        let d = f16_at_c(w, Q3_K_D) * xs.d;
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+    }
+}
+
+/// A decoded Q4_K / Q5_K super-block: eight 32-element groups of unsigned quants, each group's
+/// 6-bit scale as i16 lanes, the eight 6-bit mins, and d, dmin.
+#[derive(Clone, Copy)]
+struct K4Block {
+    q: [__m256i; 8],
+    scale: [__m256i; 8],
+    mins: __m128i,
+    d: f32,
+    dmin: f32,
+}
+
+/// The scales, mins, d and dmin of a Q4_K / Q5_K block, with `q` still to fill.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_header(w: &[u8]) -> K4Block {
     let (sc, mn) = k4_scales_mins_packed(arr(w, 4));
-    let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
-    let bsums = load32(arr(x, Q8_K_BSUMS));
-    // Sums of bsum pairs fit i16 (|sum of 32 quants| <= 4064).
+    let scales = _mm256_broadcastsi128_si256(_mm_cvtsi64_si128(sc as i64));
+    // Each i16 takes byte g as its low byte and zero (index with the top bit set) as its high.
+    let scale = std::array::from_fn(|g| {
+        _mm256_shuffle_epi8(scales, _mm256_set1_epi16((0x8000 | g) as i16))
+    });
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(*arr(w, 0))));
+    K4Block {
+        q: [_mm256_setzero_si256(); 8],
+        scale,
+        mins: _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64)),
+        d: _mm_cvtss_f32(dm),
+        dmin: _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `x` is a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn apply_k4(w: &K4Block, x: &[u8], xs: ActScale, acc: &mut __m256, e: &mut f32) {
+    let mut sumi = _mm256_setzero_si256();
+    for g in 0..8 {
+        let p = _mm256_maddubs_epi16(w.q[g], q8k_quants(x, g));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, w.scale[g]));
+    }
+    // Σ mins[g] * (bsums[2g] + bsums[2g + 1]); pair sums fit i16 (|sum of 32 quants| <= 4064).
+    let bsums = q8k_bsums(x);
     let pairs = _mm_hadd_epi16(
         _mm256_castsi256_si128(bsums),
         _mm256_extracti128_si256::<1>(bsums),
     );
-    let s = _mm_madd_epi16(mins, pairs);
+    let s = _mm_madd_epi16(w.mins, pairs);
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    let scales = _mm256_broadcastsi128_si256(_mm_cvtsi64_si128(sc as i64));
-    (scales, _mm_cvtsi128_si32(s))
+    let summs = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * xs.d), _mm256_cvtepi32_ps(sumi), *acc);
+    *e -= w.dmin * xs.d * summs as f32;
 }
 
-/// 16 i16 lanes equal to scale `j` of [`k4_scales`]'s vector.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn k4_scale(scales: __m256i, j: usize) -> __m256i {
-    // Each i16 takes byte j as its low byte and zero (index with the top bit set) as its high.
-    _mm256_shuffle_epi8(scales, _mm256_set1_epi16((0x8000 | j) as i16))
-}
+#[allow(non_camel_case_types)]
+struct Q4_K;
+impl BlockKernel for Q4_K {
+    const WB: usize = Q4_K_BYTES;
+    const XB: usize = Q8_K_BYTES;
+    type Decoded = K4Block;
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q5_k(acc: &mut __m256, e: &mut f32, w: &[u8; Q5_K_BYTES], x: &[u8; Q8_K_BYTES]) {
-    let (scales, summs) = k4_scales(w, x);
-    let m4 = _mm256_set1_epi8(0x0f);
-    let sixteen = _mm256_set1_epi8(16);
-    let qh = load32(arr(w, Q5_K_QH));
-    let mut sumi = _mm256_setzero_si256();
-    for c in 0..4 {
-        let q = load32(arr(w, Q5_K_QS + 32 * c));
-        let b0 = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
-        let b1 = _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8);
-        let h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen);
-        let h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen);
-        let lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
-        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4), h1);
-        let p0 = _mm256_maddubs_epi16(lo, q8k_quants(x, 2 * c));
-        let p1 = _mm256_maddubs_epi16(hi, q8k_quants(x, 2 * c + 1));
-        let p0 = _mm256_madd_epi16(p0, k4_scale(scales, 2 * c));
-        let p1 = _mm256_madd_epi16(p1, k4_scale(scales, 2 * c + 1));
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(w: &[u8]) -> K4Block {
+        let mut b = k4_header(w);
+        let m4 = _mm256_set1_epi8(0x0f);
+        for c in 0..4 {
+            let q = load32(arr(w, Q4_K_QS + 32 * c));
+            b.q[2 * c] = _mm256_and_si256(q, m4);
+            b.q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+        }
+        b
     }
-    let dd = f16x2_times(w, 0, f32_at(x, 0));
-    *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), *acc);
-    *e -= _mm_cvtss_f32(_mm_movehdup_ps(dd)) * summs as f32;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn apply(w: &K4Block, x: &[u8], xs: ActScale, acc: &mut __m256, e: &mut f32) {
+        apply_k4(w, x, xs, acc, e)
+    }
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn blk_q6_k(acc: &mut __m256, _: &mut f32, w: &[u8; Q6_K_BYTES], x: &[u8; Q8_K_BYTES]) {
-    let scales = load16(arr(w, Q6_K_SCALES));
-    // The quants are stored as q + 32 (0..64): Σ scale * (q + 32) * y, minus
-    // 32 * Σ scale * bsum.
-    let bsums = load32(arr(x, Q8_K_BSUMS));
-    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), bsums));
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut sumi = _mm256_setzero_si256();
-    for half in 0..2 {
-        let ql0 = load32(arr(w, 64 * half));
-        let ql1 = load32(arr(w, 64 * half + 32));
-        let qh = load32(arr(w, Q6_K_QH + 32 * half));
-        let q = [
-            _mm256_or_si256(
-                _mm256_and_si256(ql0, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(ql1, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                _mm256_and_si256(qh, m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-            ),
-        ];
-        for (k, &qk) in q.iter().enumerate() {
-            let g = 4 * half + k;
-            let p = _mm256_maddubs_epi16(qk, q8k_quants(x, g));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(scales, 2 * g)));
+#[allow(non_camel_case_types)]
+struct Q5_K;
+impl BlockKernel for Q5_K {
+    const WB: usize = Q5_K_BYTES;
+    const XB: usize = Q8_K_BYTES;
+    type Decoded = K4Block;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(w: &[u8]) -> K4Block {
+        let mut b = k4_header(w);
+        let m4 = _mm256_set1_epi8(0x0f);
+        let sixteen = _mm256_set1_epi8(16);
+        let qh = load32(arr(w, Q5_K_QH));
+        let high = |bit: usize| {
+            let b = _mm256_set1_epi8((1u8 << bit) as i8);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b), b), sixteen)
+        };
+        for c in 0..4 {
+            let q = load32(arr(w, Q5_K_QS + 32 * c));
+            b.q[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), high(2 * c));
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            b.q[2 * c + 1] = _mm256_or_si256(hi, high(2 * c + 1));
+        }
+        b
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn apply(w: &K4Block, x: &[u8], xs: ActScale, acc: &mut __m256, e: &mut f32) {
+        apply_k4(w, x, xs, acc, e)
+    }
+}
+
+/// A decoded Q6_K super-block: eight 32-element groups of quants stored as q + 32 (0..64),
+/// each group's pair of 16-element scales as i16 lanes, all sixteen scales as i16, and d.
+#[derive(Clone, Copy)]
+struct Q6Block {
+    q: [__m256i; 8],
+    scale: [__m256i; 8],
+    scales16: __m256i,
+    d: f32,
+}
+
+#[allow(non_camel_case_types)]
+struct Q6_K;
+impl BlockKernel for Q6_K {
+    const WB: usize = Q6_K_BYTES;
+    const XB: usize = Q8_K_BYTES;
+    type Decoded = Q6Block;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prepare(w: &[u8]) -> Q6Block {
+        let scales = load16(arr(w, Q6_K_SCALES));
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for half in 0..2 {
+            let ql0 = load32(arr(w, 64 * half));
+            let ql1 = load32(arr(w, 64 * half + 32));
+            let qh = load32(arr(w, Q6_K_QH + 32 * half));
+            let or = |lo, hi| _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+            q[4 * half] = or(ql0, _mm256_slli_epi16::<4>(qh));
+            q[4 * half + 1] = or(ql1, _mm256_slli_epi16::<2>(qh));
+            q[4 * half + 2] = or(_mm256_srli_epi16::<4>(ql0), qh);
+            q[4 * half + 3] = or(_mm256_srli_epi16::<4>(ql1), _mm256_srli_epi16::<2>(qh));
+        }
+        Q6Block {
+            q,
+            scale: std::array::from_fn(|g| scale_pair(scales, 2 * g)),
+            scales16: _mm256_cvtepi8_epi16(scales),
+            d: f16_at_c(w, Q6_K_D),
         }
     }
-    let sumi = _mm256_sub_epi32(sumi, offset);
-    let d = f16_at_c(w, Q6_K_D) * f32_at(x, 0);
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn apply(w: &Q6Block, x: &[u8], xs: ActScale, acc: &mut __m256, _: &mut f32) {
+        // Σ scale * (q + 32) * y, minus 32 * Σ scale * bsum.
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(w.scales16, q8k_bsums(x)));
+        let mut sumi = _mm256_setzero_si256();
+        for g in 0..8 {
+            let p = _mm256_maddubs_epi16(w.q[g], q8k_quants(x, g));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, w.scale[g]));
+        }
+        let sumi = _mm256_sub_epi32(sumi, offset);
+        *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.d * xs.d), _mm256_cvtepi32_ps(sumi), *acc);
+    }
 }
 
 /// Sums four accumulators and a scalar tail as ggml's SIMD float dots do: the vector part in

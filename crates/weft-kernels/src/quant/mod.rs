@@ -268,6 +268,80 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     scalar::quantize_row_unchecked(ty, src, dst);
 }
 
+/// The f32 scale of one activation block, converted once per activation row so that tiles do
+/// not convert it again for every weight row: `d` (Q8_0, Q8_1, Q8_K) and, for Q8_1, the stored
+/// `s = d * sum(qs)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ActScale {
+    pub d: f32,
+    pub s: f32,
+}
+
+/// The [`ActScale`] of every block of one activation row of dot type `ty`.
+pub fn act_scales(ty: GgmlType, x: &[u8], out: &mut [ActScale]) {
+    let blocks = x.chunks_exact(ty.block_bytes());
+    for (block, o) in blocks.zip(out.iter_mut()) {
+        *o = match ty {
+            GgmlType::Q8_0 => ActScale {
+                d: layout::f16_at(block, 0),
+                s: 0.0,
+            },
+            GgmlType::Q8_1 => ActScale {
+                d: layout::f16_at(block, 0),
+                s: layout::f16_at(block, 2),
+            },
+            GgmlType::Q8_K => ActScale {
+                d: layout::f32_at(block, 0),
+                s: 0.0,
+            },
+            _ => ActScale::default(),
+        };
+    }
+}
+
+/// Most weight rows and most activation rows in one [`dot_tile`].
+pub const TILE_MAX: usize = 4;
+
+/// The dot products of `rows` consecutive weight rows (`w`, type `ty`, `n` elements each) with
+/// `tokens` consecutive activation rows (`x`, quantized to `ty.dot_type()`, with their block
+/// scales `xs` from [`act_scales`]): `out[r * tokens + t]`. Both counts are in 1..=[`TILE_MAX`].
+/// The same numbers as [`vec_dot`] for every pair, up to the order of f32 additions.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_tile(
+    ty: GgmlType,
+    n: usize,
+    w: &[u8],
+    x: &[u8],
+    xs: &[ActScale],
+    rows: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    assert!((1..=TILE_MAX).contains(&rows) && (1..=TILE_MAX).contains(&tokens));
+    let wrow = ty.row_bytes(n).expect("whole blocks");
+    let xrow = ty.dot_type().row_bytes(n).expect("whole blocks");
+    assert_eq!(w.len(), rows * wrow, "dot_tile weights");
+    assert_eq!(x.len(), tokens * xrow, "dot_tile activations");
+    assert_eq!(xs.len(), tokens * (n / ty.block_len()), "dot_tile scales");
+    assert_eq!(out.len(), rows * tokens, "dot_tile output");
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: `available()` checked that the CPU has AVX2, FMA and F16C; the lengths and
+        // the tile shape were checked above.
+        let nb = n / ty.block_len();
+        if unsafe { avx2::dot_tile(ty, nb, w, wrow, x, xrow, xs, rows, tokens, out) } {
+            return;
+        }
+    }
+    // No SIMD tile for this type or CPU: pair by pair.
+    for r in 0..rows {
+        for t in 0..tokens {
+            let (wr, xr) = (&w[r * wrow..(r + 1) * wrow], &x[t * xrow..(t + 1) * xrow]);
+            out[r * tokens + t] = vec_dot(ty, n, wr, xr);
+        }
+    }
+}
+
 /// Dot product of one weight row `w` (type `ty`, `n` elements) with activations `x` already
 /// quantized to `ty.dot_type()`.
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f32 {

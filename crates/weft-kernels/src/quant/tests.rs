@@ -233,6 +233,41 @@ proptest! {
     }
 
     #[test]
+    fn dot_tile_matches_scalar_pairs(
+        seed in any::<u64>(),
+        nb in 1usize..5,
+        rows in 1usize..=TILE_MAX,
+        tokens in 1usize..=TILE_MAX,
+    ) {
+        let mut rng = Rng(seed);
+        for ty in WEIGHT_TYPES.into_iter().filter(|t| !t.is_dot_type() || *t == GgmlType::Q8_0) {
+            let n = nb * ty.block_len();
+            let w: Vec<Vec<u8>> = (0..rows).map(|_| random_row(ty, nb, &mut rng)).collect();
+            let xq: Vec<Vec<u8>> = (0..tokens)
+                .map(|_| quantized(ty.dot_type(), &random_activations(n, &mut rng)))
+                .collect();
+            let mut xs = vec![ActScale::default(); tokens * nb];
+            for (row, scales) in xq.iter().zip(xs.chunks_exact_mut(nb)) {
+                act_scales(ty.dot_type(), row, scales);
+            }
+            let mut out = vec![0.0; rows * tokens];
+            dot_tile(ty, n, &w.concat(), &xq.concat(), &xs, rows, tokens, &mut out);
+            for r in 0..rows {
+                for t in 0..tokens {
+                    let want = scalar::vec_dot(ty, n, &w[r], &xq[t]);
+                    let xd = dequant(ty.dot_type(), &xq[t]);
+                    let tol = 1e-5 * magnitude(ty, &w[r], &xd) + 1e-30;
+                    let got = out[r * tokens + t];
+                    prop_assert!(
+                        ((got - want) as f64).abs() <= tol,
+                        "{ty} {rows}x{tokens} [{r}][{t}]: tile {got} vs scalar {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn simd_quantizers_match_scalar(seed in any::<u64>(), nb in 1usize..4, halves in any::<bool>()) {
         let mut rng = Rng(seed);
         for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use weft_kernels::attention::{attend_group, AttnShape};
-use weft_kernels::matmul::{matmul, QMatrix};
+use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial};
+use weft_kernels::matmul::{matmul_quantized, QMatrix, QuantizedActs};
 use weft_kernels::ops;
-use weft_kernels::pool::{chunk_range, ThreadPool};
+use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
 
 use super::config::{Arch, DecoderConfig};
@@ -65,10 +65,14 @@ pub struct ForwardScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
+    attn_work: AttnScratch,
     o: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    xq: Vec<u8>,
+    /// `h` (the normed input of a block) quantized for the matrices that read it.
+    hq: QuantizedInput,
+    /// Inputs read by one matrix only (attention output, FFN activation, final norm).
+    xq: QuantizedInput,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     out_rows: Vec<f32>,
@@ -144,6 +148,28 @@ impl Decoder {
         }
     }
 
+    /// Bytes one decode step reads with `context` tokens in the cache: every weight matrix once
+    /// (the embedding only for its one row) plus the K/V each layer attends to. Bandwidth
+    /// divided by this bounds decode speed.
+    pub fn bytes_read_per_token(&self, context: usize) -> u64 {
+        let weights: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .chain([&self.output])
+            .map(|m| m.info.size)
+            .sum();
+        let c = &self.config;
+        let kv_per_layer_token =
+            (2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<u16>()) as u64;
+        let kv: u64 = c
+            .layers
+            .iter()
+            .map(|la| la.window.map_or(context, |w| context.min(w)) as u64 * kv_per_layer_token)
+            .sum();
+        weights + kv
+    }
+
     fn mat(&self, m: &Mat) -> QMatrix<'_> {
         QMatrix {
             ty: m.ty,
@@ -195,9 +221,10 @@ impl Decoder {
             let la = c.layers[il];
             self.rope_tables(batch, la.rope_base, la.rope_scale, s);
             ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.h);
-            matmul(pool, &self.mat(&layer.wq), &s.h, n, &mut s.q, &mut s.xq);
-            matmul(pool, &self.mat(&layer.wk), &s.h, n, &mut s.k, &mut s.xq);
-            matmul(pool, &self.mat(&layer.wv), &s.h, n, &mut s.v, &mut s.xq);
+            s.hq.invalidate();
+            self.project(pool, &layer.wq, &s.h, &mut s.hq, &mut s.q);
+            self.project(pool, &layer.wk, &s.h, &mut s.hq, &mut s.k);
+            self.project(pool, &layer.wv, &s.h, &mut s.hq, &mut s.v);
             if let Some(b) = &layer.bq {
                 ops::add_bias_rows(&mut s.q, b);
             }
@@ -234,35 +261,24 @@ impl Decoder {
                     );
                 }
             }
-            self.attention(batch, kv, il, pool, &s.q, &mut s.attn);
-            matmul(pool, &self.mat(&layer.wo), &s.attn, n, &mut s.o, &mut s.xq);
+            self.attention(batch, kv, il, pool, &s.q, &mut s.attn, &mut s.attn_work);
+            s.xq.invalidate();
+            self.project(pool, &layer.wo, &s.attn, &mut s.xq, &mut s.o);
             if let Some(w) = &layer.post_attn_norm {
                 ops::rms_norm_inplace(&mut s.o, w, c.rms_eps);
             }
             ops::add_inplace(&mut s.x, &s.o);
 
             ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
-            matmul(
-                pool,
-                &self.mat(&layer.w_gate),
-                &s.h,
-                n,
-                &mut s.gate,
-                &mut s.xq,
-            );
-            matmul(pool, &self.mat(&layer.w_up), &s.h, n, &mut s.up, &mut s.xq);
+            s.hq.invalidate();
+            self.project(pool, &layer.w_gate, &s.h, &mut s.hq, &mut s.gate);
+            self.project(pool, &layer.w_up, &s.h, &mut s.hq, &mut s.up);
             match c.arch {
                 Arch::Gemma3 => ops::geglu_inplace(&mut s.gate, &s.up),
                 Arch::Llama | Arch::Qwen2 => ops::swiglu_inplace(&mut s.gate, &s.up),
             }
-            matmul(
-                pool,
-                &self.mat(&layer.w_down),
-                &s.gate,
-                n,
-                &mut s.o,
-                &mut s.xq,
-            );
+            s.xq.invalidate();
+            self.project(pool, &layer.w_down, &s.gate, &mut s.xq, &mut s.o);
             if let Some(w) = &layer.post_ffn_norm {
                 ops::rms_norm_inplace(&mut s.o, w, c.rms_eps);
             }
@@ -283,15 +299,24 @@ impl Decoder {
         }
         ops::rms_norm_inplace(&mut s.out_rows, &self.output_norm, c.rms_eps);
         resize(&mut s.logits, n_out * self.vocab_size);
-        matmul(
-            pool,
-            &self.mat(&self.output),
-            &s.out_rows,
-            n_out,
-            &mut s.logits,
-            &mut s.xq,
-        );
+        s.xq.invalidate();
+        if n_out > 0 {
+            self.project(pool, &self.output, &s.out_rows, &mut s.xq, &mut s.logits);
+        }
         &s.logits
+    }
+
+    /// `out = x · mᵀ` for every row of `x`, quantizing `x` through `xq` (once per dot type).
+    fn project(
+        &self,
+        pool: &ThreadPool,
+        m: &Mat,
+        x: &[f32],
+        xq: &mut QuantizedInput,
+        out: &mut [f32],
+    ) {
+        let acts = xq.get(pool, m.ty.dot_type(), x, m.cols);
+        matmul_quantized(pool, &self.mat(m), acts, out);
     }
 
     /// Fills cos/sin tables for every token of the batch for one RoPE base.
@@ -311,6 +336,11 @@ impl Decoder {
     }
 
     /// Causal (optionally windowed) attention of every new token over its sequence's cache.
+    ///
+    /// Work items are (token, KV head, key range): when there are too few (token, KV head)
+    /// pairs to keep every thread busy — decode of one sequence — each pair's keys are split
+    /// into parts whose softmax states are combined afterwards.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         batch: &Batch<'_>,
@@ -319,45 +349,126 @@ impl Decoder {
         pool: &ThreadPool,
         q: &[f32],
         out: &mut [f32],
+        work: &mut AttnScratch,
     ) {
         let c = &self.config;
-        let q_width = c.n_heads * c.head_dim;
+        let (hd, q_width) = (c.head_dim, c.n_heads * c.head_dim);
         let shape = AttnShape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
+            head_dim: hd,
             scale: c.attn_scale,
         };
+        let group = shape.group();
         let window = c.layers[il].window;
-        // One task per (token, kv head); tasks are split into contiguous ranges per thread.
-        let n_tasks = batch.tokens.len() * c.n_kv_heads;
-        let out_ptr = OutRows(out.as_mut_ptr());
-        let threads = pool.n_threads();
-        pool.run(|th| {
-            for task in chunk_range(n_tasks, threads, th) {
-                let (t, kv_head) = (task / c.n_kv_heads, task % c.n_kv_heads);
+        let n_pairs = batch.tokens.len() * c.n_kv_heads;
+        // A fixed target (not one per thread) so that results do not depend on the thread count.
+        let wanted_items = ATTN_ITEMS_TARGET;
+        work.items.clear();
+        work.pairs.clear();
+        for seq in batch.seqs {
+            for i in 0..seq.len {
+                let index = seq.cached + i;
+                let first = window.map_or(0, |w| (index + 1).saturating_sub(w));
+                let n_keys = index + 1 - first;
+                let parts = wanted_items
+                    .div_ceil(n_pairs)
+                    .min(n_keys.div_ceil(MIN_KEYS_PER_PART))
+                    .max(1);
+                for kv_head in 0..c.n_kv_heads {
+                    let part0 = work.items.len();
+                    for p in 0..parts {
+                        let keys = first + n_keys * p / parts..first + n_keys * (p + 1) / parts;
+                        work.items.push(AttnItem {
+                            seq: seq.start,
+                            token: seq.start + i,
+                            kv_head,
+                            keys,
+                        });
+                    }
+                    work.pairs
+                        .push((seq.start + i, kv_head, part0..part0 + parts));
+                }
+            }
+        }
+        let n_items = work.items.len();
+        work.max.resize(n_items * group, 0.0);
+        work.sum.resize(n_items * group, 0.0);
+        work.acc.resize(n_items * group * hd, 0.0);
+        let (max, sum, acc) = (
+            Shared(work.max.as_mut_ptr()),
+            Shared(work.sum.as_mut_ptr()),
+            Shared(work.acc.as_mut_ptr()),
+        );
+        let items = &work.items;
+        pool.for_each_dynamic(n_items, 1, |range| {
+            for i in range {
+                let item = &items[i];
                 let seq = batch
                     .seqs
                     .iter()
-                    .find(|s| (s.start..s.start + s.len).contains(&t))
-                    .expect("every token belongs to a sequence");
-                let index = seq.cached + (t - seq.start);
-                let first = window.map_or(0, |w| (index + 1).saturating_sub(w));
+                    .find(|s| s.start == item.seq)
+                    .expect("item of a batch sequence");
+                let h0 = item.kv_head * group;
+                let qt =
+                    &q[item.token * q_width + h0 * hd..item.token * q_width + (h0 + group) * hd];
+                // SAFETY: item i alone writes its own slots of the partial buffers, which were
+                // sized above and outlive the call.
+                let part = unsafe {
+                    Partial {
+                        max: max.slice(i * group, group),
+                        sum: sum.slice(i * group, group),
+                        acc: acc.slice(i * group * hd, group * hd),
+                    }
+                };
                 let view = kv.view(il, seq.block_table);
-                // SAFETY: each task writes only its own token row's heads of kv_head's group,
-                // which no other task touches; `out` outlives `pool.run`.
-                let row = unsafe { out_ptr.row(t, q_width) };
-                attend_group(
-                    &q[t * q_width..(t + 1) * q_width],
-                    &view,
-                    &shape,
-                    kv_head,
-                    first..index + 1,
+                attend_keys(qt, &view, &shape, item.kv_head, item.keys.clone(), part);
+            }
+        });
+        let out_ptr = Shared(out.as_mut_ptr());
+        let (pairs, max, sum, acc) = (&work.pairs, &work.max, &work.sum, &work.acc);
+        pool.for_each_dynamic(pairs.len(), 16, |range| {
+            for (t, kv_head, parts) in &pairs[range] {
+                let o = t * q_width + kv_head * group * hd;
+                // SAFETY: each (token, KV head) pair owns its group's heads of the output row.
+                let row = unsafe { out_ptr.slice(o, group * hd) };
+                combine(
+                    group,
+                    hd,
+                    &max[parts.start * group..parts.end * group],
+                    &sum[parts.start * group..parts.end * group],
+                    &acc[parts.start * group * hd..parts.end * group * hd],
                     row,
                 );
             }
         });
     }
+}
+
+/// Work items attention aims for when splitting key ranges: enough to balance 16 threads.
+const ATTN_ITEMS_TARGET: usize = 64;
+
+/// Keys below which splitting a (token, KV head) pair's range no longer pays for combining.
+const MIN_KEYS_PER_PART: usize = 256;
+
+/// One attention work item: a token's KV-head group over a range of its keys.
+struct AttnItem {
+    /// `start` of the token's sequence in the batch (identifies it).
+    seq: usize,
+    token: usize,
+    kv_head: usize,
+    keys: std::ops::Range<usize>,
+}
+
+/// Attention work lists and partial softmax states, reused across layers and passes.
+#[derive(Default)]
+struct AttnScratch {
+    items: Vec<AttnItem>,
+    /// (token, KV head, its items).
+    pairs: Vec<(usize, usize, std::ops::Range<usize>)>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 fn rope_heads(x: &mut [f32], c: &DecoderConfig, cos: &[f32], sin: &[f32]) {
@@ -376,22 +487,56 @@ fn rope_heads(x: &mut [f32], c: &DecoderConfig, cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// One activation matrix quantized to whichever dot types the matrices reading it need, each
+/// at most once: Q, K and V (and gate and up) share one quantization of their input.
+#[derive(Default)]
+struct QuantizedInput {
+    forms: Vec<QuantizedActs>,
+    /// `forms[..valid]` hold the current input.
+    valid: usize,
+}
+
+impl QuantizedInput {
+    /// The input changed: forget its quantized forms (keeping their buffers).
+    fn invalidate(&mut self) {
+        self.valid = 0;
+    }
+
+    /// `x` (rows of `cols`) quantized to `ty`.
+    fn get(&mut self, pool: &ThreadPool, ty: GgmlType, x: &[f32], cols: usize) -> &QuantizedActs {
+        let found = self.forms[..self.valid].iter().position(|f| f.is(ty, cols));
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if self.forms.len() == self.valid {
+                    self.forms.push(QuantizedActs::default());
+                }
+                self.forms[self.valid].quantize(pool, ty, x, cols);
+                self.valid += 1;
+                self.valid - 1
+            }
+        };
+        &self.forms[i]
+    }
+}
+
 fn resize(v: &mut Vec<f32>, n: usize) {
     v.resize(n, 0.0);
 }
 
-/// A pointer to the attention output, whose head groups are written by different threads.
+/// A pointer to a buffer whose disjoint parts are written by different threads.
 #[derive(Clone, Copy)]
-struct OutRows(*mut f32);
-// SAFETY: only used for disjoint writes within one `pool.run`.
-unsafe impl Sync for OutRows {}
-unsafe impl Send for OutRows {}
-impl OutRows {
+struct Shared(*mut f32);
+// SAFETY: only used for disjoint writes within one parallel call.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+impl Shared {
     /// # Safety
-    /// The caller must write only elements no other thread writes during the same run.
-    unsafe fn row<'a>(self, t: usize, width: usize) -> &'a mut [f32] {
-        // SAFETY: guaranteed by the caller; the row is in bounds of the output buffer.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(t * width), width) }
+    /// `start..start + len` must be in bounds, and no other thread may use those elements
+    /// while the returned slice lives.
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
