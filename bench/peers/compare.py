@@ -77,7 +77,7 @@ def main():
     peer_env = dict(os.environ, LD_LIBRARY_PATH=peer_bin)
     llama_bench = os.path.join(peer_bin, "llama-bench")
     ver = subprocess.run([llama_bench, "--version"], capture_output=True, text=True, env=peer_env)
-    peer_version = (ver.stdout + ver.stderr).strip().splitlines()[-1] if ver.returncode == 0 else "?"
+    peer_version = (ver.stdout + ver.stderr).strip().splitlines()[0] if ver.returncode == 0 else "?"
 
     gbs = None
     if args.bandwidth:

@@ -19,6 +19,8 @@ use half::f16;
 pub const MAX_HEAD_DIM: usize = 512;
 /// Largest number of query heads sharing one KV head.
 pub const MAX_GROUP: usize = 32;
+/// Most query rows (heads times tokens) one call attends together.
+pub const MAX_ROWS: usize = 32;
 /// Keys per tile: the softmax rescale happens once per tile.
 pub const KEY_TILE: usize = 32;
 
@@ -69,70 +71,85 @@ pub struct Partial<'a> {
     pub acc: &'a mut [f32],
 }
 
-/// Attends the query heads of `kv_head`'s group (`q`: their `group * head_dim` values, in
-/// head order) over the cache indices `keys`, writing the state to `part`.
+/// Attends query rows to one KV head: `q` holds `row_keys.len()` rows of `head_dim` values
+/// (the heads of one KV-head group, for one or several tokens of a sequence); row r attends the
+/// cache indices in both `row_keys[r]` (its causal, possibly windowed, range) and `keys` (the
+/// part being computed). Rows sharing the KV head load and convert each key and value once.
 pub fn attend_keys(
     q: &[f32],
+    row_keys: &[Range<usize>],
     kv: &PagedKv<'_>,
     shape: &AttnShape,
     kv_head: usize,
     keys: Range<usize>,
     part: Partial<'_>,
 ) {
-    let (hd, group) = (shape.head_dim, shape.group());
-    assert!(hd <= MAX_HEAD_DIM && group <= MAX_GROUP);
-    assert_eq!(q.len(), group * hd);
-    assert!(part.max.len() == group && part.sum.len() == group && part.acc.len() == group * hd);
+    let (hd, rows) = (shape.head_dim, row_keys.len());
+    assert!(hd <= MAX_HEAD_DIM && rows <= MAX_ROWS);
+    assert_eq!(q.len(), rows * hd);
+    assert!(part.max.len() == rows && part.sum.len() == rows && part.acc.len() == rows * hd);
     part.max.fill(f32::NEG_INFINITY);
     part.sum.fill(0.0);
     part.acc.fill(0.0);
-    // p[g * KEY_TILE + j]: score, then weight, of head g for key j of the tile.
-    let mut p = [0.0f32; MAX_GROUP * KEY_TILE];
-    let mut scores = [0.0f32; MAX_GROUP];
-    let mut weights = [0.0f32; MAX_GROUP];
+    // p[r * KEY_TILE + j]: score, then weight, of row r for key j of the tile.
+    let mut p = [0.0f32; MAX_ROWS * KEY_TILE];
+    let mut scores = [0.0f32; MAX_ROWS];
+    let mut weights = [0.0f32; MAX_ROWS];
     let mut start = keys.start;
     while start < keys.end {
         let n = (keys.end - start).min(KEY_TILE);
         for j in 0..n {
             let off = kv.offset(start + j, kv_head);
-            simd::scores(q, &kv.k[off..off + hd], &mut scores[..group]);
-            for g in 0..group {
-                p[g * KEY_TILE + j] = scores[g] * shape.scale;
+            simd::scores(q, &kv.k[off..off + hd], &mut scores[..rows]);
+            for r in 0..rows {
+                p[r * KEY_TILE + j] = scores[r] * shape.scale;
             }
         }
-        for g in 0..group {
-            let row = &mut p[g * KEY_TILE..g * KEY_TILE + n];
-            let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = part.max[g].max(tile_max);
-            if new_max > part.max[g] {
+        for (r, range) in row_keys.iter().enumerate() {
+            let row = &mut p[r * KEY_TILE..r * KEY_TILE + n];
+            // The tile's keys this row may see.
+            let lo = range.start.clamp(start, start + n) - start;
+            let hi = range.end.clamp(start, start + n) - start;
+            if lo >= hi {
+                row.fill(0.0);
+                continue;
+            }
+            let tile_max = row[lo..hi]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let new_max = part.max[r].max(tile_max);
+            if new_max > part.max[r] {
                 // exp(-inf) = 0 clears the empty state.
-                let c = (part.max[g] - new_max).exp();
-                part.sum[g] *= c;
-                for a in &mut part.acc[g * hd..(g + 1) * hd] {
+                let c = (part.max[r] - new_max).exp();
+                part.sum[r] *= c;
+                for a in &mut part.acc[r * hd..(r + 1) * hd] {
                     *a *= c;
                 }
-                part.max[g] = new_max;
+                part.max[r] = new_max;
             }
-            for s in row.iter_mut() {
+            for s in &mut row[lo..hi] {
                 *s -= new_max;
             }
-            simd::exp_inplace(row);
-            part.sum[g] += row.iter().sum::<f32>();
+            simd::exp_inplace(&mut row[lo..hi]);
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            part.sum[r] += row[lo..hi].iter().sum::<f32>();
         }
         for j in 0..n {
             let off = kv.offset(start + j, kv_head);
-            for g in 0..group {
-                weights[g] = p[g * KEY_TILE + j];
+            for r in 0..rows {
+                weights[r] = p[r * KEY_TILE + j];
             }
-            simd::accumulate(part.acc, &weights[..group], &kv.v[off..off + hd]);
+            simd::accumulate(part.acc, &weights[..rows], &kv.v[off..off + hd]);
         }
         start += n;
     }
 }
 
-/// Combines the partial states of one group over disjoint key ranges (part `i` has `max[i *
-/// group..]`, `sum[i * group..]`, `acc[i * group * head_dim..]`) into the normalised output of
-/// the group's heads (`out`: `group * head_dim`).
+/// Combines the partial states of `group` query rows over disjoint key ranges (part `i` has
+/// `max[i * group..]`, `sum[i * group..]`, `acc[i * group * head_dim..]`) into the normalised
+/// output of the rows (`out`: `group * head_dim`).
 pub fn combine(
     group: usize,
     head_dim: usize,
@@ -269,7 +286,7 @@ mod simd {
 
         use half::f16;
 
-        use super::super::MAX_GROUP;
+        use super::super::MAX_ROWS;
         use super::{C, EXP_MIN, LN2_HI, LN2_LO};
 
         /// 8 f16 at `v[i..i + 8]` as f32.
@@ -306,11 +323,11 @@ mod simd {
 
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C; `k.len()` is a multiple of 8 and `q.len()
-        /// == out.len() * k.len()` with `out.len() <= MAX_GROUP`.
+        /// == out.len() * k.len()` with `out.len() <= MAX_ROWS`.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn scores(q: &[f32], k: &[f16], out: &mut [f32]) {
             let hd = k.len();
-            let mut acc = [_mm256_setzero_ps(); MAX_GROUP];
+            let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
             for i in (0..hd).step_by(8) {
                 // SAFETY (all loads): i + 8 <= hd, and q holds out.len() rows of hd.
                 let kv = unsafe { load_f16(k, i) };
@@ -411,6 +428,55 @@ mod tests {
     }
 
     #[test]
+    fn rows_see_only_their_own_keys() {
+        // Two rows over the same key range; row 1 is restricted to keys 3..9. Its result must
+        // equal attending keys 3..9 alone.
+        let (hd, block_size, n_keys): (usize, usize, usize) = (16, 4, 20);
+        let table: Vec<u32> = (0..n_keys.div_ceil(block_size) as u32).collect();
+        let k: Vec<f16> = values(5, n_keys * hd, 2.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let v: Vec<f16> = values(6, n_keys * hd, 1.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let kv = PagedKv {
+            k: &k,
+            v: &v,
+            block_size,
+            n_kv_heads: 1,
+            head_dim: hd,
+            block_table: &table,
+        };
+        let shape = AttnShape {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: hd,
+            scale: 0.5,
+        };
+        let q = values(7, 2 * hd, 1.0);
+        let run = |rows: &[Range<usize>], q: &[f32]| {
+            let n = rows.len();
+            let (mut max, mut sum, mut acc) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * hd]);
+            let part = Partial {
+                max: &mut max,
+                sum: &mut sum,
+                acc: &mut acc,
+            };
+            attend_keys(q, rows, &kv, &shape, 0, 0..n_keys, part);
+            let mut out = vec![0.0; n * hd];
+            combine(n, hd, &max, &sum, &acc, &mut out);
+            out
+        };
+        let both = run(&[0..n_keys, 3..9], &q);
+        let alone = run(&[3..9], &q[hd..]);
+        for (a, b) in both[hd..].iter().zip(&alone) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn split_tiled_attention_matches_plain_softmax() {
         for hd in [8, 12, 64] {
             check_attention(hd, 6, 2, 4, 75);
@@ -477,6 +543,7 @@ mod tests {
             for i in 0..parts {
                 attend_keys(
                     &q[h * group * hd..(h + 1) * group * hd],
+                    &vec![0..n_keys; group],
                     &kv,
                     &shape,
                     h,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial};
+use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial, MAX_ROWS};
 use weft_kernels::matmul::{matmul_quantized, QMatrix, QuantizedActs};
 use weft_kernels::ops;
 use weft_kernels::pool::ThreadPool;
@@ -360,41 +360,47 @@ impl Decoder {
             scale: c.attn_scale,
         };
         let group = shape.group();
+        // Tokens of one sequence attended together: their rows share every K/V load.
+        let q_tile = (MAX_ROWS / group).clamp(1, 8);
+        let rows_max = q_tile * group;
         let window = c.layers[il].window;
-        let n_pairs = batch.tokens.len() * c.n_kv_heads;
-        // A fixed target (not one per thread) so that results do not depend on the thread count.
-        let wanted_items = ATTN_ITEMS_TARGET;
+        let key_range =
+            |index: usize| window.map_or(0, |w| (index + 1).saturating_sub(w))..index + 1;
+        let n_blocks: usize = batch.seqs.iter().map(|s| s.len.div_ceil(q_tile)).sum();
+        let n_pairs = n_blocks * c.n_kv_heads;
         work.items.clear();
         work.pairs.clear();
-        for seq in batch.seqs {
-            for i in 0..seq.len {
-                let index = seq.cached + i;
-                let first = window.map_or(0, |w| (index + 1).saturating_sub(w));
-                let n_keys = index + 1 - first;
-                let parts = wanted_items
+        for (si, seq) in batch.seqs.iter().enumerate() {
+            for b0 in (0..seq.len).step_by(q_tile) {
+                let nt = (seq.len - b0).min(q_tile);
+                let keys = key_range(seq.cached + b0).start..seq.cached + b0 + nt;
+                let n_keys = keys.len();
+                let parts = ATTN_ITEMS_TARGET
                     .div_ceil(n_pairs)
                     .min(n_keys.div_ceil(MIN_KEYS_PER_PART))
                     .max(1);
                 for kv_head in 0..c.n_kv_heads {
                     let part0 = work.items.len();
                     for p in 0..parts {
-                        let keys = first + n_keys * p / parts..first + n_keys * (p + 1) / parts;
+                        let part =
+                            keys.start + n_keys * p / parts..keys.start + n_keys * (p + 1) / parts;
                         work.items.push(AttnItem {
-                            seq: seq.start,
-                            token: seq.start + i,
+                            seq: si,
+                            first: b0,
+                            tokens: nt,
                             kv_head,
-                            keys,
+                            keys: part,
                         });
                     }
                     work.pairs
-                        .push((seq.start + i, kv_head, part0..part0 + parts));
+                        .push((work.items[part0].clone(), part0..part0 + parts));
                 }
             }
         }
         let n_items = work.items.len();
-        work.max.resize(n_items * group, 0.0);
-        work.sum.resize(n_items * group, 0.0);
-        work.acc.resize(n_items * group * hd, 0.0);
+        work.max.resize(n_items * rows_max, 0.0);
+        work.sum.resize(n_items * rows_max, 0.0);
+        work.acc.resize(n_items * rows_max * hd, 0.0);
         let (max, sum, acc) = (
             Shared(work.max.as_mut_ptr()),
             Shared(work.sum.as_mut_ptr()),
@@ -402,44 +408,64 @@ impl Decoder {
         );
         let items = &work.items;
         pool.for_each_dynamic(n_items, 1, |range| {
+            let mut rows_q = vec![0.0f32; rows_max * hd];
+            let mut row_keys = Vec::with_capacity(rows_max);
             for i in range {
                 let item = &items[i];
-                let seq = batch
-                    .seqs
-                    .iter()
-                    .find(|s| s.start == item.seq)
-                    .expect("item of a batch sequence");
-                let h0 = item.kv_head * group;
-                let qt =
-                    &q[item.token * q_width + h0 * hd..item.token * q_width + (h0 + group) * hd];
+                let seq = &batch.seqs[item.seq];
+                let rows = item.tokens * group;
+                row_keys.clear();
+                for ti in 0..item.tokens {
+                    let t = seq.start + item.first + ti;
+                    let h0 = t * q_width + item.kv_head * group * hd;
+                    rows_q[ti * group * hd..(ti + 1) * group * hd]
+                        .copy_from_slice(&q[h0..h0 + group * hd]);
+                    let keys = key_range(seq.cached + item.first + ti);
+                    row_keys.extend(std::iter::repeat_n(keys, group));
+                }
                 // SAFETY: item i alone writes its own slots of the partial buffers, which were
                 // sized above and outlive the call.
                 let part = unsafe {
                     Partial {
-                        max: max.slice(i * group, group),
-                        sum: sum.slice(i * group, group),
-                        acc: acc.slice(i * group * hd, group * hd),
+                        max: max.slice(i * rows_max, rows),
+                        sum: sum.slice(i * rows_max, rows),
+                        acc: acc.slice(i * rows_max * hd, rows * hd),
                     }
                 };
                 let view = kv.view(il, seq.block_table);
-                attend_keys(qt, &view, &shape, item.kv_head, item.keys.clone(), part);
+                let q_rows = &rows_q[..rows * hd];
+                attend_keys(
+                    q_rows,
+                    &row_keys,
+                    &view,
+                    &shape,
+                    item.kv_head,
+                    item.keys.clone(),
+                    part,
+                );
             }
         });
         let out_ptr = Shared(out.as_mut_ptr());
         let (pairs, max, sum, acc) = (&work.pairs, &work.max, &work.sum, &work.acc);
         pool.for_each_dynamic(pairs.len(), 16, |range| {
-            for (t, kv_head, parts) in &pairs[range] {
-                let o = t * q_width + kv_head * group * hd;
-                // SAFETY: each (token, KV head) pair owns its group's heads of the output row.
-                let row = unsafe { out_ptr.slice(o, group * hd) };
-                combine(
-                    group,
-                    hd,
-                    &max[parts.start * group..parts.end * group],
-                    &sum[parts.start * group..parts.end * group],
-                    &acc[parts.start * group * hd..parts.end * group * hd],
-                    row,
+            let mut rows_out = vec![0.0f32; rows_max * hd];
+            for (item, parts) in &pairs[range] {
+                // Each part has rows_max slots, of which the block's first `tokens * group` are
+                // used; the rest combine to values nobody reads.
+                let (m, su, a) = (
+                    &max[parts.start * rows_max..parts.end * rows_max],
+                    &sum[parts.start * rows_max..parts.end * rows_max],
+                    &acc[parts.start * rows_max * hd..parts.end * rows_max * hd],
                 );
+                combine(rows_max, hd, m, su, a, &mut rows_out);
+                let seq = &batch.seqs[item.seq];
+                for ti in 0..item.tokens {
+                    let t = seq.start + item.first + ti;
+                    let o = t * q_width + item.kv_head * group * hd;
+                    // SAFETY: each (token, KV head) owns its group's heads of the output row.
+                    let dst = unsafe { out_ptr.slice(o, group * hd) };
+                    dst.copy_from_slice(&rows_out[ti * group * hd..(ti + 1) * group * hd]);
+                }
             }
         });
     }
@@ -451,11 +477,15 @@ const ATTN_ITEMS_TARGET: usize = 64;
 /// Keys below which splitting a (token, KV head) pair's range no longer pays for combining.
 const MIN_KEYS_PER_PART: usize = 256;
 
-/// One attention work item: a token's KV-head group over a range of its keys.
+/// One attention work item: a block of a sequence's new tokens, one KV-head group, over a range
+/// of keys.
+#[derive(Clone)]
 struct AttnItem {
-    /// `start` of the token's sequence in the batch (identifies it).
+    /// Index of the sequence in the batch.
     seq: usize,
-    token: usize,
+    /// First token of the block, counted from the sequence's first new token.
+    first: usize,
+    tokens: usize,
     kv_head: usize,
     keys: std::ops::Range<usize>,
 }
@@ -464,8 +494,8 @@ struct AttnItem {
 #[derive(Default)]
 struct AttnScratch {
     items: Vec<AttnItem>,
-    /// (token, KV head, its items).
-    pairs: Vec<(usize, usize, std::ops::Range<usize>)>,
+    /// Each (token block, KV head) and its items (which differ only in `keys`).
+    pairs: Vec<(AttnItem, std::ops::Range<usize>)>,
     max: Vec<f32>,
     sum: Vec<f32>,
     acc: Vec<f32>,
