@@ -470,7 +470,7 @@ mod tests {
             out
         };
         let both = run(&[0..n_keys, 3..9], &q);
-        let alone = run(&[3..9], &q[hd..]);
+        let alone = run(std::slice::from_ref(&(3..9)), &q[hd..]);
         for (a, b) in both[hd..].iter().zip(&alone) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
