@@ -201,3 +201,43 @@ fn perplexity_matches_llama_cpp_within_half_a_percent() {
         "weft {ppl} vs llama.cpp {llama_cpp}"
     );
 }
+
+#[test]
+fn bench_prints_llama_bench_records_and_table() {
+    let Some(m) = model(SMOL) else { return };
+    let args = [
+        "bench", &m, "-p", "16", "-n", "4", "-d", "0,8", "-r", "2", "-t", "1", "-o", "json",
+    ];
+    let o = weft(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let records: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("a JSON array");
+    let records = records.as_array().expect("array");
+    let tests: Vec<(u64, u64, u64)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r["n_threads"], 1);
+            assert_eq!(r["samples_ns"].as_array().unwrap().len(), 2);
+            let ts = r["avg_ts"].as_f64().unwrap();
+            assert!(ts > 0.0 && r["stddev_ts"].as_f64().unwrap() >= 0.0);
+            let n = |k: &str| r[k].as_u64().unwrap();
+            (n("n_prompt"), n("n_gen"), n("n_depth"))
+        })
+        .collect();
+    assert_eq!(tests, [(16, 0, 0), (0, 4, 0), (16, 0, 8), (0, 4, 8)]);
+
+    let o = weft(&["bench", &m, "-p", "8", "-n", "0", "-r", "1", "-t", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("| model") && lines[0].contains("t/s"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("llama 135M Q4_1") && lines[2].contains("pp8"),
+        "{table}"
+    );
+
+    let o = weft(&["bench", &m, "-r", "0"]);
+    assert!(!o.status.success() && stderr(&o).contains("-r must be at least 1"));
+}
