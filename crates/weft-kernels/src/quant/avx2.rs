@@ -82,24 +82,8 @@ fn arr8(x: &[f32], off: usize) -> &[f32; 8] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_at_c(b: &[u8], off: usize) -> f32 {
-    f16_pair_product(u16::from_le_bytes([b[off], b[off + 1]]), 0x3c00)
-}
-
-/// The product of two f16 values as f32 (exact conversions, one f32 multiply).
-///
-/// Both halves go through one 32-bit register move: converting a lone f16 lets LLVM merge it
-/// into whatever vector register is at hand (`vpinsrw`), which can chain the conversion to
-/// an accumulator of the previous block and serialize the loop.
-///
-/// # Safety
-/// The CPU must support F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pair_product(a: u16, b: u16) -> f32 {
-    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(
-        (u32::from(a) | (u32::from(b) << 16)) as i32,
-    ));
-    _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+    let bits = u16::from_le_bytes([b[off], b[off + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// The two consecutive f16 at `b[off..off + 4]` (a K-quant's `d`, `dmin`) times `y`:
@@ -233,6 +217,9 @@ trait BlockKernel {
     unsafe fn apply(w: &Self::Decoded, x: &[u8], xs: ActScale, acc: &mut __m256, extra: &mut f32);
 }
 
+/// How far ahead of the current weight block [`tile`] prefetches, in bytes.
+const PREFETCH_AHEAD: usize = 1024;
+
 /// Computes `out[r * T + t]` = dot(weight row r, activation row t) for an R x T tile.
 /// `w` holds the R rows `wrow` bytes apart, `x` the T rows `xrow` bytes apart, `xs` their
 /// per-block scales (`nb` per row).
@@ -255,6 +242,9 @@ unsafe fn tile<K: BlockKernel, const R: usize, const T: usize>(
     for b in 0..nb {
         for r in 0..R {
             let wo = r * wrow + b * K::WB;
+            // Decode streams the weights from memory once: ask for the lines a few tiles ahead
+            // (possibly past this tile's rows, which is harmless for a prefetch).
+            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(wo + PREFETCH_AHEAD).cast());
             // SAFETY: the caller guarantees the CPU features and whole blocks.
             let decoded = unsafe { K::prepare(&w[wo..wo + K::WB]) };
             for t in 0..T {
