@@ -3,8 +3,12 @@
 
 pub mod blocks;
 pub mod detokenizer;
+pub mod engine;
+pub mod generation;
+pub mod logprobs;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod stop;
 
