@@ -105,6 +105,7 @@ pub struct EngineStats {
 enum Command {
     Add(SeqId, Request),
     Abort(SeqId),
+    AbortAll,
     Shutdown,
 }
 
@@ -231,6 +232,11 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Abort(id));
     }
 
+    /// Stops every request in flight (they end with `Cancelled`).
+    pub fn abort_all(&self) {
+        let _ = self.tx.send(Command::AbortAll);
+    }
+
     /// Requests submitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
@@ -295,6 +301,12 @@ impl Worker {
             Command::Add(id, req) => self.add(id, req),
             Command::Abort(id) => {
                 if self.requests.contains_key(&id) {
+                    self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                    self.end(id, FinishReason::Cancelled);
+                }
+            }
+            Command::AbortAll => {
+                for id in self.scheduler.ids() {
                     self.stats.aborted.fetch_add(1, Ordering::Relaxed);
                     self.end(id, FinishReason::Cancelled);
                 }

@@ -2,6 +2,7 @@
 //! detokenization. The engine knows models only through `weft-models` and nothing of HTTP.
 
 pub mod blocks;
+pub mod constrained;
 pub mod detokenizer;
 pub mod engine;
 pub mod generation;
