@@ -5,8 +5,13 @@ use super::schema::{JsonGrammar, Node, NodeId, ANY_ARRAY, ANY_LITERAL, ANY_STRIN
 
 /// Deepest nesting of objects, arrays and values in progress.
 const MAX_DEPTH: usize = 12;
-/// Longest run of whitespace between tokens: small models otherwise can pad forever.
-const MAX_WHITESPACE: u8 = 24;
+/// Whitespace between tokens is one space, or a newline and at most this many spaces or
+/// tabs of indentation (llama.cpp's JSON grammar rule): small models otherwise pad forever.
+const MAX_INDENT: u8 = 20;
+/// `JsonState::whitespace` after a single space; values from `AFTER_NEWLINE` count the
+/// indentation after a newline.
+const AFTER_SPACE: u8 = 1;
+const AFTER_NEWLINE: u8 = 2;
 /// Most digits in a number (integer, fraction and exponent together).
 const MAX_DIGITS: u8 = 24;
 
@@ -107,6 +112,7 @@ impl JsonState {
     /// Consumes one byte; false if the grammar does not allow it here.
     pub fn feed(&mut self, g: &JsonGrammar, b: u8) -> bool {
         let is_ws = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+
         // A byte may end a number or literal and then belong to the enclosing frame: loop
         // until some frame consumes it.
         loop {
@@ -119,10 +125,12 @@ impl JsonState {
                 Frame::Value { .. } | Frame::Object { .. } | Frame::Array { .. }
             );
             if is_ws && whitespace_ok {
-                if self.whitespace >= MAX_WHITESPACE {
-                    return false;
-                }
-                self.whitespace += 1;
+                self.whitespace = match (self.whitespace, b) {
+                    (0, b' ') => AFTER_SPACE,
+                    (0, b'\n') => AFTER_NEWLINE,
+                    (n, b' ' | b'\t') if n >= AFTER_NEWLINE && n < AFTER_NEWLINE + MAX_INDENT => n + 1,
+                    _ => return false,
+                };
                 return true;
             }
             if !matches!(frame, Frame::Str { .. }) {
@@ -449,11 +457,14 @@ mod tests {
     }
 
     #[test]
-    fn whitespace_runs_are_bounded() {
+    fn whitespace_is_a_space_or_a_newline_and_indentation() {
         let g = JsonGrammar::any_object();
+        assert!(accepts(&g, "{\n  \"a\": [1, 2],\n\t\"b\": {}\n}"));
+        assert!(!accepts(&g, "{\n\n\"a\": 1}"), "two newlines");
+        assert!(!accepts(&g, "{  \"a\": 1}"), "two spaces without a newline");
         let mut s = JsonState::new(&g);
-        assert!(s.feed(&g, b'{'));
-        for _ in 0..MAX_WHITESPACE {
+        assert!(s.feed_all(&g, b"{\n"));
+        for _ in 0..MAX_INDENT {
             assert!(s.feed(&g, b' '));
         }
         assert!(!s.feed(&g, b' '));
