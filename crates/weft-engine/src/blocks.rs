@@ -101,7 +101,10 @@ impl BlockManager {
     /// Attaches the longest cached prefix of `tokens` to an empty `seq` and returns how many
     /// tokens it covers. The last token is never covered: its logits must be computed.
     pub fn match_prefix(&mut self, seq: &mut SeqBlocks, tokens: &[u32]) -> usize {
-        debug_assert!(seq.table.is_empty(), "match_prefix on a sequence holding blocks");
+        debug_assert!(
+            seq.table.is_empty(),
+            "match_prefix on a sequence holding blocks"
+        );
         self.stats.queried_tokens += tokens.len() as u64;
         if !self.prefix_caching {
             return 0;
@@ -181,7 +184,7 @@ impl BlockManager {
     /// also evicted first.
     pub fn truncate(&mut self, seq: &mut SeqBlocks, tokens: usize) -> usize {
         let mut kept = tokens.min(seq.capacity());
-        if kept % BLOCK_SIZE != 0 && seq.keys.len() > kept / BLOCK_SIZE {
+        if !kept.is_multiple_of(BLOCK_SIZE) && seq.keys.len() > kept / BLOCK_SIZE {
             kept -= kept % BLOCK_SIZE;
         }
         let keep = kept.div_ceil(BLOCK_SIZE);
@@ -307,7 +310,10 @@ mod tests {
             m.free(&mut s);
         }
         // Both full blocks are cached and free; the partial blocks went back as empty.
-        assert_eq!((m.cached_blocks(), m.free_blocks(), m.used_blocks()), (2, 4, 0));
+        assert_eq!(
+            (m.cached_blocks(), m.free_blocks(), m.used_blocks()),
+            (2, 4, 0)
+        );
 
         // Taking three blocks uses the two empty ones, then evicts p1's (freed first).
         let mut s = SeqBlocks::default();

@@ -452,7 +452,10 @@ impl Worker {
         let Some(mut active) = self.requests.remove(&id) else {
             return;
         };
-        let seq = self.scheduler.remove(id).expect("sequence of an active request");
+        let seq = self
+            .scheduler
+            .remove(id)
+            .expect("sequence of an active request");
         // Counters first, so that whoever hears of the end sees the freed blocks.
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.publish_stats();

@@ -43,7 +43,9 @@ pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     }
     TokenLogprobs {
         token,
-        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: best.into_iter().map(|(id, l)| (id, lp(l))).collect(),
     }
 }

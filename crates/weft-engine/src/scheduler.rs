@@ -192,7 +192,8 @@ impl Scheduler {
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
             if seq.computed == 0 {
                 seq.computed = self.blocks.match_prefix(&mut seq.blocks, &seq.tokens);
-                seq.cached_prompt.get_or_insert(seq.computed.min(seq.prompt_len));
+                seq.cached_prompt
+                    .get_or_insert(seq.computed.min(seq.prompt_len));
             }
             let len = (seq.tokens.len() - seq.computed).min(budget);
             if !self.blocks.allocate(&mut seq.blocks, seq.computed + len) {
@@ -274,7 +275,15 @@ mod tests {
         let mut s = sched(64, 4, 100);
         s.add(Sequence::new(1, prompt(10, 0)));
         let p = step(&mut s, 7);
-        assert_eq!(p.chunks, vec![Chunk { id: 1, start: 0, len: 10, sample: true }]);
+        assert_eq!(
+            p.chunks,
+            vec![Chunk {
+                id: 1,
+                start: 0,
+                len: 10,
+                sample: true
+            }]
+        );
 
         s.add(Sequence::new(2, prompt(250, 1)));
         // The decode of 1 takes one token; the prompt of 2 gets the other 99.
@@ -282,14 +291,40 @@ mod tests {
         assert_eq!(
             p.chunks,
             vec![
-                Chunk { id: 1, start: 10, len: 1, sample: true },
-                Chunk { id: 2, start: 0, len: 99, sample: false },
+                Chunk {
+                    id: 1,
+                    start: 10,
+                    len: 1,
+                    sample: true
+                },
+                Chunk {
+                    id: 2,
+                    start: 0,
+                    len: 99,
+                    sample: false
+                },
             ]
         );
         let p = step(&mut s, 7);
-        assert_eq!(p.chunks[1], Chunk { id: 2, start: 99, len: 99, sample: false });
+        assert_eq!(
+            p.chunks[1],
+            Chunk {
+                id: 2,
+                start: 99,
+                len: 99,
+                sample: false
+            }
+        );
         let p = step(&mut s, 7);
-        assert_eq!(p.chunks[1], Chunk { id: 2, start: 198, len: 52, sample: true });
+        assert_eq!(
+            p.chunks[1],
+            Chunk {
+                id: 2,
+                start: 198,
+                len: 52,
+                sample: true
+            }
+        );
         assert_eq!(p.num_tokens(), 53);
         let p = step(&mut s, 7);
         assert_eq!(p.num_tokens(), 2);
@@ -306,7 +341,10 @@ mod tests {
         assert_eq!((s.num_running(), s.num_waiting()), (2, 1));
         s.remove(0);
         let p = step(&mut s, 1);
-        assert_eq!(p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]
@@ -321,7 +359,15 @@ mod tests {
         b.extend([2000, 2001, 2002]);
         s.add(Sequence::new(2, b));
         let p = step(&mut s, 9);
-        assert_eq!(p.chunks[1], Chunk { id: 2, start: 64, len: 3, sample: true });
+        assert_eq!(
+            p.chunks[1],
+            Chunk {
+                id: 2,
+                start: 64,
+                len: 3,
+                sample: true
+            }
+        );
         assert_eq!(s.get(2).unwrap().cached_prompt, Some(64));
         assert_eq!(s.blocks().prefix_stats().hit_tokens, 64);
     }
@@ -338,7 +384,15 @@ mod tests {
         // Both now need a third block: 1 is older, so 2 is preempted.
         let p = s.schedule();
         assert_eq!(p.preempted, vec![2]);
-        assert_eq!(p.chunks, vec![Chunk { id: 1, start: 32, len: 1, sample: true }]);
+        assert_eq!(
+            p.chunks,
+            vec![Chunk {
+                id: 1,
+                start: 32,
+                len: 1,
+                sample: true
+            }]
+        );
         s.complete(&p);
         s.append(1, 1);
         assert_eq!((s.num_running(), s.num_waiting()), (1, 1));
@@ -349,7 +403,15 @@ mod tests {
         // token included.
         s.remove(1);
         let p = s.schedule();
-        assert_eq!(p.chunks, vec![Chunk { id: 2, start: 16, len: 17, sample: true }]);
+        assert_eq!(
+            p.chunks,
+            vec![Chunk {
+                id: 2,
+                start: 16,
+                len: 17,
+                sample: true
+            }]
+        );
     }
 
     #[test]

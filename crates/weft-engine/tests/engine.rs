@@ -68,7 +68,10 @@ fn submit(
 fn collect(rx: &mpsc::Receiver<Event>) -> (Vec<u32>, Finished) {
     let mut tokens = Vec::new();
     loop {
-        match rx.recv_timeout(Duration::from_secs(120)).expect("engine answers") {
+        match rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("engine answers")
+        {
             Event::Token { token, .. } => tokens.push(token),
             Event::Finished(f) => return (tokens, f),
         }
@@ -194,11 +197,17 @@ fn requests_beyond_the_context_or_queue_are_refused() {
             move |e| tx.send(e).is_ok()
         }),
     };
-    let err = engine.submit(request(vec![1; 256])).unwrap_err().to_string();
+    let err = engine
+        .submit(request(vec![1; 256]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("256") && err.contains("context"), "{err}");
     assert!(engine.submit(request(vec![])).is_err());
     let (_, running) = submit(&engine, vec![1, 2, 3], greedy(100));
-    let err = engine.submit(request(vec![1, 2, 3])).unwrap_err().to_string();
+    let err = engine
+        .submit(request(vec![1, 2, 3]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("queue is full"), "{err}");
     collect(&running);
 }

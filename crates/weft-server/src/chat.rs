@@ -56,7 +56,13 @@ pub async fn chat_completions(
     }
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
-    let p = choice_params(&req.sampling, max_tokens, logprobs, prompt.len(), state.max_model_len())?;
+    let p = choice_params(
+        &req.sampling,
+        max_tokens,
+        logprobs,
+        prompt.len(),
+        state.max_model_len(),
+    )?;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: unix_now(),
@@ -77,7 +83,11 @@ pub async fn chat_completions(
     whole(meta, choices, prompt.len()).await
 }
 
-async fn whole(meta: Meta, choices: Vec<Choice>, prompt_tokens: usize) -> Result<Response, ApiError> {
+async fn whole(
+    meta: Meta,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+) -> Result<Response, ApiError> {
     let tokenizer = &meta.state.model.tokenizer;
     let parser = meta.state.config.reasoning_parser;
     let mut out = Vec::new();
@@ -94,7 +104,8 @@ async fn whole(meta: Meta, choices: Vec<Choice>, prompt_tokens: usize) -> Result
         split.content.push_str(&tail.content);
         let mut message = json!({"role": "assistant", "content": split.content});
         if parser.is_some() {
-            message["reasoning_content"] = json!((!split.reasoning.is_empty()).then_some(split.reasoning));
+            message["reasoning_content"] =
+                json!((!split.reasoning.is_empty()).then_some(split.reasoning));
         }
         let mut finish = finish_reason_name(c.finished.reason);
         if !calls.is_empty() {
@@ -157,7 +168,12 @@ type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
 
 /// Streams every choice's deltas as they come. Each choice runs in its own task; when the
 /// client goes away the channel closes, the tasks end and their requests are aborted.
-fn stream(meta: Meta, choices: Vec<Choice>, prompt_tokens: usize, include_usage: bool) -> impl IntoResponse {
+fn stream(
+    meta: Meta,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> impl IntoResponse {
     let (tx, rx) = mpsc::channel(64);
     let meta = Arc::new(meta);
     let tasks: Vec<_> = choices
@@ -190,15 +206,21 @@ async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(u
     let tokenizer = &meta.state.model.tokenizer;
     let mut shaper = Shaper::new(meta.state.config.reasoning_parser, &meta.tools);
     let send = |delta: Value, logprobs: Value, finish: Option<&str>, stop: Option<String>| {
-        let mut c = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
+        let mut c =
+            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
         if finish.is_some() {
             c["stop_reason"] = json!(stop);
         }
         tx.send(Ok(chunk(&meta, json!([c]), None)))
     };
-    send(json!({"role": "assistant", "content": ""}), Value::Null, None, None)
-        .await
-        .ok()?;
+    send(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        None,
+        None,
+    )
+    .await
+    .ok()?;
     while let Some(event) = choice.next().await {
         match event {
             Event::Token { text, logprobs, .. } => {
@@ -226,13 +248,21 @@ async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(u
                 }
                 let mut finish = finish_reason_name(f.reason);
                 if !calls.is_empty() {
-                    let calls: Vec<Value> = calls.iter().enumerate().map(|(i, c)| c.to_json(Some(i))).collect();
-                    send(json!({"tool_calls": calls}), Value::Null, None, None).await.ok()?;
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| c.to_json(Some(i)))
+                        .collect();
+                    send(json!({"tool_calls": calls}), Value::Null, None, None)
+                        .await
+                        .ok()?;
                     if finish == "stop" {
                         finish = "tool_calls";
                     }
                 }
-                send(json!({}), Value::Null, Some(finish), f.stop).await.ok()?;
+                send(json!({}), Value::Null, Some(finish), f.stop)
+                    .await
+                    .ok()?;
                 return Some((f.completion_tokens, f.cached_tokens));
             }
         }
@@ -241,7 +271,9 @@ async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(u
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "the engine stopped before the request finished",
     );
-    let _ = tx.send(Ok(SseEvent::default().data(err.body().to_string()))).await;
+    let _ = tx
+        .send(Ok(SseEvent::default().data(err.body().to_string())))
+        .await;
     None
 }
 

@@ -71,7 +71,10 @@ pub async fn completions(
     }
     let n = req.sampling.n.unwrap_or(1);
     if req.best_of.is_some_and(|b| b != n) {
-        return Err(ApiError::invalid("best_of", "best_of must equal n (no ranking of extra samples)"));
+        return Err(ApiError::invalid(
+            "best_of",
+            "best_of must equal n (no ranking of extra samples)",
+        ));
     }
     let prompts = prompts(&state, req.prompt.clone())?;
     let constraint = constraint(&state, None, req.sampling.response_format.as_ref())?;
@@ -88,9 +91,20 @@ pub async fn completions(
         )?;
         prompt_tokens += prompt.tokens.len();
         let first = all.len();
-        all.extend(submit(&state, &prompt.tokens, &p, constraint.as_ref(), first, started)?);
+        all.extend(submit(
+            &state,
+            &prompt.tokens,
+            &p,
+            constraint.as_ref(),
+            first,
+            started,
+        )?);
         echoes.extend(std::iter::repeat_n(
-            if req.echo { prompt.text.clone() } else { String::new() },
+            if req.echo {
+                prompt.text.clone()
+            } else {
+                String::new()
+            },
             p.n,
         ));
     }
@@ -101,7 +115,11 @@ pub async fn completions(
         state,
     };
     if req.sampling.stream {
-        let usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let usage = req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
         return Ok(stream(meta, all, echoes, prompt_tokens, usage).into_response());
     }
     let tokenizer = &meta.state.model.tokenizer;

@@ -71,13 +71,19 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models", get(misc::models))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_key,
+        ));
     Router::new()
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .merge(api)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), count_requests))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_requests,
+        ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
@@ -107,7 +113,11 @@ async fn require_key(State(state): State<SharedState>, req: Request, next: Next)
 
 async fn count_requests(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let route = ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other");
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other");
     let response = next.run(req).await;
     state.metrics.request(route, response.status().as_u16());
     response
@@ -137,7 +147,10 @@ pub async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 if state.engine.in_flight() > 0 {
-                    tracing::warn!("grace period over: aborting {} requests", state.engine.in_flight());
+                    tracing::warn!(
+                        "grace period over: aborting {} requests",
+                        state.engine.in_flight()
+                    );
                     state.engine.abort_all();
                 }
             });
@@ -179,7 +192,11 @@ pub fn run(addr: &str, state: SharedState) -> std::io::Result<()> {
         .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        eprintln!("weft: serving {} on http://{}", state.model_name(), listener.local_addr()?);
+        eprintln!(
+            "weft: serving {} on http://{}",
+            state.model_name(),
+            listener.local_addr()?
+        );
         serve(listener, state, shutdown_signal()).await
     })
 }

@@ -97,18 +97,87 @@ impl Metrics {
         };
         let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
         let load64 = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        gauge(&mut out, "weft_num_requests_running", "gauge", "Sequences in the running batch.", load(&engine.running));
-        gauge(&mut out, "weft_num_requests_waiting", "gauge", "Sequences waiting for a slot.", load(&engine.waiting));
-        gauge(&mut out, "weft_kv_cache_blocks_total", "gauge", "KV cache blocks (16 tokens each).", load(&engine.kv_blocks_total));
-        gauge(&mut out, "weft_kv_cache_blocks_used", "gauge", "KV cache blocks held by sequences.", load(&engine.kv_blocks_used));
-        gauge(&mut out, "weft_kv_cache_blocks_cached", "gauge", "KV cache blocks holding a reusable prefix (in use or free).", load(&engine.kv_blocks_cached));
-        let (queried, hit) = (load64(&engine.prefix_queried_tokens), load64(&engine.prefix_hit_tokens));
-        gauge(&mut out, "weft_prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", queried);
-        gauge(&mut out, "weft_prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", hit);
-        gauge(&mut out, "weft_prefix_cache_hit_rate", "gauge", "Prefix cache hits / queries (tokens) since start.", if queried > 0.0 { hit / queried } else { 0.0 });
-        gauge(&mut out, "weft_num_preemptions_total", "counter", "Sequences preempted (recomputed later) for lack of KV blocks.", load64(&engine.preemptions));
-        gauge(&mut out, "weft_requests_aborted_total", "counter", "Sequences aborted (client gone or shutdown).", load64(&engine.aborted));
-        gauge(&mut out, "weft_engine_steps_total", "counter", "Batched forward passes.", load64(&engine.steps));
+        gauge(
+            &mut out,
+            "weft_num_requests_running",
+            "gauge",
+            "Sequences in the running batch.",
+            load(&engine.running),
+        );
+        gauge(
+            &mut out,
+            "weft_num_requests_waiting",
+            "gauge",
+            "Sequences waiting for a slot.",
+            load(&engine.waiting),
+        );
+        gauge(
+            &mut out,
+            "weft_kv_cache_blocks_total",
+            "gauge",
+            "KV cache blocks (16 tokens each).",
+            load(&engine.kv_blocks_total),
+        );
+        gauge(
+            &mut out,
+            "weft_kv_cache_blocks_used",
+            "gauge",
+            "KV cache blocks held by sequences.",
+            load(&engine.kv_blocks_used),
+        );
+        gauge(
+            &mut out,
+            "weft_kv_cache_blocks_cached",
+            "gauge",
+            "KV cache blocks holding a reusable prefix (in use or free).",
+            load(&engine.kv_blocks_cached),
+        );
+        let (queried, hit) = (
+            load64(&engine.prefix_queried_tokens),
+            load64(&engine.prefix_hit_tokens),
+        );
+        gauge(
+            &mut out,
+            "weft_prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache.",
+            queried,
+        );
+        gauge(
+            &mut out,
+            "weft_prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens found in the prefix cache.",
+            hit,
+        );
+        gauge(
+            &mut out,
+            "weft_prefix_cache_hit_rate",
+            "gauge",
+            "Prefix cache hits / queries (tokens) since start.",
+            if queried > 0.0 { hit / queried } else { 0.0 },
+        );
+        gauge(
+            &mut out,
+            "weft_num_preemptions_total",
+            "counter",
+            "Sequences preempted (recomputed later) for lack of KV blocks.",
+            load64(&engine.preemptions),
+        );
+        gauge(
+            &mut out,
+            "weft_requests_aborted_total",
+            "counter",
+            "Sequences aborted (client gone or shutdown).",
+            load64(&engine.aborted),
+        );
+        gauge(
+            &mut out,
+            "weft_engine_steps_total",
+            "counter",
+            "Batched forward passes.",
+            load64(&engine.steps),
+        );
         self.with(|m| {
             let _ = writeln!(out, "# HELP weft_http_requests_total HTTP requests by route and status code.\n# TYPE weft_http_requests_total counter");
             for ((route, status), n) in &m.requests {

@@ -35,7 +35,10 @@ pub async fn models(State(state): State<SharedState>) -> Json<Value> {
 
 pub async fn health(State(state): State<SharedState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"})))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
             .into_response();
     }
     Json(json!({"status": "ok"})).into_response()
@@ -46,7 +49,10 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
         .metrics
         .render(state.engine.stats(), state.model_name());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

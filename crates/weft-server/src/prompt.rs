@@ -23,7 +23,9 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
         other => {
             return Err(ApiError::invalid(
                 &param,
-                format!("{param}.role must be system, developer, user, assistant or tool, got `{other}`"),
+                format!(
+                "{param}.role must be system, developer, user, assistant or tool, got `{other}`"
+            ),
             ))
         }
     };
@@ -93,9 +95,7 @@ pub fn chat_prompt(
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let template = state.model.chat_template.as_ref().ok_or_else(|| {
-        ApiError::bad_request(
-            "this model has no chat template (a base model): use /v1/completions",
-        )
+        ApiError::bad_request("this model has no chat template (a base model): use /v1/completions")
     })?;
     let messages = messages
         .iter()

@@ -64,8 +64,8 @@ impl ReasoningSplitter {
             match self.phase {
                 Phase::Start => {
                     let trimmed = self.pending.trim_start();
-                    if trimmed.starts_with(OPEN) {
-                        self.pending = trimmed[OPEN.len()..].to_owned();
+                    if let Some(rest) = trimmed.strip_prefix(OPEN) {
+                        self.pending = rest.to_owned();
                         self.phase = Phase::Thinking;
                     } else if OPEN.starts_with(trimmed) {
                         return out; // maybe the tag, maybe not: wait
@@ -76,7 +76,8 @@ impl ReasoningSplitter {
                 Phase::Thinking => match scan(&mut self.pending, CLOSE) {
                     Scan::Found(before, after) => {
                         // A leading `<think>` written by the model itself is not reasoning.
-                        out.reasoning.push_str(before.strip_prefix(OPEN).unwrap_or(&before));
+                        out.reasoning
+                            .push_str(before.strip_prefix(OPEN).unwrap_or(&before));
                         self.pending = after.trim_start().to_owned();
                         self.phase = Phase::Answer;
                     }
@@ -113,24 +114,29 @@ impl ReasoningSplitter {
 mod tests {
     use super::*;
 
-/// Splits a whole output at once.
-fn split_all(parser: ReasoningParser, text: &str) -> Split {
-    let mut s = ReasoningSplitter::new(parser);
-    let mut a = s.push(text);
-    let b = s.finish();
-    a.reasoning.push_str(&b.reasoning);
-    a.content.push_str(&b.content);
-    a
-}
-
+    /// Splits a whole output at once.
+    fn split_all(parser: ReasoningParser, text: &str) -> Split {
+        let mut s = ReasoningSplitter::new(parser);
+        let mut a = s.push(text);
+        let b = s.finish();
+        a.reasoning.push_str(&b.reasoning);
+        a.content.push_str(&b.content);
+        a
+    }
 
     #[test]
     fn qwen3_splits_only_when_the_output_thinks() {
-        let s = split_all(ReasoningParser::Qwen3, "<think>\nplan it\n</think>\n\nThe answer.");
+        let s = split_all(
+            ReasoningParser::Qwen3,
+            "<think>\nplan it\n</think>\n\nThe answer.",
+        );
         assert_eq!(s.reasoning, "\nplan it\n");
         assert_eq!(s.content, "The answer.");
         let s = split_all(ReasoningParser::Qwen3, "No thoughts <think> here");
-        assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("", "No thoughts <think> here"));
+        assert_eq!(
+            (s.reasoning.as_str(), s.content.as_str()),
+            ("", "No thoughts <think> here")
+        );
     }
 
     #[test]
@@ -152,8 +158,14 @@ fn split_all(parser: ReasoningParser, text: &str) -> Split {
     #[test]
     fn deepseek_r1_starts_inside_reasoning() {
         let s = split_all(ReasoningParser::DeepseekR1, "thinking</think>answer");
-        assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("thinking", "answer"));
+        assert_eq!(
+            (s.reasoning.as_str(), s.content.as_str()),
+            ("thinking", "answer")
+        );
         let s = split_all(ReasoningParser::DeepseekR1, "never closed");
-        assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("never closed", ""));
+        assert_eq!(
+            (s.reasoning.as_str(), s.content.as_str()),
+            ("never closed", "")
+        );
     }
 }

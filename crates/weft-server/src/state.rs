@@ -108,7 +108,10 @@ pub fn new_id(prefix: &str) -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!("{prefix}-{:016x}{n:08x}", t.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    format!(
+        "{prefix}-{:016x}{n:08x}",
+        t.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
 }
 
 pub type SharedState = Arc<AppState>;

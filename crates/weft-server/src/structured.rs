@@ -25,10 +25,15 @@ fn function_name(tool: &Value) -> Option<&str> {
 }
 
 impl Tools {
-    pub fn from_request(tools: Option<&[Value]>, choice: Option<&Value>) -> Result<Tools, ApiError> {
+    pub fn from_request(
+        tools: Option<&[Value]>,
+        choice: Option<&Value>,
+    ) -> Result<Tools, ApiError> {
         let tools = tools.unwrap_or_default();
         for (i, t) in tools.iter().enumerate() {
-            if t.get("type").and_then(Value::as_str) != Some("function") || function_name(t).is_none() {
+            if t.get("type").and_then(Value::as_str) != Some("function")
+                || function_name(t).is_none()
+            {
                 return Err(ApiError::invalid(
                     "tools",
                     format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"),
@@ -86,7 +91,9 @@ impl Tools {
                 let name = other.strip_prefix("function:").ok_or_else(|| {
                     ApiError::invalid(
                         "tool_choice",
-                        format!("tool_choice must be none, auto, required or a function, got `{other}`"),
+                        format!(
+                            "tool_choice must be none, auto, required or a function, got `{other}`"
+                        ),
                     )
                 })?;
                 let tool = tools
@@ -134,14 +141,12 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<JsonGrammar>, Ap
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(JsonGrammar::any_object())),
         Some("json_schema") => {
-            let schema = format
-                .pointer("/json_schema/schema")
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "response_format",
-                        "response_format.json_schema.schema is missing",
-                    )
-                })?;
+            let schema = format.pointer("/json_schema/schema").ok_or_else(|| {
+                ApiError::invalid(
+                    "response_format",
+                    "response_format.json_schema.schema is missing",
+                )
+            })?;
             compile(schema, "response_format").map(Some)
         }
         _ => Err(ApiError::invalid(
@@ -165,8 +170,10 @@ pub fn constraint(
         let grammar = Arc::new(g);
         let vocab = state.vocab_index();
         Box::new(move || {
-            Box::new(JsonConstraint::new(Arc::clone(&grammar), Arc::clone(&vocab)))
-                as Box<dyn weft_engine::generation::TokenConstraint>
+            Box::new(JsonConstraint::new(
+                Arc::clone(&grammar),
+                Arc::clone(&vocab),
+            )) as Box<dyn weft_engine::generation::TokenConstraint>
         }) as ConstraintFactory
     }))
 }

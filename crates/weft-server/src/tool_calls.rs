@@ -55,7 +55,10 @@ pub fn parse(text: &str) -> Option<(Option<String>, Vec<ToolCall>)> {
     while let Some(at) = rest.find(OPEN) {
         let body_start = at + OPEN.len();
         let (body, next) = match rest[body_start..].find(CLOSE) {
-            Some(end) => (&rest[body_start..body_start + end], &rest[body_start + end + CLOSE.len()..]),
+            Some(end) => (
+                &rest[body_start..body_start + end],
+                &rest[body_start + end + CLOSE.len()..],
+            ),
             // The last call may be cut off by end-of-generation before its closing tag.
             None => (&rest[body_start..], ""),
         };
@@ -132,6 +135,12 @@ mod tests {
         assert_eq!(out, "Sure ");
         let (rest, calls) = d.finish();
         assert_eq!(rest, "");
-        assert_eq!(calls, vec![ToolCall { name: "f".into(), arguments: "{\"x\":1}".into() }]);
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "f".into(),
+                arguments: "{\"x\":1}".into()
+            }]
+        );
     }
 }

@@ -202,7 +202,12 @@ async fn chat_whole_and_streamed_agree() {
     let last = events.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["completion_tokens"], 16);
-    assert!(last["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        last["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let finish: Vec<&Value> = events
         .iter()
         .map(|e| &e["choices"][0]["finish_reason"])
@@ -225,7 +230,10 @@ async fn completions_logprobs_n_seed_and_stop() {
     let (_, b) = s.post("/v1/completions", body).await;
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
     for i in 0..2 {
-        assert_eq!(a["choices"][i]["text"], b["choices"][i]["text"], "same seed, same text");
+        assert_eq!(
+            a["choices"][i]["text"], b["choices"][i]["text"],
+            "same seed, same text"
+        );
         let lp = &a["choices"][i]["logprobs"];
         assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
         assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 3);
@@ -248,7 +256,10 @@ async fn completions_logprobs_n_seed_and_stop() {
     stopped["stop"] = json!([stop.clone()]);
     let (_, cut) = s.post("/v1/completions", stopped).await;
     let cut_text = cut["choices"][0]["text"].as_str().unwrap();
-    assert!(!cut_text.contains(&stop), "{cut_text:?} holds stop {stop:?}");
+    assert!(
+        !cut_text.contains(&stop),
+        "{cut_text:?} holds stop {stop:?}"
+    );
     assert!(text.starts_with(cut_text));
     assert_eq!(cut["choices"][0]["finish_reason"], "stop");
     assert_eq!(cut["choices"][0]["stop_reason"], json!(stop));
@@ -345,9 +356,13 @@ async fn errors_have_openai_shape_and_status() {
     };
     let ok = chat("hi", json!({})).to_string();
 
-    let r = send(ok.clone().into(), None, "/v1/chat/completions").await.unwrap();
+    let r = send(ok.clone().into(), None, "/v1/chat/completions")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = send(ok.clone().into(), Some("wrong"), "/v1/chat/completions").await.unwrap();
+    let r = send(ok.clone().into(), Some("wrong"), "/v1/chat/completions")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "authentication_error");
@@ -361,16 +376,39 @@ async fn errors_have_openai_shape_and_status() {
         (chat("hi", json!({"n": 0})), 400, "n must be"),
         (chat("hi", json!({"top_logprobs": 3})), 400, "logprobs"),
         (chat("hi", json!({"max_tokens": 0})), 400, "max_tokens"),
-        (json!({"messages": [{"role": "wizard", "content": "x"}]}), 400, "role"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            400,
+            "role",
+        ),
         (json!({"messages": "hello"}), 400, "invalid request body"),
-        (chat(&"word ".repeat(100), json!({})), 400, "maximum context length is 64"),
-        (chat("hi", json!({"max_tokens": 60})), 400, "in the completion"),
-        (chat("hi", json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "x"}}}})), 400, "pattern"),
+        (
+            chat(&"word ".repeat(100), json!({})),
+            400,
+            "maximum context length is 64",
+        ),
+        (
+            chat("hi", json!({"max_tokens": 60})),
+            400,
+            "in the completion",
+        ),
+        (
+            chat(
+                "hi",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "x"}}}}),
+            ),
+            400,
+            "pattern",
+        ),
     ];
     for (body, status, needle) in cases {
-        let r = send(body.to_string().into(), Some("sekret"), "/v1/chat/completions")
-            .await
-            .unwrap();
+        let r = send(
+            body.to_string().into(),
+            Some("sekret"),
+            "/v1/chat/completions",
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status().as_u16(), status, "{body}");
         let e: Value = r.json().await.unwrap();
         let msg = e["error"]["message"].as_str().unwrap();
@@ -378,25 +416,38 @@ async fn errors_have_openai_shape_and_status() {
         assert_eq!(e["error"]["code"], status);
     }
     // The overflow message names both numbers.
-    let r = send(chat(&"word ".repeat(100), json!({})).to_string().into(), Some("sekret"), "/v1/chat/completions")
-        .await
-        .unwrap();
+    let r = send(
+        chat(&"word ".repeat(100), json!({})).to_string().into(),
+        Some("sekret"),
+        "/v1/chat/completions",
+    )
+    .await
+    .unwrap();
     let e: Value = r.json().await.unwrap();
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("64") && msg.contains("input tokens"), "{msg}");
 
-    let r = send("{not json".into(), Some("sekret"), "/v1/completions").await.unwrap();
+    let r = send("{not json".into(), Some("sekret"), "/v1/completions")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let big = json!({"prompt": "x".repeat(100 * 1024)}).to_string();
-    let r = send(big.into(), Some("sekret"), "/v1/completions").await.unwrap();
+    let r = send(big.into(), Some("sekret"), "/v1/completions")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], 413);
-    let r = send(ok.into(), Some("sekret"), "/v1/nothing").await.unwrap();
+    let r = send(ok.into(), Some("sekret"), "/v1/nothing")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let m = s.metrics().await;
-    assert!(m.contains("weft_http_requests_total{route=\"/v1/chat/completions\",status=\"401\"} 2"), "{m}");
+    assert!(
+        m.contains("weft_http_requests_total{route=\"/v1/chat/completions\",status=\"401\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("status=\"413\"} 1"));
     s.shutdown().await;
 }
@@ -440,7 +491,10 @@ async fn a_client_that_disconnects_aborts_and_frees_blocks() {
     let s = start(model, Options::default()).await;
     let r = reqwest::Client::new()
         .post(s.url("/v1/chat/completions"))
-        .json(&chat("Tell a long story.", json!({"max_tokens": 400, "ignore_eos": true, "stream": true})))
+        .json(&chat(
+            "Tell a long story.",
+            json!({"max_tokens": 400, "ignore_eos": true, "stream": true}),
+        ))
         .send()
         .await
         .unwrap();
@@ -456,7 +510,9 @@ async fn a_client_that_disconnects_aborts_and_frees_blocks() {
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let m = s.metrics().await;
-        if metric(&m, "weft_requests_aborted_total") == 1.0 && metric(&m, "weft_kv_cache_blocks_used") == 0.0 {
+        if metric(&m, "weft_requests_aborted_total") == 1.0
+            && metric(&m, "weft_kv_cache_blocks_used") == 0.0
+        {
             freed = true;
             assert_eq!(metric(&m, "weft_num_requests_running"), 0.0);
             break;
@@ -489,10 +545,20 @@ async fn shutdown_finishes_in_flight_requests_then_aborts_after_the_grace_period
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 24);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-    assert!(reqwest::get(format!("{base}/health")).await.is_err(), "no longer listening");
+    assert!(
+        reqwest::get(format!("{base}/health")).await.is_err(),
+        "no longer listening"
+    );
 
     // Tiny grace: a long stream is cut off with finish_reason "abort".
-    let s = start(model, Options { grace: Duration::from_millis(200), ..Options::default() }).await;
+    let s = start(
+        model,
+        Options {
+            grace: Duration::from_millis(200),
+            ..Options::default()
+        },
+    )
+    .await;
     let r = client
         .post(s.url("/v1/completions"))
         .json(&json!({"prompt": "Hello", "max_tokens": 400, "ignore_eos": true, "stream": true}))
@@ -521,20 +587,37 @@ async fn shutdown_finishes_in_flight_requests_then_aborts_after_the_grace_period
 async fn models_tokenize_detokenize_health_metrics() {
     let Some(model) = model() else { return };
     let s = start(model, Options::default()).await;
-    let models: Value = reqwest::get(s.url("/v1/models")).await.unwrap().json().await.unwrap();
+    let models: Value = reqwest::get(s.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["data"][0]["id"], "smol");
     assert_eq!(models["data"][1]["id"], "alias");
-    let (status, t) = s.post("/tokenize", json!({"prompt": "Hello world", "add_special_tokens": false})).await;
+    let (status, t) = s
+        .post(
+            "/tokenize",
+            json!({"prompt": "Hello world", "add_special_tokens": false}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(t["count"], t["tokens"].as_array().unwrap().len());
     let (_, d) = s.post("/detokenize", json!({"tokens": t["tokens"]})).await;
     assert_eq!(d["prompt"], "Hello world");
     let (status, _) = s.post("/detokenize", json!({"tokens": [99999999]})).await;
     assert_eq!(status, 400);
-    let (_, t) = s.post("/tokenize", json!({"messages": [{"role": "user", "content": "hi"}]})).await;
+    let (_, t) = s
+        .post(
+            "/tokenize",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     assert!(t["count"].as_u64().unwrap() > 3);
 
-    let (status, _) = s.post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3})).await;
+    let (status, _) = s
+        .post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3}))
+        .await;
     assert_eq!(status, 200);
     let m = s.metrics().await;
     for name in [

@@ -95,8 +95,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let state = Arc::new(AppState::new(engine, model, config));
-    weft_server::run(&format!("{}:{}", args.host, args.port), state)
-        .context("serving HTTP")?;
+    weft_server::run(&format!("{}:{}", args.host, args.port), state).context("serving HTTP")?;
     eprintln!("weft: stopped");
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! A byte-at-a-time recognizer of JSON text that follows a [`JsonGrammar`]. Its state is a
 //! small fixed-size value (`Copy`), so the vocabulary walk can keep one per prefix depth.
 
-use super::schema::{JsonGrammar, Node, NodeId, ANY_ARRAY, ANY_LITERAL, ANY_STRING, ANY_NUMBER, FREE_OBJECT, NO_BRANCH};
+use super::schema::{
+    JsonGrammar, Node, NodeId, ANY_ARRAY, ANY_LITERAL, ANY_NUMBER, ANY_STRING, FREE_OBJECT,
+    NO_BRANCH,
+};
 
 /// Deepest nesting of objects, arrays and values in progress.
 const MAX_DEPTH: usize = 12;
@@ -52,14 +55,27 @@ enum Frame {
     Value { node: NodeId },
     /// Inside an object. `next`: index of the first declared property that may still come;
     /// `pending`: the property whose value follows the `:`.
-    Object { node: NodeId, phase: Phase, next: u8, pending: u8 },
+    Object {
+        node: NodeId,
+        phase: Phase,
+        next: u8,
+        pending: u8,
+    },
     /// Matching a declared key among `cands` (bit i = property i), `len` bytes in.
     Key { node: NodeId, cands: u64, len: u8 },
-    Array { node: NodeId, phase: Phase, count: u16 },
+    Array {
+        node: NodeId,
+        phase: Phase,
+        count: u16,
+    },
     /// Inside a string, `len` characters in. `esc`: 0, or 1 after `\`, or 2..=5 while
     /// reading the 4 hex digits of `\u` (5 = none read yet).
     Str { node: NodeId, len: u32, esc: u8 },
-    Num { integer: bool, phase: Num, digits: u8 },
+    Num {
+        integer: bool,
+        phase: Num,
+        digits: u8,
+    },
     /// Matching literals of `node` (bit i = literal i), `len` bytes in.
     Lit { node: NodeId, cands: u64, len: u8 },
 }
@@ -128,7 +144,11 @@ impl JsonState {
                 self.whitespace = match (self.whitespace, b) {
                     (0, b' ') => AFTER_SPACE,
                     (0, b'\n') => AFTER_NEWLINE,
-                    (n, b' ' | b'\t') if n >= AFTER_NEWLINE && n < AFTER_NEWLINE + MAX_INDENT => n + 1,
+                    (n, b' ' | b'\t')
+                        if (AFTER_NEWLINE..AFTER_NEWLINE + MAX_INDENT).contains(&n) =>
+                    {
+                        n + 1
+                    }
                     _ => return false,
                 };
                 return true;
@@ -147,9 +167,12 @@ impl JsonState {
     fn step(&mut self, g: &JsonGrammar, frame: Frame, b: u8) -> Step {
         match frame {
             Frame::Value { node } => self.start_value(g, node, b),
-            Frame::Object { node, phase, next, pending } => {
-                self.object(g, node, phase, next, pending, b)
-            }
+            Frame::Object {
+                node,
+                phase,
+                next,
+                pending,
+            } => self.object(g, node, phase, next, pending, b),
             Frame::Key { node, cands, len } => {
                 let Node::Object { props } = g.node(node) else {
                     unreachable!("keys belong to objects")
@@ -165,15 +188,27 @@ impl JsonState {
                 }
                 let len = len + 1;
                 // Keys end with their closing quote, so no key is a prefix of another.
-                if let Some(i) = (0..props.len()).find(|&i| left & (1 << i) != 0 && props[i].key.len() == len as usize) {
+                if let Some(i) = (0..props.len())
+                    .find(|&i| left & (1 << i) != 0 && props[i].key.len() == len as usize)
+                {
                     self.pop();
-                    if let Frame::Object { next, pending, phase, .. } = self.top() {
+                    if let Frame::Object {
+                        next,
+                        pending,
+                        phase,
+                        ..
+                    } = self.top()
+                    {
                         *next = i as u8 + 1;
                         *pending = i as u8;
                         *phase = Phase::AfterKey;
                     }
                 } else {
-                    *self.top() = Frame::Key { node, cands: left, len };
+                    *self.top() = Frame::Key {
+                        node,
+                        cands: left,
+                        len,
+                    };
                 }
                 Step::Consumed
             }
@@ -187,7 +222,11 @@ impl JsonState {
                         Step::Consumed
                     }
                     (Phase::AfterValue, b',') if count < max => {
-                        *self.top() = Frame::Array { node, phase: Phase::AfterComma, count };
+                        *self.top() = Frame::Array {
+                            node,
+                            phase: Phase::AfterComma,
+                            count,
+                        };
                         Step::Consumed
                     }
                     (Phase::Open, _) if count < max => self.element(node, items, count),
@@ -211,7 +250,13 @@ impl JsonState {
                     (1, b'u') => 5,
                     (1, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 0,
                     (1, _) => return Step::Reject,
-                    (e, c) if c.is_ascii_hexdigit() => if e == 2 { 0 } else { e - 1 },
+                    (e, c) if c.is_ascii_hexdigit() => {
+                        if e == 2 {
+                            0
+                        } else {
+                            e - 1
+                        }
+                    }
                     _ => return Step::Reject,
                 };
                 // Characters are counted at their first byte (UTF-8 continuation bytes are
@@ -221,10 +266,18 @@ impl JsonState {
                 if len > max {
                     return Step::Reject;
                 }
-                *self.top() = Frame::Str { node, len, esc: next_esc };
+                *self.top() = Frame::Str {
+                    node,
+                    len,
+                    esc: next_esc,
+                };
                 Step::Consumed
             }
-            Frame::Num { integer, phase, digits } => {
+            Frame::Num {
+                integer,
+                phase,
+                digits,
+            } => {
                 let digit = b.is_ascii_digit();
                 let next = match (phase, b) {
                     (Num::Start, b'-') => Num::Minus,
@@ -246,7 +299,11 @@ impl JsonState {
                 if digits > MAX_DIGITS {
                     return Step::Reject;
                 }
-                *self.top() = Frame::Num { integer, phase: next, digits };
+                *self.top() = Frame::Num {
+                    integer,
+                    phase: next,
+                    digits,
+                };
                 Step::Consumed
             }
             Frame::Lit { node, cands, len } => {
@@ -261,7 +318,8 @@ impl JsonState {
                 }
                 if left == 0 {
                     // A complete literal followed by a byte of the enclosing frame.
-                    let complete = (0..lits.len()).any(|i| cands & (1 << i) != 0 && lits[i].len() == len as usize);
+                    let complete = (0..lits.len())
+                        .any(|i| cands & (1 << i) != 0 && lits[i].len() == len as usize);
                     if complete {
                         self.pop();
                         return Step::Again;
@@ -269,11 +327,16 @@ impl JsonState {
                     return Step::Reject;
                 }
                 let len = len + 1;
-                let all_done = (0..lits.len()).all(|i| left & (1 << i) == 0 || lits[i].len() == len as usize);
+                let all_done =
+                    (0..lits.len()).all(|i| left & (1 << i) == 0 || lits[i].len() == len as usize);
                 if all_done {
                     self.pop();
                 } else {
-                    *self.top() = Frame::Lit { node, cands: left, len };
+                    *self.top() = Frame::Lit {
+                        node,
+                        cands: left,
+                        len,
+                    };
                 }
                 Step::Consumed
             }
@@ -281,7 +344,11 @@ impl JsonState {
     }
 
     fn element(&mut self, node: NodeId, items: NodeId, count: u16) -> Step {
-        *self.top() = Frame::Array { node, phase: Phase::AfterValue, count: count + 1 };
+        *self.top() = Frame::Array {
+            node,
+            phase: Phase::AfterValue,
+            count: count + 1,
+        };
         if self.push(Frame::Value { node: items }) {
             Step::Again
         } else {
@@ -289,7 +356,15 @@ impl JsonState {
         }
     }
 
-    fn object(&mut self, g: &JsonGrammar, node: NodeId, phase: Phase, next: u8, pending: u8, b: u8) -> Step {
+    fn object(
+        &mut self,
+        g: &JsonGrammar,
+        node: NodeId,
+        phase: Phase,
+        next: u8,
+        pending: u8,
+        b: u8,
+    ) -> Step {
         let Node::Object { props } = g.node(node) else {
             unreachable!("object frames belong to objects")
         };
@@ -314,19 +389,46 @@ impl JsonState {
                 Step::Consumed
             }
             (Phase::AfterValue, b',') if free || !rest.is_empty() => {
-                *self.top() = Frame::Object { node, phase: Phase::AfterComma, next, pending };
+                *self.top() = Frame::Object {
+                    node,
+                    phase: Phase::AfterComma,
+                    next,
+                    pending,
+                };
                 Step::Consumed
             }
             (Phase::Open | Phase::AfterComma, b'"') if free => {
-                *self.top() = Frame::Object { node, phase: Phase::AfterKey, next, pending };
-                self.push_or_reject(Frame::Str { node: ANY_STRING, len: 0, esc: 0 })
+                *self.top() = Frame::Object {
+                    node,
+                    phase: Phase::AfterKey,
+                    next,
+                    pending,
+                };
+                self.push_or_reject(Frame::Str {
+                    node: ANY_STRING,
+                    len: 0,
+                    esc: 0,
+                })
             }
             (Phase::Open | Phase::AfterComma, b'"') if !rest.is_empty() => {
-                self.push_or_reject(Frame::Key { node, cands: candidates(), len: 1 })
+                self.push_or_reject(Frame::Key {
+                    node,
+                    cands: candidates(),
+                    len: 1,
+                })
             }
             (Phase::AfterKey, b':') => {
-                let value = if free { super::schema::ANY } else { props[pending as usize].node };
-                *self.top() = Frame::Object { node, phase: Phase::AfterValue, next, pending };
+                let value = if free {
+                    super::schema::ANY
+                } else {
+                    props[pending as usize].node
+                };
+                *self.top() = Frame::Object {
+                    node,
+                    phase: Phase::AfterValue,
+                    next,
+                    pending,
+                };
                 self.push_or_reject(Frame::Value { node: value })
             }
             _ => Step::Reject,
@@ -361,16 +463,41 @@ impl JsonState {
             _ => node,
         };
         let frame = match (g.node(concrete), b) {
-            (Node::Object { .. }, b'{') => Frame::Object { node: concrete, phase: Phase::Open, next: 0, pending: 0 },
-            (Node::Array { .. }, b'[') => Frame::Array { node: concrete, phase: Phase::Open, count: 0 },
-            (Node::String { .. }, b'"') => Frame::Str { node: concrete, len: 0, esc: 0 },
+            (Node::Object { .. }, b'{') => Frame::Object {
+                node: concrete,
+                phase: Phase::Open,
+                next: 0,
+                pending: 0,
+            },
+            (Node::Array { .. }, b'[') => Frame::Array {
+                node: concrete,
+                phase: Phase::Open,
+                count: 0,
+            },
+            (Node::String { .. }, b'"') => Frame::Str {
+                node: concrete,
+                len: 0,
+                esc: 0,
+            },
             (Node::Number { integer }, _) => {
-                *self.top() = Frame::Num { integer: *integer, phase: Num::Start, digits: 0 };
+                *self.top() = Frame::Num {
+                    integer: *integer,
+                    phase: Num::Start,
+                    digits: 0,
+                };
                 return Step::Again;
             }
             (Node::Literals(lits), _) => {
-                let all = if lits.len() == 64 { u64::MAX } else { (1u64 << lits.len()) - 1 };
-                *self.top() = Frame::Lit { node: concrete, cands: all, len: 0 };
+                let all = if lits.len() == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << lits.len()) - 1
+                };
+                *self.top() = Frame::Lit {
+                    node: concrete,
+                    cands: all,
+                    len: 0,
+                };
                 return Step::Again;
             }
             _ => return Step::Reject,
@@ -400,7 +527,10 @@ mod tests {
     #[test]
     fn any_object_accepts_json_objects_only() {
         let g = JsonGrammar::any_object();
-        assert!(accepts(&g, r#"{"a": [1, -2.5e3, "x\n\u00e9", true, null, {}], "b": {"c": false}}"#));
+        assert!(accepts(
+            &g,
+            r#"{"a": [1, -2.5e3, "x\n\u00e9", true, null, {}], "b": {"c": false}}"#
+        ));
         assert!(accepts(&g, "{ }"));
         assert!(!accepts(&g, "[1]"));
         assert!(!accepts(&g, r#"{"a": 01}"#));
@@ -428,15 +558,30 @@ mod tests {
         });
         let g = JsonGrammar::from_schema(&schema).unwrap();
         assert!(accepts(&g, r#"{"name": "Ann", "age": 31}"#));
-        assert!(accepts(&g, r#"{"name":"Ann","age":31,"tags":["a","b"],"note":null}"#));
+        assert!(accepts(
+            &g,
+            r#"{"name":"Ann","age":31,"tags":["a","b"],"note":null}"#
+        ));
         assert!(accepts(&g, r#"{"name": "Ann", "age": 31, "note": "x"}"#));
         assert!(!accepts(&g, r#"{"age": 31, "name": "Ann"}"#), "order");
         assert!(!accepts(&g, r#"{"name": "Ann"}"#), "required");
-        assert!(!accepts(&g, r#"{"name": "Annabel", "age": 3}"#), "maxLength");
+        assert!(
+            !accepts(&g, r#"{"name": "Annabel", "age": 3}"#),
+            "maxLength"
+        );
         assert!(!accepts(&g, r#"{"name": "A", "age": 3.5}"#), "integer");
-        assert!(!accepts(&g, r#"{"name": "A", "age": 3, "tags": ["c"]}"#), "enum");
-        assert!(!accepts(&g, r#"{"name": "A", "age": 3, "tags": ["a","a","a"]}"#), "maxItems");
-        assert!(!accepts(&g, r#"{"name": "A", "age": 3, "x": 1}"#), "unknown key");
+        assert!(
+            !accepts(&g, r#"{"name": "A", "age": 3, "tags": ["c"]}"#),
+            "enum"
+        );
+        assert!(
+            !accepts(&g, r#"{"name": "A", "age": 3, "tags": ["a","a","a"]}"#),
+            "maxItems"
+        );
+        assert!(
+            !accepts(&g, r#"{"name": "A", "age": 3, "x": 1}"#),
+            "unknown key"
+        );
     }
 
     #[test]

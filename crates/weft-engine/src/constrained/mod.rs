@@ -44,9 +44,7 @@ impl TokenConstraint for JsonConstraint {
     }
 
     fn accept(&mut self, token: u32) {
-        let ok = self
-            .state
-            .feed_all(&self.grammar, self.vocab.bytes(token));
+        let ok = self.state.feed_all(&self.grammar, self.vocab.bytes(token));
         debug_assert!(ok, "accepted a token the mask forbade");
     }
 

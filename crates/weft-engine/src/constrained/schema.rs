@@ -38,10 +38,21 @@ pub enum Node {
     /// Any JSON value.
     Any,
     /// Declared properties in order; no properties means any keys with any values.
-    Object { props: Vec<Prop> },
-    Array { items: NodeId, min: u16, max: u16 },
-    String { min: u32, max: u32 },
-    Number { integer: bool },
+    Object {
+        props: Vec<Prop>,
+    },
+    Array {
+        items: NodeId,
+        min: u16,
+        max: u16,
+    },
+    String {
+        min: u32,
+        max: u32,
+    },
+    Number {
+        integer: bool,
+    },
     /// One of these JSON texts (enum, const, true/false/null).
     Literals(Vec<Vec<u8>>),
     /// One of these alternatives, told apart by their first character: the alternative
@@ -75,7 +86,10 @@ impl JsonGrammar {
                     max: u16::MAX,
                 },
                 Node::Literals(vec![b"true".to_vec(), b"false".to_vec(), b"null".to_vec()]),
-                Node::String { min: 0, max: u32::MAX },
+                Node::String {
+                    min: 0,
+                    max: u32::MAX,
+                },
                 Node::Number { integer: false },
             ],
             root: FREE_OBJECT,
@@ -98,7 +112,10 @@ impl JsonGrammar {
         };
         let root = c.compile(schema)?;
         let root = if root == ANY { FREE_OBJECT } else { root };
-        if first_bytes(&g.nodes, root).iter().any(|&b| b == b'-' || b.is_ascii_digit()) {
+        if first_bytes(&g.nodes, root)
+            .iter()
+            .any(|&b| b == b'-' || b.is_ascii_digit())
+        {
             return err("the root of the schema may not be a number");
         }
         g.root = root;
@@ -108,7 +125,6 @@ impl JsonGrammar {
     pub(crate) fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
     }
-
 }
 
 fn first_bytes(nodes: &[Node], id: NodeId) -> Vec<u8> {
@@ -159,7 +175,9 @@ impl Compiler<'_> {
             return self.push(Node::Literals(vec![v.to_string().into_bytes()]));
         }
         if let Some(values) = s.get("enum") {
-            let values = values.as_array().filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES);
+            let values = values
+                .as_array()
+                .filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES);
             let Some(values) = values else {
                 return err(format!("`enum` must list 1 to {MAX_CHOICES} values"));
             };
@@ -169,7 +187,10 @@ impl Compiler<'_> {
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(alts) = s.get(key).and_then(Value::as_array) {
-                let ids = alts.iter().map(|a| self.compile(a)).collect::<Result<Vec<_>, _>>()?;
+                let ids = alts
+                    .iter()
+                    .map(|a| self.compile(a))
+                    .collect::<Result<Vec<_>, _>>()?;
                 return self.union(ids);
             }
         }
@@ -231,11 +252,9 @@ impl Compiler<'_> {
                 match branch[b as usize] {
                     NO_BRANCH => branch[b as usize] = id,
                     same if same == id => {}
-                    _ => {
-                        return err(
-                            "union alternatives must start differently (e.g. string | number | null)",
-                        )
-                    }
+                    _ => return err(
+                        "union alternatives must start differently (e.g. string | number | null)",
+                    ),
                 }
             }
         }
@@ -252,7 +271,9 @@ impl Compiler<'_> {
                     None => ANY,
                 };
                 let min = uint("minItems").unwrap_or(0).min(u16::MAX as u64) as u16;
-                let max = uint("maxItems").unwrap_or(u16::MAX as u64).min(u16::MAX as u64) as u16;
+                let max = uint("maxItems")
+                    .unwrap_or(u16::MAX as u64)
+                    .min(u16::MAX as u64) as u16;
                 if min > max {
                     return err("minItems is larger than maxItems");
                 }
@@ -260,7 +281,9 @@ impl Compiler<'_> {
             }
             "string" => {
                 let min = uint("minLength").unwrap_or(0).min(u32::MAX as u64) as u32;
-                let max = uint("maxLength").unwrap_or(u32::MAX as u64).min(u32::MAX as u64) as u32;
+                let max = uint("maxLength")
+                    .unwrap_or(u32::MAX as u64)
+                    .min(u32::MAX as u64) as u32;
                 if min > max {
                     return err("minLength is larger than maxLength");
                 }
@@ -287,7 +310,9 @@ impl Compiler<'_> {
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         if let Some(missing) = required.iter().find(|r| !props.contains_key(**r)) {
-            return err(format!("required property `{missing}` is not in properties"));
+            return err(format!(
+                "required property `{missing}` is not in properties"
+            ));
         }
         let mut out = Vec::with_capacity(props.len());
         for (key, schema) in props {

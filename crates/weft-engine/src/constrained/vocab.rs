@@ -98,7 +98,11 @@ mod tests {
             let (a, b) = (&bytes[order[i - 1] as usize], &bytes[order[i] as usize]);
             shared[i] = a.iter().zip(b).take_while(|(x, y)| x == y).count();
         }
-        let index = VocabIndex { bytes, order, shared };
+        let index = VocabIndex {
+            bytes,
+            order,
+            shared,
+        };
         let g = JsonGrammar::any_object();
         // Probe from several states along a document.
         let doc = b"{\"a\": [12, true], \"b\": \"x\"}";
@@ -108,7 +112,12 @@ mod tests {
             index.allowed(&g, &state, &mut allowed);
             for (id, w) in words.iter().enumerate() {
                 let mut s = state;
-                assert_eq!(allowed[id], s.feed_all(&g, w), "token {:?}", String::from_utf8_lossy(w));
+                assert_eq!(
+                    allowed[id],
+                    s.feed_all(&g, w),
+                    "token {:?}",
+                    String::from_utf8_lossy(w)
+                );
             }
             assert!(state.feed(&g, c));
         }
