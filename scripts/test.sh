@@ -10,3 +10,5 @@ for model in smollm2-135m gemma3-270m qwen2.5-coder-0.5b; do
 done
 export WEFT_TEST_MODELS="$WEFT_HOME/models"
 cargo test --release --workspace "$@"
+# weft serve against the official `openai` Python package (installs it under target/).
+tests/openai_client/run.sh

@@ -4,6 +4,14 @@ use crate::sampler::SamplingError;
 pub enum EngineError {
     #[error("the prompt has {tokens} tokens but the context holds {ctx_size} (raise --ctx-size or shorten the prompt)")]
     ContextOverflow { tokens: usize, ctx_size: usize },
+    #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
+    TokenOutOfRange { token: u32, vocab_size: usize },
+    #[error("the request queue is full ({limit} requests in flight); retry later")]
+    QueueFull { limit: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("invalid sampling parameters: {0}")]

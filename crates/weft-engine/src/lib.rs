@@ -3,9 +3,14 @@
 
 pub mod bench;
 pub mod blocks;
+pub mod constrained;
 pub mod detokenizer;
+pub mod engine;
+pub mod generation;
+pub mod logprobs;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod stop;
 

@@ -10,14 +10,10 @@ use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice};
 use weft_models::kv_cache::KvCache;
 use weft_models::TextModel;
 
-use crate::blocks::BlockAllocator;
-use crate::detokenizer::Detokenizer;
-use crate::sampler::{Sampler, SamplingParams};
-use crate::stop::StopMatcher;
+use crate::blocks::{BlockManager, SeqBlocks, BLOCK_SIZE};
+pub use crate::generation::{FinishReason, GenerateParams};
+use crate::generation::{Generation, OutputOptions};
 use crate::EngineError;
-
-/// Tokens per KV cache block.
-pub const BLOCK_SIZE: usize = 16;
 
 /// Default most tokens per forward pass (llama.cpp's default micro-batch).
 pub const MAX_BATCH: usize = 512;
@@ -42,26 +38,6 @@ impl SessionConfig {
     }
 }
 
-/// What to generate and when to stop.
-#[derive(Clone, Debug)]
-pub struct GenerateParams {
-    pub sampling: SamplingParams,
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// End-of-generation token or stop string.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-    /// The context is full.
-    ContextFull,
-    /// The caller raised the cancel flag.
-    Cancelled,
-}
-
 #[derive(Clone, Debug)]
 pub struct GenerateOutcome {
     pub finish_reason: FinishReason,
@@ -78,10 +54,11 @@ pub struct Session<'m> {
     config: SessionConfig,
     pool: ThreadPool,
     kv: KvCache,
-    blocks: BlockAllocator,
+    /// One sequence, so no prefix hashing: `prefill` compares tokens directly.
+    blocks: BlockManager,
     /// Tokens whose K/V are in the cache, in order.
     tokens: Vec<u32>,
-    block_table: Vec<u32>,
+    seq: SeqBlocks,
     positions: Vec<Position>,
     scratch: ForwardScratch,
 }
@@ -93,9 +70,9 @@ impl<'m> Session<'m> {
             model,
             pool: ThreadPool::new(config.n_threads),
             kv: KvCache::new(model.decoder.kv_shape(), BLOCK_SIZE, n_blocks),
-            blocks: BlockAllocator::new(n_blocks),
+            blocks: BlockManager::new(n_blocks, false),
             tokens: Vec::new(),
-            block_table: Vec::new(),
+            seq: SeqBlocks::default(),
             positions: Vec::new(),
             scratch: ForwardScratch::default(),
             config,
@@ -121,8 +98,8 @@ impl<'m> Session<'m> {
     }
 
     fn truncate(&mut self, len: usize) {
-        self.tokens.truncate(len);
-        self.blocks.truncate(&mut self.block_table, len, BLOCK_SIZE);
+        let kept = self.blocks.truncate(&mut self.seq, len);
+        self.tokens.truncate(kept);
     }
 
     /// Evaluates `new` after the cached tokens, in chunks of at most `max_batch`, passing each
@@ -141,7 +118,7 @@ impl<'m> Session<'m> {
                 ctx_size: self.config.ctx_size,
             });
         }
-        if !self.blocks.ensure(&mut self.block_table, total, BLOCK_SIZE) {
+        if !self.blocks.allocate(&mut self.seq, total) {
             return Err(EngineError::ContextOverflow {
                 tokens: total,
                 ctx_size: self.config.ctx_size,
@@ -162,7 +139,7 @@ impl<'m> Session<'m> {
                 start: 0,
                 len: chunk.len(),
                 cached,
-                block_table: &self.block_table,
+                block_table: self.seq.table(),
                 logits,
             }];
             let batch = Batch {
@@ -205,8 +182,8 @@ impl<'m> Session<'m> {
             .take_while(|(a, b)| a == b)
             .count();
         // At least the last prompt token is evaluated, to produce its logits.
-        let reuse = common.min(prompt.len() - 1);
-        self.truncate(reuse);
+        self.truncate(common.min(prompt.len() - 1));
+        let reuse = self.tokens.len();
         let mut last = Vec::new();
         self.extend(&prompt[reuse..], LogitsWanted::Last, |_, out| {
             last.extend_from_slice(out)
@@ -223,58 +200,42 @@ impl<'m> Session<'m> {
         cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<GenerateOutcome, EngineError> {
-        params.sampling.validate().map_err(EngineError::Sampling)?;
+        let mut generation = Generation::new(params, OutputOptions::default(), None)?;
         let t0 = Instant::now();
         let (mut logits, reused) = self.prefill(prompt)?;
         let prompt_time = t0.elapsed();
         let t1 = Instant::now();
         let tokenizer = &self.model.tokenizer;
-        let mut sampler = Sampler::new(params.sampling.clone());
-        let mut detok = Detokenizer::default();
-        let mut stops = StopMatcher::new(params.stop.clone());
         let mut history: Vec<u32> = prompt.to_vec();
         let mut generated = Vec::new();
-        let mut stopped_by_string = false;
         let finish_reason = loop {
-            if cancel.load(Ordering::Relaxed) {
-                break FinishReason::Cancelled;
+            let mut step = if cancel.load(Ordering::Relaxed) {
+                generation.finish(FinishReason::Cancelled, None, None)
+            } else {
+                generation.step(tokenizer, &mut logits, &history)
+            };
+            if step.finish.is_none() && self.tokens.len() >= self.config.ctx_size {
+                // The token was sampled but there is no room to evaluate it.
+                let end = generation.finish(FinishReason::ContextFull, None, None);
+                step.text.push_str(&end.text);
+                step.finish = end.finish;
             }
-            if generated.len() >= params.max_tokens {
-                break FinishReason::Length;
+            if !step.text.is_empty() {
+                on_text(&step.text);
             }
-            let token = sampler.sample(&mut logits, &history);
-            if tokenizer.is_eog(token) {
-                break FinishReason::Stop;
+            if let Some(token) = step.token {
+                generated.push(token);
+                history.push(token);
             }
-            generated.push(token);
-            history.push(token);
-            let piece = detok.push(tokenizer, token);
-            let out = stops.push(&piece);
-            if !out.emit.is_empty() {
-                on_text(&out.emit);
+            if let Some(reason) = step.finish {
+                break reason;
             }
-            if out.stopped {
-                stopped_by_string = true;
-                break FinishReason::Stop;
-            }
-            if self.tokens.len() >= self.config.ctx_size {
-                break FinishReason::ContextFull;
-            }
+            let token = step.token.expect("a step that does not finish has a token");
             self.extend(&[token], LogitsWanted::Last, |_, out| {
                 logits.clear();
                 logits.extend_from_slice(out);
             })?;
         };
-        if !stopped_by_string {
-            let out = stops.push(&detok.finish());
-            let mut rest = out.emit;
-            if !out.stopped {
-                rest.push_str(&stops.finish());
-            }
-            if !rest.is_empty() {
-                on_text(&rest);
-            }
-        }
         Ok(GenerateOutcome {
             finish_reason,
             prompt_tokens: prompt.len(),

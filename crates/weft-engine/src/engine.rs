@@ -1,0 +1,489 @@
+//! The serving engine: one thread that owns the model's KV cache and thread pool and runs
+//! scheduler steps, each one batched forward pass over every scheduled token of every
+//! sequence. Callers talk to it through [`EngineHandle`]: requests go in over a channel,
+//! results come back through each request's [`EventSink`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use weft_kernels::pool::ThreadPool;
+use weft_models::arch::ForwardScratch;
+use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice};
+use weft_models::kv_cache::KvCache;
+use weft_models::TextModel;
+
+use crate::blocks::{BlockManager, BLOCK_SIZE};
+use crate::generation::{
+    FinishReason, GenerateParams, Generation, OutputOptions, Step, TokenConstraint,
+};
+use crate::logprobs::TokenLogprobs;
+use crate::scheduler::{Plan, Scheduler, SchedulerConfig, SeqId, Sequence};
+use crate::EngineError;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub n_threads: usize,
+    /// Most sequences evaluated in one step.
+    pub max_num_seqs: usize,
+    /// Token budget of one step (decodes plus prefill chunks).
+    pub max_num_batched_tokens: usize,
+    /// Longest sequence (prompt plus generated).
+    pub max_model_len: usize,
+    /// KV cache size in tokens, shared by all sequences.
+    pub kv_cache_tokens: usize,
+    /// Share KV blocks between requests with the same prefix.
+    pub prefix_caching: bool,
+    /// Requests allowed to wait for a slot beyond the `max_num_seqs` running ones.
+    pub max_waiting: usize,
+}
+
+/// One generation request.
+pub struct Request {
+    /// Prompt token ids (template already applied).
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    pub options: OutputOptions,
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+    pub sink: Box<dyn EventSink>,
+}
+
+/// Where a request's results go. `send` returns false when nobody listens any more; the
+/// engine then aborts the request.
+pub trait EventSink: Send {
+    fn send(&mut self, event: Event) -> bool;
+}
+
+impl<F: FnMut(Event) -> bool + Send> EventSink for F {
+    fn send(&mut self, event: Event) -> bool {
+        self(event)
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// One generated token and the text that became final with it.
+    Token {
+        token: u32,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
+    /// The request is over; nothing follows.
+    Finished(Finished),
+}
+
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub reason: FinishReason,
+    /// Text released at the end (held back until then).
+    pub text: String,
+    /// The stop string that ended generation, if one did.
+    pub stop: Option<String>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens found in the prefix cache.
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Live counters of the engine, readable from any thread.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub running: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_cached: AtomicUsize,
+    pub prefix_queried_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub steps: AtomicU64,
+    pub aborted: AtomicU64,
+}
+
+enum Command {
+    Add(SeqId, Request),
+    Abort(SeqId),
+    AbortAll,
+    Shutdown,
+}
+
+/// The caller's side of a running engine. Dropping it stops the engine (aborting what is
+/// in flight) and waits for its thread.
+pub struct EngineHandle {
+    tx: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<EngineStats>,
+    next_id: AtomicU64,
+    /// Requests submitted and not yet finished.
+    in_flight: Arc<AtomicUsize>,
+    config: EngineConfig,
+    vocab_size: usize,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Arc<TextModel>, config: EngineConfig) -> Result<EngineHandle, EngineError> {
+        if config.max_model_len < 2
+            || config.max_num_seqs == 0
+            || config.max_num_batched_tokens == 0
+        {
+            return Err(EngineError::Config(
+                "max_model_len must be >= 2, max_num_seqs and max_num_batched_tokens >= 1".into(),
+            ));
+        }
+        // One sequence of the longest allowed length must always fit, or it could never run.
+        let n_blocks = config
+            .kv_cache_tokens
+            .max(config.max_model_len)
+            .div_ceil(BLOCK_SIZE);
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        stats.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let vocab_size = model.decoder.vocab_size();
+        let worker = Worker {
+            kv: KvCache::new(model.decoder.kv_shape(), BLOCK_SIZE, n_blocks),
+            pool: ThreadPool::new(config.n_threads),
+            scheduler: Scheduler::new(
+                SchedulerConfig {
+                    max_num_seqs: config.max_num_seqs,
+                    max_num_batched_tokens: config.max_num_batched_tokens,
+                },
+                BlockManager::new(n_blocks, config.prefix_caching),
+            ),
+            model,
+            max_model_len: config.max_model_len,
+            requests: HashMap::new(),
+            scratch: ForwardScratch::default(),
+            stats: Arc::clone(&stats),
+            in_flight: Arc::clone(&in_flight),
+        };
+        let thread = std::thread::Builder::new()
+            .name("weft-engine".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle {
+            tx,
+            thread: Some(thread),
+            stats,
+            next_id: AtomicU64::new(1),
+            in_flight,
+            config,
+            vocab_size,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Checks `request` and queues it; the result says its id for [`EngineHandle::abort`].
+    pub fn submit(&self, request: Request) -> Result<SeqId, EngineError> {
+        self.validate(&request)?;
+        let limit = self.config.max_num_seqs + self.config.max_waiting;
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull { limit });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Command::Add(id, request)).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Stopped);
+        }
+        Ok(id)
+    }
+
+    fn validate(&self, request: &Request) -> Result<(), EngineError> {
+        let prompt = request.prompt.len();
+        if prompt == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt >= self.config.max_model_len {
+            return Err(EngineError::ContextOverflow {
+                tokens: prompt,
+                ctx_size: self.config.max_model_len,
+            });
+        }
+        if let Some(&bad) = request
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            return Err(EngineError::TokenOutOfRange {
+                token: bad,
+                vocab_size: self.vocab_size,
+            });
+        }
+        request
+            .params
+            .sampling
+            .validate()
+            .map_err(EngineError::Sampling)
+    }
+
+    /// Stops request `id` (a no-op when it already finished); it ends with `Cancelled`.
+    pub fn abort(&self, id: SeqId) {
+        let _ = self.tx.send(Command::Abort(id));
+    }
+
+    /// Stops every request in flight (they end with `Cancelled`).
+    pub fn abort_all(&self) {
+        let _ = self.tx.send(Command::AbortAll);
+    }
+
+    /// Requests submitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request's state on the engine thread, beside its scheduler sequence.
+struct Active {
+    generation: Generation,
+    sink: Box<dyn EventSink>,
+}
+
+struct Worker {
+    model: Arc<TextModel>,
+    kv: KvCache,
+    pool: ThreadPool,
+    scheduler: Scheduler,
+    max_model_len: usize,
+    requests: HashMap<SeqId, Active>,
+    scratch: ForwardScratch,
+    stats: Arc<EngineStats>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut stop = false;
+        while !stop {
+            // Block only when there is nothing to do.
+            if self.scheduler.is_idle() {
+                match rx.recv() {
+                    Ok(cmd) => stop = self.handle(cmd),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                stop |= self.handle(cmd);
+            }
+            if !stop {
+                self.step();
+            }
+            self.publish_stats();
+        }
+        for id in self.scheduler.ids() {
+            self.end(id, FinishReason::Cancelled);
+        }
+        self.publish_stats();
+    }
+
+    /// Applies a command; true when it asks the engine to stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add(id, req) => self.add(id, req),
+            Command::Abort(id) => {
+                if self.requests.contains_key(&id) {
+                    self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                    self.end(id, FinishReason::Cancelled);
+                }
+            }
+            Command::AbortAll => {
+                for id in self.scheduler.ids() {
+                    self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                    self.end(id, FinishReason::Cancelled);
+                }
+            }
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    fn add(&mut self, id: SeqId, req: Request) {
+        let mut sink = req.sink;
+        let generation = match Generation::new(&req.params, req.options, req.constraint) {
+            Ok(g) => g,
+            Err(_) => {
+                // Validated by `submit`; report an empty result rather than nothing.
+                sink.send(Event::Finished(Finished {
+                    reason: FinishReason::Stop,
+                    text: String::new(),
+                    stop: None,
+                    prompt_tokens: req.prompt.len(),
+                    cached_tokens: 0,
+                    completion_tokens: 0,
+                }));
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        };
+        self.scheduler.add(Sequence::new(id, req.prompt));
+        self.requests.insert(id, Active { generation, sink });
+    }
+
+    /// One scheduler step: a batched forward pass, then sampling for every sequence whose
+    /// logits came out.
+    fn step(&mut self) {
+        let plan = self.scheduler.schedule();
+        if plan.chunks.is_empty() {
+            return;
+        }
+        let vocab = self.model.decoder.vocab_size();
+        let mut rows = self.forward(&plan);
+        self.scheduler.complete(&plan);
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let tokenizer = &self.model.tokenizer;
+        let mut ended = Vec::new();
+        for (c, row) in plan
+            .chunks
+            .iter()
+            .filter(|c| c.sample)
+            .zip(rows.chunks_exact_mut(vocab))
+        {
+            let seq = self.scheduler.get(c.id).expect("scheduled sequence");
+            let active = self.requests.get_mut(&c.id).expect("active request");
+            let mut step = active.generation.step(tokenizer, row, &seq.tokens);
+            // The new token is evaluated next step; it needs a place in the context.
+            if step.finish.is_none() && seq.tokens.len() + 1 >= self.max_model_len {
+                let end = active
+                    .generation
+                    .finish(FinishReason::ContextFull, None, None);
+                step.text.push_str(&end.text);
+                step.finish = end.finish;
+            }
+            let Step {
+                token,
+                text,
+                logprobs,
+                finish,
+            } = step;
+            let mut listening = true;
+            if let Some(token) = token {
+                listening = active.sink.send(Event::Token {
+                    token,
+                    text,
+                    logprobs,
+                });
+                self.scheduler.append(c.id, token);
+                if let Some(reason) = finish {
+                    ended.push((c.id, reason, String::new()));
+                }
+            } else if let Some(reason) = finish {
+                ended.push((c.id, reason, text));
+            }
+            if !listening {
+                self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                ended.push((c.id, FinishReason::Cancelled, String::new()));
+            }
+        }
+        for (id, reason, text) in ended {
+            self.end_with_text(id, reason, text);
+        }
+    }
+
+    /// Evaluates the plan's chunks in one forward pass and returns the sampled rows' logits.
+    fn forward(&mut self, plan: &Plan) -> Vec<f32> {
+        let mut tokens = Vec::with_capacity(plan.num_tokens());
+        let mut positions = Vec::with_capacity(plan.num_tokens());
+        for c in &plan.chunks {
+            let seq = self.scheduler.get(c.id).expect("scheduled sequence");
+            tokens.extend_from_slice(&seq.tokens[c.start..c.start + c.len]);
+            positions.extend((c.start..c.start + c.len).map(Position::text));
+        }
+        let mut start = 0;
+        let seqs: Vec<SeqSlice<'_>> = plan
+            .chunks
+            .iter()
+            .map(|c| {
+                let seq = self.scheduler.get(c.id).expect("scheduled sequence");
+                let slice = SeqSlice {
+                    start,
+                    len: c.len,
+                    cached: c.start,
+                    block_table: seq.block_table(),
+                    logits: if c.sample {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    },
+                };
+                start += c.len;
+                slice
+            })
+            .collect();
+        let batch = Batch {
+            tokens: &tokens,
+            positions: &positions,
+            seqs: &seqs,
+        };
+        self.model
+            .decoder
+            .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch)
+            .to_vec()
+    }
+
+    fn end(&mut self, id: SeqId, reason: FinishReason) {
+        let text = match self.requests.get_mut(&id) {
+            Some(a) => a.generation.finish(reason, None, None).text,
+            None => String::new(),
+        };
+        self.end_with_text(id, reason, text);
+    }
+
+    /// Removes a request and sends its final event.
+    fn end_with_text(&mut self, id: SeqId, reason: FinishReason, text: String) {
+        let Some(mut active) = self.requests.remove(&id) else {
+            return;
+        };
+        let seq = self
+            .scheduler
+            .remove(id)
+            .expect("sequence of an active request");
+        // Counters first, so that whoever hears of the end sees the freed blocks.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.publish_stats();
+        active.sink.send(Event::Finished(Finished {
+            reason,
+            text,
+            stop: active.generation.matched_stop().map(str::to_owned),
+            prompt_tokens: seq.prompt_len,
+            cached_tokens: seq.cached_prompt.unwrap_or(0),
+            completion_tokens: active.generation.generated(),
+        }));
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.stats;
+        let b = self.scheduler.blocks();
+        s.running
+            .store(self.scheduler.num_running(), Ordering::Relaxed);
+        s.waiting
+            .store(self.scheduler.num_waiting(), Ordering::Relaxed);
+        s.kv_blocks_used.store(b.used_blocks(), Ordering::Relaxed);
+        s.kv_blocks_cached
+            .store(b.cached_blocks(), Ordering::Relaxed);
+        let p = b.prefix_stats();
+        s.prefix_queried_tokens
+            .store(p.queried_tokens, Ordering::Relaxed);
+        s.prefix_hit_tokens.store(p.hit_tokens, Ordering::Relaxed);
+        s.preemptions
+            .store(self.scheduler.preemptions(), Ordering::Relaxed);
+    }
+}

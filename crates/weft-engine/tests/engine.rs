@@ -1,0 +1,213 @@
+//! The batched engine against a real model: many sequences in one forward pass (chunked
+//! prefill mixed with decodes, prefix sharing, preemption) must give the tokens each
+//! sequence gets alone; aborts free their blocks.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_engine::engine::{EngineConfig, EngineHandle, Event, Finished, Request};
+use weft_engine::generation::{FinishReason, GenerateParams, OutputOptions};
+use weft_engine::sampler::SamplingParams;
+use weft_models::TextModel;
+
+fn model() -> Option<Arc<TextModel>> {
+    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
+        eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
+        return None;
+    };
+    let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    Some(Arc::new(TextModel::load(&path).unwrap()))
+}
+
+fn config(max_num_seqs: usize, budget: usize, kv_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        n_threads: 2,
+        max_num_seqs,
+        max_num_batched_tokens: budget,
+        max_model_len: 256,
+        kv_cache_tokens: kv_tokens,
+        prefix_caching: true,
+        max_waiting: 64,
+    }
+}
+
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        stop: Vec::new(),
+    }
+}
+
+/// Submits a request whose events arrive on the returned channel.
+fn submit(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+) -> (u64, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let id = engine
+        .submit(Request {
+            prompt,
+            params,
+            options: OutputOptions {
+                ignore_eos: true,
+                logprobs: None,
+            },
+            constraint: None,
+            sink: Box::new(move |e| tx.send(e).is_ok()),
+        })
+        .unwrap();
+    (id, rx)
+}
+
+/// Waits for a request's end: its tokens and final record.
+fn collect(rx: &mpsc::Receiver<Event>) -> (Vec<u32>, Finished) {
+    let mut tokens = Vec::new();
+    loop {
+        match rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("engine answers")
+        {
+            Event::Token { token, .. } => tokens.push(token),
+            Event::Finished(f) => return (tokens, f),
+        }
+    }
+}
+
+fn prompts(model: &TextModel) -> Vec<Vec<u32>> {
+    let system = "You are a helpful assistant who answers in one short paragraph. ".repeat(3);
+    [
+        "Why is the sky blue?",
+        "Name three prime numbers.",
+        "Write a haiku about the sea.",
+        "What is the capital of France?",
+        "Explain photosynthesis briefly.",
+        "Count from one to ten.",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, q)| {
+        // Half of them share a long prefix, so prefix blocks are shared while running.
+        let text = if i % 2 == 0 {
+            format!("{system}{q}")
+        } else {
+            q.to_string()
+        };
+        model.tokenizer.encode(&text, true, false)
+    })
+    .collect()
+}
+
+fn one_at_a_time(model: &Arc<TextModel>, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
+    let engine = EngineHandle::start(Arc::clone(model), config(1, 512, 1024)).unwrap();
+    prompts
+        .iter()
+        .map(|p| collect(&submit(&engine, p.clone(), greedy(n)).1).0)
+        .collect()
+}
+
+#[test]
+fn concurrent_greedy_requests_match_sequential_ones() {
+    let Some(model) = model() else { return };
+    let prompts = prompts(&model);
+    let alone = one_at_a_time(&model, &prompts, 24);
+    // A small budget forces prompts into several chunks that share steps with decodes.
+    let engine = EngineHandle::start(Arc::clone(&model), config(8, 48, 2048)).unwrap();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| submit(&engine, p.clone(), greedy(24)).1)
+        .collect();
+    for (i, rx) in rxs.iter().enumerate() {
+        let (tokens, fin) = collect(rx);
+        assert_eq!(tokens, alone[i], "prompt {i}");
+        assert_eq!(fin.reason, FinishReason::Length);
+        assert_eq!(fin.completion_tokens, 24);
+        assert_eq!(fin.prompt_tokens, prompts[i].len());
+    }
+    let stats = engine.stats();
+    assert!(stats.prefix_hit_tokens.load(Ordering::Relaxed) > 0);
+    assert_eq!(stats.kv_blocks_used.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn preempted_requests_are_recomputed_to_the_same_tokens() {
+    let Some(model) = model() else { return };
+    let prompts: Vec<Vec<u32>> = prompts(&model).into_iter().skip(1).step_by(2).collect();
+    let alone = one_at_a_time(&model, &prompts, 48);
+    // 256 tokens of cache (the minimum: max_model_len) cannot hold three growing sequences
+    // without evicting; here 96 tokens = 6 blocks.
+    let mut cfg = config(8, 512, 96);
+    cfg.max_model_len = 96;
+    let engine = EngineHandle::start(Arc::clone(&model), cfg).unwrap();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| submit(&engine, p.clone(), greedy(48)).1)
+        .collect();
+    for (i, rx) in rxs.iter().enumerate() {
+        assert_eq!(collect(rx).0, alone[i], "prompt {i}");
+    }
+    assert!(engine.stats().preemptions.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn abort_and_a_vanished_listener_free_blocks() {
+    let Some(model) = model() else { return };
+    let engine = EngineHandle::start(Arc::clone(&model), config(4, 512, 1024)).unwrap();
+    let prompt = prompts(&model).remove(0);
+    let (id, rx) = submit(&engine, prompt.clone(), greedy(200));
+    // Let it start, then abort.
+    assert!(matches!(rx.recv().unwrap(), Event::Token { .. }));
+    engine.abort(id);
+    let (_, fin) = collect(&rx);
+    assert_eq!(fin.reason, FinishReason::Cancelled);
+
+    // A listener that goes away: the engine notices on the next token.
+    let (_, rx) = submit(&engine, prompt, greedy(200));
+    assert!(matches!(rx.recv().unwrap(), Event::Token { .. }));
+    drop(rx);
+    for _ in 0..100 {
+        if engine.in_flight() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(engine.in_flight(), 0);
+    assert_eq!(engine.stats().kv_blocks_used.load(Ordering::Relaxed), 0);
+    assert_eq!(engine.stats().aborted.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn requests_beyond_the_context_or_queue_are_refused() {
+    let Some(model) = model() else { return };
+    let mut cfg = config(1, 512, 1024);
+    cfg.max_waiting = 0;
+    let engine = EngineHandle::start(Arc::clone(&model), cfg).unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let request = |prompt: Vec<u32>| Request {
+        prompt,
+        params: greedy(4),
+        options: OutputOptions::default(),
+        constraint: None,
+        sink: Box::new({
+            let tx = tx.clone();
+            move |e| tx.send(e).is_ok()
+        }),
+    };
+    let err = engine
+        .submit(request(vec![1; 256]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("256") && err.contains("context"), "{err}");
+    assert!(engine.submit(request(vec![])).is_err());
+    let (_, running) = submit(&engine, vec![1, 2, 3], greedy(100));
+    let err = engine
+        .submit(request(vec![1, 2, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("queue is full"), "{err}");
+    collect(&running);
+}

@@ -1,0 +1,289 @@
+//! `POST /v1/chat/completions`, whole and streamed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_engine::engine::Event;
+
+use crate::error::ApiError;
+use crate::generate::{collect, finish_reason_name, submit, Choice};
+use crate::logprobs_format::chat_entries;
+use crate::openai::ChatRequest;
+use crate::params::choice_params;
+use crate::prompt::chat_prompt;
+use crate::shaper::{Shaper, ToolMode};
+use crate::state::{new_id, unix_now, SharedState};
+use crate::structured::{constraint, Tools};
+use crate::ApiJson;
+
+/// What every chunk or choice of one response shares.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    tools: ToolMode,
+    state: SharedState,
+}
+
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    state.check_model(req.sampling.model.as_deref())?;
+    state.check_accepting()?;
+    let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let prompt = chat_prompt(
+        &state,
+        &req.messages,
+        tools.render.as_deref(),
+        req.chat_template_kwargs.as_ref(),
+        true,
+    )?;
+    if req.top_logprobs.is_some() && !req.logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let p = choice_params(
+        &req.sampling,
+        max_tokens,
+        logprobs,
+        prompt.len(),
+        state.max_model_len(),
+    )?;
+    let meta = Meta {
+        id: new_id("chatcmpl"),
+        created: unix_now(),
+        model: state.model_name().to_owned(),
+        tools: tools.mode.clone(),
+        state: Arc::clone(&state),
+    };
+    let constraint = constraint(&state, Some(tools), req.sampling.response_format.as_ref())?;
+    let choices = submit(&state, &prompt, &p, constraint.as_ref(), 0, started)?;
+    if req.sampling.stream {
+        let usage = req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream(meta, choices, prompt.len(), usage).into_response());
+    }
+    whole(meta, choices, prompt.len()).await
+}
+
+async fn whole(
+    meta: Meta,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+) -> Result<Response, ApiError> {
+    let tokenizer = &meta.state.model.tokenizer;
+    let parser = meta.state.config.reasoning_parser;
+    let mut out = Vec::new();
+    let (mut completion_tokens, mut cached) = (0, 0);
+    // Choices run concurrently in the engine; collecting them in order only orders output.
+    for choice in choices {
+        let c = collect(choice).await?;
+        completion_tokens += c.finished.completion_tokens;
+        cached = c.finished.cached_tokens;
+        let mut shaper = Shaper::new(parser, &meta.tools);
+        let mut split = shaper.push(&c.text);
+        let (tail, calls) = shaper.finish();
+        split.reasoning.push_str(&tail.reasoning);
+        split.content.push_str(&tail.content);
+        let mut message = json!({"role": "assistant", "content": split.content});
+        if parser.is_some() {
+            message["reasoning_content"] =
+                json!((!split.reasoning.is_empty()).then_some(split.reasoning));
+        }
+        let mut finish = finish_reason_name(c.finished.reason);
+        if !calls.is_empty() {
+            if message["content"].as_str().is_some_and(str::is_empty) {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = Value::Array(calls.iter().map(|t| t.to_json(None)).collect());
+            if finish == "stop" {
+                finish = "tool_calls";
+            }
+        }
+        let logprobs = if c.logprobs.is_empty() {
+            Value::Null
+        } else {
+            json!({"content": chat_entries(tokenizer, &c.logprobs)})
+        };
+        out.push(json!({
+            "index": c.index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+            "stop_reason": c.finished.stop,
+        }));
+    }
+    Ok(Json(json!({
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": out,
+        "usage": usage_json(prompt_tokens, completion_tokens, cached),
+    }))
+    .into_response())
+}
+
+pub fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+fn chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> SseEvent {
+    let mut v = json!({
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        v["usage"] = u;
+    }
+    SseEvent::default().data(v.to_string())
+}
+
+type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+/// Streams every choice's deltas as they come. Each choice runs in its own task; when the
+/// client goes away the channel closes, the tasks end and their requests are aborted.
+fn stream(
+    meta: Meta,
+    choices: Vec<Choice>,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> impl IntoResponse {
+    let (tx, rx) = mpsc::channel(64);
+    let meta = Arc::new(meta);
+    let tasks: Vec<_> = choices
+        .into_iter()
+        .map(|c| tokio::spawn(stream_choice(Arc::clone(&meta), c, tx.clone())))
+        .collect();
+    tokio::spawn(async move {
+        let (mut completion, mut cached) = (0, 0);
+        for t in tasks {
+            if let Ok(Some((n, c))) = t.await {
+                completion += n;
+                cached = c;
+            } else {
+                return;
+            }
+        }
+        if include_usage {
+            let usage = usage_json(prompt_tokens, completion, cached);
+            let _ = tx.send(Ok(chunk(&meta, json!([]), Some(usage)))).await;
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(rx))
+}
+
+/// Sends one choice's chunks; returns (completion tokens, cached prompt tokens), or `None`
+/// when the client went away.
+async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(usize, usize)> {
+    let index = choice.index;
+    let tokenizer = &meta.state.model.tokenizer;
+    let mut shaper = Shaper::new(meta.state.config.reasoning_parser, &meta.tools);
+    let send = |delta: Value, logprobs: Value, finish: Option<&str>, stop: Option<String>| {
+        let mut c =
+            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish});
+        if finish.is_some() {
+            c["stop_reason"] = json!(stop);
+        }
+        tx.send(Ok(chunk(&meta, json!([c]), None)))
+    };
+    send(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        None,
+        None,
+    )
+    .await
+    .ok()?;
+    while let Some(event) = choice.next().await {
+        match event {
+            Event::Token { text, logprobs, .. } => {
+                let split = shaper.push(&text);
+                let logprobs = match logprobs {
+                    Some(l) => json!({"content": chat_entries(tokenizer, &[l])}),
+                    None => Value::Null,
+                };
+                if split.reasoning.is_empty() && split.content.is_empty() && logprobs.is_null() {
+                    continue;
+                }
+                send(delta(split.reasoning, split.content), logprobs, None, None)
+                    .await
+                    .ok()?;
+            }
+            Event::Finished(f) => {
+                let mut tail = shaper.push(&f.text);
+                let (rest, calls) = shaper.finish();
+                tail.reasoning.push_str(&rest.reasoning);
+                tail.content.push_str(&rest.content);
+                if !tail.reasoning.is_empty() || !tail.content.is_empty() {
+                    send(delta(tail.reasoning, tail.content), Value::Null, None, None)
+                        .await
+                        .ok()?;
+                }
+                let mut finish = finish_reason_name(f.reason);
+                if !calls.is_empty() {
+                    let calls: Vec<Value> = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| c.to_json(Some(i)))
+                        .collect();
+                    send(json!({"tool_calls": calls}), Value::Null, None, None)
+                        .await
+                        .ok()?;
+                    if finish == "stop" {
+                        finish = "tool_calls";
+                    }
+                }
+                send(json!({}), Value::Null, Some(finish), f.stop)
+                    .await
+                    .ok()?;
+                return Some((f.completion_tokens, f.cached_tokens));
+            }
+        }
+    }
+    let err = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped before the request finished",
+    );
+    let _ = tx
+        .send(Ok(SseEvent::default().data(err.body().to_string())))
+        .await;
+    None
+}
+
+fn delta(reasoning: String, content: String) -> Value {
+    let mut d = json!({});
+    if !reasoning.is_empty() {
+        d["reasoning_content"] = json!(reasoning);
+    }
+    if !content.is_empty() {
+        d["content"] = json!(content);
+    }
+    d
+}

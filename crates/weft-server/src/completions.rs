@@ -1,0 +1,243 @@
+//! `POST /v1/completions` (legacy text completions), whole and streamed.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_engine::engine::Event;
+
+use crate::chat::usage_json;
+use crate::error::ApiError;
+use crate::generate::{collect, finish_reason_name, submit, Choice};
+use crate::logprobs_format::completion_logprobs;
+use crate::openai::{CompletionRequest, PromptSpec};
+use crate::params::choice_params;
+use crate::state::{new_id, unix_now, SharedState};
+use crate::structured::constraint;
+use crate::ApiJson;
+
+/// One prompt of the request: its tokens and text (for `echo`).
+struct Prompt {
+    tokens: Vec<u32>,
+    text: String,
+}
+
+fn prompts(state: &SharedState, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
+    let tokenizer = &state.model.tokenizer;
+    let from_text = |text: String| Prompt {
+        tokens: tokenizer.encode(&text, true, false),
+        text,
+    };
+    let from_tokens = |tokens: Vec<u32>| {
+        let vocab = tokenizer.vocab_size();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary ({vocab} tokens)"),
+            ));
+        }
+        Ok(Prompt {
+            text: tokenizer.decode(&tokens, false),
+            tokens,
+        })
+    };
+    let list = match spec {
+        PromptSpec::Text(t) => vec![from_text(t)],
+        PromptSpec::Texts(ts) => ts.into_iter().map(from_text).collect(),
+        PromptSpec::Tokens(t) => vec![from_tokens(t)?],
+        PromptSpec::TokenLists(ls) => ls.into_iter().map(from_tokens).collect::<Result<_, _>>()?,
+    };
+    if list.is_empty() || list.iter().any(|p| p.tokens.is_empty()) {
+        return Err(ApiError::invalid("prompt", "the prompt must not be empty"));
+    }
+    Ok(list)
+}
+
+pub async fn completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    state.check_model(req.sampling.model.as_deref())?;
+    state.check_accepting()?;
+    if req.suffix.is_some() {
+        return Err(ApiError::invalid("suffix", "suffix is not supported"));
+    }
+    let n = req.sampling.n.unwrap_or(1);
+    if req.best_of.is_some_and(|b| b != n) {
+        return Err(ApiError::invalid(
+            "best_of",
+            "best_of must equal n (no ranking of extra samples)",
+        ));
+    }
+    let prompts = prompts(&state, req.prompt.clone())?;
+    let constraint = constraint(&state, None, req.sampling.response_format.as_ref())?;
+    let mut all = Vec::new();
+    let mut prompt_tokens = 0;
+    let mut echoes = Vec::new();
+    for prompt in &prompts {
+        let p = choice_params(
+            &req.sampling,
+            req.sampling.max_tokens.or(Some(16)),
+            req.logprobs,
+            prompt.tokens.len(),
+            state.max_model_len(),
+        )?;
+        prompt_tokens += prompt.tokens.len();
+        let first = all.len();
+        all.extend(submit(
+            &state,
+            &prompt.tokens,
+            &p,
+            constraint.as_ref(),
+            first,
+            started,
+        )?);
+        echoes.extend(std::iter::repeat_n(
+            if req.echo {
+                prompt.text.clone()
+            } else {
+                String::new()
+            },
+            p.n,
+        ));
+    }
+    let meta = Meta {
+        id: new_id("cmpl"),
+        created: unix_now(),
+        model: state.model_name().to_owned(),
+        state,
+    };
+    if req.sampling.stream {
+        let usage = req
+            .sampling
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        return Ok(stream(meta, all, echoes, prompt_tokens, usage).into_response());
+    }
+    let tokenizer = &meta.state.model.tokenizer;
+    let (mut completion, mut cached) = (0, 0);
+    let mut out = Vec::new();
+    for (choice, echo) in all.into_iter().zip(echoes) {
+        let c = collect(choice).await?;
+        completion += c.finished.completion_tokens;
+        cached += c.finished.cached_tokens;
+        let logprobs = if req.logprobs.is_some() {
+            completion_logprobs(tokenizer, &c.logprobs, echo.chars().count())
+        } else {
+            Value::Null
+        };
+        out.push(json!({
+            "index": c.index,
+            "text": format!("{echo}{}", c.text),
+            "logprobs": logprobs,
+            "finish_reason": finish_reason_name(c.finished.reason),
+            "stop_reason": c.finished.stop,
+        }));
+    }
+    Ok(Json(json!({
+        "id": meta.id,
+        "object": "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": out,
+        "usage": usage_json(prompt_tokens, completion, cached),
+    }))
+    .into_response())
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    state: SharedState,
+}
+
+fn chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> SseEvent {
+    let mut v = json!({
+        "id": meta.id,
+        "object": "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        v["usage"] = u;
+    }
+    SseEvent::default().data(v.to_string())
+}
+
+fn stream(
+    meta: Meta,
+    choices: Vec<Choice>,
+    echoes: Vec<String>,
+    prompt_tokens: usize,
+    include_usage: bool,
+) -> impl IntoResponse {
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let meta = std::sync::Arc::new(meta);
+    let tasks: Vec<_> = choices
+        .into_iter()
+        .zip(echoes)
+        .map(|(mut choice, echo)| {
+            let (meta, tx) = (std::sync::Arc::clone(&meta), tx.clone());
+            tokio::spawn(async move {
+                let tokenizer = &meta.state.model.tokenizer;
+                let index = choice.index;
+                let mut offset = echo.chars().count();
+                let mut pending_text = echo;
+                while let Some(event) = choice.next().await {
+                    let (text, logprobs, finish) = match event {
+                        Event::Token { text, logprobs, .. } => {
+                            let lp = logprobs.map(|l| completion_logprobs(tokenizer, &[l], offset));
+                            (text, lp, None)
+                        }
+                        Event::Finished(f) => (f.text.clone(), None, Some(f)),
+                    };
+                    pending_text.push_str(&text);
+                    if pending_text.is_empty() && logprobs.is_none() && finish.is_none() {
+                        continue;
+                    }
+                    offset += text.chars().count();
+                    let c = json!({
+                        "index": index,
+                        "text": std::mem::take(&mut pending_text),
+                        "logprobs": logprobs,
+                        "finish_reason": finish.as_ref().map(|f| finish_reason_name(f.reason)),
+                        "stop_reason": finish.as_ref().and_then(|f| f.stop.clone()),
+                    });
+                    tx.send(Ok(chunk(&meta, json!([c]), None))).await.ok()?;
+                    if let Some(f) = finish {
+                        return Some((f.completion_tokens, f.cached_tokens));
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        let (mut completion, mut cached) = (0, 0);
+        for t in tasks {
+            match t.await {
+                Ok(Some((n, c))) => {
+                    completion += n;
+                    cached += c;
+                }
+                _ => return,
+            }
+        }
+        if include_usage {
+            let usage = usage_json(prompt_tokens, completion, cached);
+            let _ = tx.send(Ok(chunk(&meta, json!([]), Some(usage)))).await;
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(rx))
+}

@@ -1,0 +1,152 @@
+//! Submits choices to the engine and follows their events: each choice has a channel fed
+//! by the engine thread, a guard that aborts it if the HTTP side goes away first, and
+//! timers for the latency metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use weft_engine::engine::{Event, Finished, Request};
+use weft_engine::generation::{FinishReason, TokenConstraint};
+
+use crate::error::ApiError;
+use crate::params::ChoiceParams;
+use crate::state::AppState;
+
+/// Builds a fresh constraint for each choice (each has its own position in the grammar).
+pub type ConstraintFactory = Box<dyn Fn() -> Box<dyn TokenConstraint> + Send + Sync>;
+
+/// One choice in flight.
+pub struct Choice {
+    pub index: usize,
+    rx: mpsc::UnboundedReceiver<Event>,
+    guard: AbortOnDrop,
+    started: Instant,
+    last_token: Option<Instant>,
+}
+
+/// Aborts the engine request when dropped before its end (client gone, handler cancelled).
+struct AbortOnDrop {
+    state: Arc<AppState>,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.engine.abort(self.id);
+        }
+    }
+}
+
+/// Submits `n` choices of one prompt. `first_index` numbers them (legacy completions with
+/// several prompts number choices across prompts).
+pub fn submit(
+    state: &Arc<AppState>,
+    prompt: &[u32],
+    p: &ChoiceParams,
+    constraint: Option<&ConstraintFactory>,
+    first_index: usize,
+    started: Instant,
+) -> Result<Vec<Choice>, ApiError> {
+    let mut choices = Vec::with_capacity(p.n);
+    for i in 0..p.n {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = state.engine.submit(Request {
+            prompt: prompt.to_vec(),
+            params: p.for_choice(i),
+            options: p.options.clone(),
+            constraint: constraint.map(|f| f()),
+            sink: Box::new(move |e| tx.send(e).is_ok()),
+        })?;
+        choices.push(Choice {
+            index: first_index + i,
+            rx,
+            guard: AbortOnDrop {
+                state: Arc::clone(state),
+                id,
+                done: false,
+            },
+            started,
+            last_token: None,
+        });
+    }
+    Ok(choices)
+}
+
+/// The name OpenAI uses for a finish reason.
+pub fn finish_reason_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        FinishReason::Cancelled => "abort",
+    }
+}
+
+impl Choice {
+    /// The next event; `None` only if the engine stopped without finishing the request.
+    pub async fn next(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await;
+        let metrics = &self.guard.state.metrics;
+        match &event {
+            Some(Event::Token { .. }) => {
+                let now = Instant::now();
+                match self.last_token {
+                    None => metrics.time_to_first_token((now - self.started).as_secs_f64()),
+                    Some(t) => metrics.inter_token((now - t).as_secs_f64()),
+                }
+                self.last_token = Some(now);
+            }
+            Some(Event::Finished(f)) => {
+                self.guard.done = true;
+                metrics.finished(
+                    finish_reason_name(f.reason),
+                    f.prompt_tokens,
+                    f.completion_tokens,
+                    self.started.elapsed().as_secs_f64(),
+                );
+            }
+            None => self.guard.done = true,
+        }
+        event
+    }
+}
+
+/// Everything one choice produced, for non-streaming responses.
+pub struct Collected {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Vec<weft_engine::logprobs::TokenLogprobs>,
+    pub finished: Finished,
+}
+
+/// Runs a choice to its end.
+pub async fn collect(mut choice: Choice) -> Result<Collected, ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
+    while let Some(event) = choice.next().await {
+        match event {
+            Event::Token {
+                text: t,
+                logprobs: l,
+                ..
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
+            Event::Finished(f) => {
+                text.push_str(&f.text);
+                return Ok(Collected {
+                    index: choice.index,
+                    text,
+                    logprobs,
+                    finished: f,
+                });
+            }
+        }
+    }
+    Err(ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped before the request finished",
+    ))
+}
