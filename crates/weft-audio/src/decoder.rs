@@ -4,11 +4,13 @@
 //! matrix. A `DecoderState` holds several sequences (beams or sampled hypotheses) that advance
 //! together; `reorder` follows beam search's choice of parents.
 
-use weft_kernels::pool::ThreadPool;
-use weft_kernels::sgemm::{gemm, PackedB, Strides};
+use std::sync::Mutex;
 
-use crate::encoder::{linear, softmax_scaled};
-use crate::math::{add_inplace, gelu_inplace, layer_norm};
+use weft_kernels::pool::ThreadPool;
+use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
+
+use crate::encoder::linear;
+use crate::math::{add_inplace, gelu_inplace, layer_norm, softmax_scaled};
 use crate::model::{DecoderWeights, Whisper, WhisperConfig};
 
 /// Cross-attention keys and values of one encoded window: per layer, per head, K packed as
@@ -227,36 +229,48 @@ impl<'a> DecoderState<'a> {
         out
     }
 
-    /// Attention of `n` query rows over the encoded window, head by head.
+    /// Attention of `n` query rows over the encoded window; heads are shared out over the
+    /// pool (one parallel section per layer rather than several small ones per head).
     fn cross_attention(&self, pool: &ThreadPool, layer: usize, q: &[f32], n: usize) -> Vec<f32> {
         let cfg = &self.model.config;
         let (d, t) = (cfg.d_model, cfg.n_audio_ctx);
         let dh = d / cfg.n_heads;
         let scale = (dh as f32).powf(-0.5);
-        let mut out = vec![0.0f32; n * d];
-        let mut scores = vec![0.0f32; n * t];
-        for (h, (keys, values)) in self.cross.heads[layer].iter().enumerate() {
-            gemm(
-                pool,
-                &q[h * dh..],
-                n,
-                keys,
-                None,
-                &mut scores,
-                Strides { lda: d, ldc: t },
-            );
-            for row in scores.chunks_exact_mut(t) {
-                softmax_scaled(row, scale);
+        let heads = &self.cross.heads[layer];
+        let outs: Vec<Mutex<Vec<f32>>> = heads.iter().map(|_| Mutex::new(Vec::new())).collect();
+        pool.for_each_chunk(heads.len(), |range| {
+            let mut scores = vec![0.0f32; n * t];
+            for h in range {
+                let (keys, values) = &heads[h];
+                gemm_st(
+                    &q[h * dh..],
+                    n,
+                    keys,
+                    None,
+                    &mut scores,
+                    Strides { lda: d, ldc: t },
+                );
+                for row in scores.chunks_exact_mut(t) {
+                    softmax_scaled(row, scale);
+                }
+                let mut out = vec![0.0f32; n * dh];
+                gemm_st(
+                    &scores,
+                    n,
+                    values,
+                    None,
+                    &mut out,
+                    Strides { lda: t, ldc: dh },
+                );
+                *outs[h].lock().unwrap_or_else(|e| e.into_inner()) = out;
             }
-            gemm(
-                pool,
-                &scores,
-                n,
-                values,
-                None,
-                &mut out[h * dh..],
-                Strides { lda: t, ldc: d },
-            );
+        });
+        let mut out = vec![0.0f32; n * d];
+        for (h, o) in outs.into_iter().enumerate() {
+            let o = o.into_inner().unwrap_or_else(|e| e.into_inner());
+            for (r, row) in o.chunks_exact(dh).enumerate() {
+                out[r * d + h * dh..r * d + (h + 1) * dh].copy_from_slice(row);
+            }
         }
         out
     }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
 
-use crate::math::{add_inplace, exp, gelu_inplace, layer_norm};
+use crate::math::{add_inplace, gelu_inplace, layer_norm, softmax_scaled};
 use crate::mel::LogMel;
 use crate::model::{EncoderLayer, EncoderWeights, Linear, WhisperConfig};
 
@@ -153,18 +153,4 @@ fn self_attention(cfg: &WhisperConfig, pool: &ThreadPool, qkv: &[f32], t: usize)
         }
     }
     attn
-}
-
-/// softmax(scale * row) in place.
-pub(crate) fn softmax_scaled(row: &mut [f32], scale: f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = exp((*v - max) * scale);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
 }

@@ -11,7 +11,9 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a branch.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
+    // Comparisons rather than f32::clamp/max, whose NaN rules keep the loop scalar.
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 / 720.0;
@@ -25,16 +27,56 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
+/// Sum with eight partial sums, so that it vectorizes.
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum with eight partial maxima (NaN-free inputs).
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let mut m = f32::NEG_INFINITY;
+    for &v in chunks.remainder() {
+        m = if v > m { v } else { m };
+    }
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(m, |a, &b| if b > a { b } else { a })
+}
+
+/// softmax(scale * x) in place, in separate passes so that each vectorizes.
+pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    let m = max(x);
+    for v in x.iter_mut() {
+        *v = exp((*v - m) * scale);
+    }
+    let inv = 1.0 / sum(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), evaluated in f32.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
-    let s = x.signum();
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let y = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_72) * t
         + 0.254_829_6)
         * t;
-    s * (1.0 - y * exp(-a * a))
+    (1.0 - y * exp(-a * a)).copysign(x)
 }
 
 /// GELU as Whisper defines it (the erf form, not the tanh approximation), in place.
@@ -59,16 +101,7 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
 
 /// Softmax of one row in place.
 pub fn softmax_inplace(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    softmax_scaled(x, 1.0);
 }
 
 /// log-softmax of one row in place (f64 accumulation: beam scores add these up).

@@ -197,15 +197,27 @@ impl Transcriber {
             let time_offset = seek as f64 * FRAME_SECONDS;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
             let segment_duration = segment_size as f64 * FRAME_SECONDS;
+            let t0 = std::time::Instant::now();
             let cross = self.encode_window(&mel, seek, segment_size);
+            tracing::debug!(
+                "window at {time_offset:.2}s encoded in {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
             if tokens.is_multilingual() && language.is_none() {
                 let probs = self.language_probs(&cross);
                 let (code, p) = &probs[0];
                 language = Some((tokens.language(code).expect("a model language"), *p));
             }
             let prompt = self.prompt(&all_tokens[prompt_reset_since..], language, opts);
+            let t0 = std::time::Instant::now();
             let (result, compression_ratio) =
                 self.decode_with_fallback(&cross, &prompt, opts, &mut rng);
+            tracing::debug!(
+                "decoded {} tokens in {:.2}s (temperature {})",
+                result.tokens.len(),
+                t0.elapsed().as_secs_f64(),
+                result.temperature
+            );
             if let Some(threshold) = opts.no_speech_threshold {
                 let silent = result.no_speech_prob as f64 > threshold
                     && !opts

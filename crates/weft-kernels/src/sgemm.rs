@@ -117,7 +117,8 @@ pub fn gemm(
 ) {
     check(a, m, b, bias, c, s);
     let threads = pool.n_threads();
-    if threads <= 1 || m * b.n() * b.k() < 1 << 16 {
+    // Below about a million multiply-adds, waking the other threads costs more than it saves.
+    if threads <= 1 || m * b.n() * b.k() < 1 << 20 {
         return gemm_st(a, m, b, bias, c, s);
     }
     let kernel = Kernel::detect();
@@ -371,6 +372,34 @@ mod avx2 {
                 acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
             }
+        }
+        if t.cols == NR {
+            // Full-width tile: add bias / old C and store with vector instructions.
+            let (bias0, bias1) = match bias {
+                // SAFETY: a full tile's bias slice holds NR = 16 values.
+                Some(b) => unsafe {
+                    (
+                        _mm256_loadu_ps(b.as_ptr()),
+                        _mm256_loadu_ps(b.as_ptr().add(8)),
+                    )
+                },
+                None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+            };
+            for (r, acc) in acc.iter().enumerate().take(t.rows) {
+                // SAFETY: row r < rows of a tile NR columns wide inside C.
+                unsafe {
+                    let dst = t.c.add(r * t.ldc);
+                    let (mut v0, mut v1) =
+                        (_mm256_add_ps(acc[0], bias0), _mm256_add_ps(acc[1], bias1));
+                    if t.accumulate {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(dst));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(dst.add(8)));
+                    }
+                    _mm256_storeu_ps(dst, v0);
+                    _mm256_storeu_ps(dst.add(8), v1);
+                }
+            }
+            return;
         }
         let mut out = [0.0f32; NR];
         for (r, acc) in acc.iter().enumerate().take(t.rows) {

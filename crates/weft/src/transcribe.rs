@@ -15,8 +15,11 @@ pub struct TranscribeArgs {
     /// Packaged model name (whisper-base), a CTranslate2 model directory or its model.bin, or
     /// a Hugging Face directory with model.safetensors.
     model: String,
-    /// Audio file: wav, mp3, flac, ogg/vorbis, m4a/aac.
-    file: PathBuf,
+    /// Audio files: wav, mp3, flac, ogg/vorbis, m4a/aac. With several, the model is loaded
+    /// once and each transcript is printed in turn (text formats under a `==> FILE <==` line;
+    /// json formats one object per line).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
     /// Spoken language as an ISO code or English name (default: detected).
     #[arg(long, short = 'l')]
     language: Option<String>,
@@ -82,26 +85,33 @@ pub fn transcribe(args: &TranscribeArgs) -> Result<()> {
         max_seconds: args.max_seconds,
         ..TranscribeOptions::default()
     };
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let transcriber = Transcriber::new(model, args.threads.get());
-    let t1 = Instant::now();
-    let transcript = transcriber
-        .transcribe_bytes(&bytes, &opts)
-        .with_context(|| format!("transcribing {}", args.file.display()))?;
-    tracing::info!(
-        "{:.1} s of audio in {:.2} s ({} segments, language {})",
-        transcript.duration,
-        t1.elapsed().as_secs_f64(),
-        transcript.segments.len(),
-        transcript.language
-    );
-    print!("{}", render(&transcript, args.format));
-    if matches!(
-        args.format,
-        ResponseFormat::Json | ResponseFormat::VerboseJson
-    ) {
-        println!();
+    let several = args.files.len() > 1;
+    for file in &args.files {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let t1 = Instant::now();
+        let transcript = transcriber
+            .transcribe_bytes(&bytes, &opts)
+            .with_context(|| format!("transcribing {}", file.display()))?;
+        tracing::info!(
+            "{}: {:.1} s of audio in {:.2} s ({} segments, language {})",
+            file.display(),
+            transcript.duration,
+            t1.elapsed().as_secs_f64(),
+            transcript.segments.len(),
+            transcript.language
+        );
+        let json = matches!(
+            args.format,
+            ResponseFormat::Json | ResponseFormat::VerboseJson
+        );
+        if several && !json {
+            println!("==> {} <==", file.display());
+        }
+        print!("{}", render(&transcript, args.format));
+        if json {
+            println!();
+        }
     }
     Ok(())
 }
