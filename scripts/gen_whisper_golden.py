@@ -7,10 +7,10 @@ and from faster-whisper's FeatureExtractor (160 samples of padding, as its trans
 Only the first FRAMES frames are kept, to stay small; the clamp to 8 below the maximum still
 depends on every frame, so the test covers it.
 
-transcripts.json: faster-whisper's tokens and text on recordings made with espeak-ng (greedy
-and beam 5), when given --model DIR (the CTranslate2 whisper-base directory, as `weft pull
-whisper-base` leaves it) and --audio-dir DIR (the WAVs scripts/make_whisper_test_audio.sh
-made).
+transcripts.json: faster-whisper's tokens, text and segment times on two recordings of
+bench/whisper/corpus.py made with espeak-ng (greedy, and beam 5 for the short one), when given
+--model DIR (the CTranslate2 whisper-base directory, as `weft pull whisper-base` leaves it).
+The espeak-ng voice, speed and text are stored with them so that the tests remake the audio.
 
 Needs: numpy, transformers (no torch), faster-whisper.
 """
@@ -56,24 +56,36 @@ def mel_golden(path):
         json.dump(out, f)
 
 
-def transcript_golden(model_dir, audio_dir, path):
+def transcript_golden(model_dir, path):
+    """faster-whisper's output on a few corpus recordings, with how to remake them."""
+    import subprocess
+    import sys
+    import tempfile
+
     from faster_whisper import WhisperModel
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench", "whisper"))
+    import corpus
 
     model = WhisperModel(model_dir, device="cpu", compute_type="float32", cpu_threads=2)
     out = {}
-    for name in sorted(os.listdir(audio_dir)):
-        if not name.endswith(".wav"):
-            continue
-        entry = {}
-        for beam in (1, 5):
-            segments, info = model.transcribe(os.path.join(audio_dir, name), beam_size=beam,
-                                              language="en")
-            segments = list(segments)
-            entry[f"beam{beam}"] = {
-                "text": "".join(s.text for s in segments).strip(),
-                "tokens": [t for s in segments for t in s.tokens],
-            }
-        out[name] = entry
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, voice, wpm, text in corpus.CORPUS:
+            if name not in ("kitchen", "long"):
+                continue
+            wav = os.path.join(tmp, name + ".wav")
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", wav, text],
+                           check=True)
+            entry = {"voice": voice, "wpm": wpm, "text": text}
+            for beam in (1, 5) if name == "kitchen" else (1,):
+                segments, _ = model.transcribe(wav, beam_size=beam, language="en")
+                segments = list(segments)
+                entry[f"beam{beam}"] = {
+                    "text": "".join(s.text for s in segments).strip(),
+                    "tokens": [t for s in segments for t in s.tokens],
+                    "segments": [[round(s.start, 2), round(s.end, 2)] for s in segments],
+                }
+            out[name] = entry
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 
@@ -82,13 +94,12 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
                                                   "golden", "whisper"))
-    p.add_argument("--model")
-    p.add_argument("--audio-dir")
+    p.add_argument("--model", help="CTranslate2 whisper-base directory (weft pull whisper-base)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     mel_golden(os.path.join(a.out, "mel.json"))
-    if a.model and a.audio_dir:
-        transcript_golden(a.model, a.audio_dir, os.path.join(a.out, "transcripts.json"))
+    if a.model:
+        transcript_golden(a.model, os.path.join(a.out, "transcripts.json"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ use crate::search::{decode_window, DecodeOptions, DecodeResult, Rng};
 /// Seconds per timestamp token and per mel frame.
 const TIME_PRECISION: f64 = 0.02;
 const FRAME_SECONDS: f64 = HOP as f64 / SAMPLE_RATE as f64;
+/// Peak amplitude below which a recording counts as silent (-80 dBFS).
+const SILENCE: f32 = 1e-4;
 /// Mel frames per timestamp step (the encoder halves the frame rate).
 const INPUT_STRIDE: usize = 2;
 
@@ -162,6 +164,10 @@ impl Transcriber {
             ));
         }
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
+        // Digital silence would be decoded into invented words by the fallbacks; say so.
+        if !samples.is_empty() && samples.iter().all(|s| s.abs() < SILENCE) {
+            return Err(AudioError::Silent.into());
+        }
         if duration > opts.max_seconds {
             return Err(AudioError::TooLong {
                 seconds: duration,
