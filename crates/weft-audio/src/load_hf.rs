@@ -1,0 +1,266 @@
+//! The Hugging Face loader: `model.safetensors` in the `openai/whisper-*` layout (any size,
+//! 80 or 128 mel bins) with `config.json`, `tokenizer.json` and, when present,
+//! `generation_config.json`. Tensors are served under CTranslate2's names so that one model
+//! builder serves both formats: separate Q/K/V projections are fused (K has no bias in
+//! Whisper; a zero bias stands in for it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use weft_models::tokenizer::Tokenizer;
+
+use crate::error::ModelError;
+use crate::model::{read_text, special_tokens, Whisper};
+use crate::tensors::{bf16_to_f32, f16_to_f32, le_f32, Tensor, TensorSource};
+
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: std::ops::Range<usize>,
+}
+
+pub struct SafetensorsFile {
+    map: Mmap,
+    entries: HashMap<String, Entry>,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
+        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY (memmap2 contract): model files are not modified while mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| ModelError::Safetensors(format!("{}: {e}", path.display())))?;
+        let base = map.as_ptr() as usize;
+        let entries = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let start = view.data().as_ptr() as usize - base;
+                let entry = Entry {
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    range: start..start + view.data().len(),
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(SafetensorsFile { map, entries })
+    }
+
+    fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let bytes = &self.map[e.range.clone()];
+        let data = match e.dtype {
+            Dtype::F32 => le_f32(bytes),
+            Dtype::F16 => f16_to_f32(bytes),
+            Dtype::BF16 => bf16_to_f32(bytes),
+            other => {
+                return Err(ModelError::DType {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(Tensor {
+            shape: e.shape.clone(),
+            data,
+        })
+    }
+
+    /// Concatenates tensors along the first axis; `None` parts are zeros shaped like the
+    /// first part (K's missing bias).
+    fn concat(&self, names: &[Option<String>]) -> Result<Tensor, ModelError> {
+        let parts: Vec<Option<Tensor>> = names
+            .iter()
+            .map(|n| n.as_deref().map(|n| self.raw(n)).transpose())
+            .collect::<Result<_, _>>()?;
+        let like = parts
+            .iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| ModelError::MissingTensor("fused projection".into()))?
+            .shape
+            .clone();
+        let mut shape = like.clone();
+        shape[0] = 0;
+        let mut data = Vec::new();
+        for p in parts {
+            match p {
+                Some(t) => {
+                    shape[0] += t.shape[0];
+                    data.extend(t.data);
+                }
+                None => {
+                    shape[0] += like[0];
+                    data.extend(std::iter::repeat_n(0.0, like.iter().product()));
+                }
+            }
+        }
+        Ok(Tensor { shape, data })
+    }
+}
+
+/// What a CTranslate2 name stands for in the Hugging Face layout.
+enum Mapping {
+    One(String),
+    Fused(Vec<Option<String>>),
+}
+
+fn map_name(ct2: &str) -> Option<Mapping> {
+    let fixed = match ct2 {
+        "encoder/position_encodings/encodings" => Some("model.encoder.embed_positions.weight"),
+        "decoder/position_encodings/encodings" => Some("model.decoder.embed_positions.weight"),
+        "decoder/embeddings/weight" => Some("model.decoder.embed_tokens.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(Mapping::One(f.to_string()));
+    }
+    let leaf = |s: &str| match s {
+        "gamma" | "weight" => Some("weight"),
+        "beta" | "bias" => Some("bias"),
+        _ => None,
+    };
+    let parts: Vec<&str> = ct2.split('/').collect();
+    let side = *parts.first()?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let root = format!("model.{side}");
+    match parts[1..] {
+        [conv @ ("conv1" | "conv2"), l] => {
+            Some(Mapping::One(format!("{root}.{conv}.{}", leaf(l)?)))
+        }
+        ["layer_norm", l] => Some(Mapping::One(format!("{root}.layer_norm.{}", leaf(l)?))),
+        [layer, block, module, l] => {
+            let i = layer.strip_prefix("layer_")?;
+            let p = format!("{root}.layers.{i}");
+            let l = leaf(l)?;
+            let one = |s: &str| Some(Mapping::One(format!("{p}.{s}.{l}")));
+            let proj = |attn: &str, names: &[&str]| {
+                Some(Mapping::Fused(
+                    names
+                        .iter()
+                        .map(|n| {
+                            (l == "weight" || *n != "k_proj").then(|| format!("{p}.{attn}.{n}.{l}"))
+                        })
+                        .collect(),
+                ))
+            };
+            match (block, module) {
+                ("self_attention", "layer_norm") => one("self_attn_layer_norm"),
+                ("self_attention", "linear_0") => {
+                    proj("self_attn", &["q_proj", "k_proj", "v_proj"])
+                }
+                ("self_attention", "linear_1") => one("self_attn.out_proj"),
+                ("attention", "layer_norm") => one("encoder_attn_layer_norm"),
+                ("attention", "linear_0") => one("encoder_attn.q_proj"),
+                ("attention", "linear_1") => proj("encoder_attn", &["k_proj", "v_proj"]),
+                ("attention", "linear_2") => one("encoder_attn.out_proj"),
+                ("ffn", "layer_norm") => one("final_layer_norm"),
+                ("ffn", "linear_0") => one("fc1"),
+                ("ffn", "linear_1") => one("fc2"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+impl TensorSource for SafetensorsFile {
+    fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
+        match map_name(name) {
+            Some(Mapping::One(n)) => self.raw(&n),
+            Some(Mapping::Fused(ns)) => self.concat(&ns),
+            None => Err(ModelError::MissingTensor(name.to_string())),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match map_name(name) {
+            Some(Mapping::One(n)) => self.entries.contains_key(&n),
+            Some(Mapping::Fused(ns)) => ns.iter().flatten().all(|n| self.entries.contains_key(n)),
+            None => false,
+        }
+    }
+}
+
+pub fn load(dir: &Path) -> Result<Whisper, ModelError> {
+    let weights = dir.join("model.safetensors");
+    let file = SafetensorsFile::open(&weights)?;
+    let parse = |name: &str| -> Result<serde_json::Value, ModelError> {
+        serde_json::from_str(&read_text(&dir.join(name))?)
+            .map_err(|e| ModelError::Config(format!("{name}: {e}")))
+    };
+    let config = parse("config.json")?;
+    let generation = if dir.join("generation_config.json").is_file() {
+        parse("generation_config.json")?
+    } else {
+        serde_json::Value::Null
+    };
+    let ids = |key: &str| -> Vec<u32> {
+        generation[key]
+            .as_array()
+            .or_else(|| config[key].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_u64().map(|i| i as u32))
+            .collect()
+    };
+    let n_heads = config["encoder_attention_heads"]
+        .as_u64()
+        .ok_or_else(|| ModelError::Config("config.json has no encoder_attention_heads".into()))?;
+    let tokenizer = Tokenizer::from_hf_json(&read_text(&dir.join("tokenizer.json"))?)?;
+    let tokens = special_tokens(
+        &tokenizer,
+        ids("suppress_tokens"),
+        ids("begin_suppress_tokens"),
+    )?;
+    Whisper::build(&file, n_heads as usize, tokenizer, tokens, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_the_hf_layout() {
+        let one = |n: &str| match map_name(n) {
+            Some(Mapping::One(s)) => s,
+            _ => panic!("{n}"),
+        };
+        assert_eq!(one("encoder/conv2/bias"), "model.encoder.conv2.bias");
+        assert_eq!(
+            one("decoder/layer_3/attention/linear_2/weight"),
+            "model.decoder.layers.3.encoder_attn.out_proj.weight"
+        );
+        assert_eq!(
+            one("encoder/layer_0/ffn/layer_norm/gamma"),
+            "model.encoder.layers.0.final_layer_norm.weight"
+        );
+        let Some(Mapping::Fused(parts)) = map_name("encoder/layer_1/self_attention/linear_0/bias")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            parts,
+            vec![
+                Some("model.encoder.layers.1.self_attn.q_proj.bias".to_string()),
+                None,
+                Some("model.encoder.layers.1.self_attn.v_proj.bias".to_string())
+            ]
+        );
+    }
+}
