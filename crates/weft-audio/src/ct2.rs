@@ -201,6 +201,13 @@ impl Ct2Model {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Names of every variable (aliases included), with their shapes.
+    pub fn variables(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.entries
+            .iter()
+            .map(|(name, e)| (name.as_str(), e.shape.as_slice()))
+    }
 }
 
 impl TensorSource for Ct2Model {

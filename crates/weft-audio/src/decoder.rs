@@ -282,8 +282,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+        for ((a, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
+            *a += xv * yv;
         }
     }
     let tail: f32 = ca

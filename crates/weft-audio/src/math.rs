@@ -33,8 +33,8 @@ pub fn sum(x: &[f32]) -> f32 {
     let chunks = x.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
     for c in chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -49,8 +49,8 @@ pub fn max(x: &[f32]) -> f32 {
         m = if v > m { v } else { m };
     }
     for c in chunks {
-        for i in 0..8 {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
         }
     }
     acc.iter().fold(m, |a, &b| if b > a { b } else { a })

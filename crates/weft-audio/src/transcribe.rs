@@ -493,6 +493,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_transcriber_can_be_shared_by_server_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Transcriber>();
+    }
+
+    #[test]
     fn repetition_compresses_well() {
         let normal = "The quick brown fox jumps over the lazy dog near the river bank.";
         let looped = "I am here. ".repeat(30);

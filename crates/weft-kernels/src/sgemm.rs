@@ -366,11 +366,11 @@ mod avx2 {
                     _mm256_loadu_ps(b.add(kk * NR + 8)),
                 )
             };
-            for r in 0..MR {
+            for (row, acc) in rows.iter().zip(acc.iter_mut()) {
                 // SAFETY: column kk < kc of a valid row of A.
-                let av = unsafe { _mm256_broadcast_ss(&*rows[r].add(kk)) };
-                acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+                let av = unsafe { _mm256_broadcast_ss(&*row.add(kk)) };
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
         }
         if t.cols == NR {
