@@ -147,20 +147,35 @@ impl ThreadPool {
         grain: usize,
         f: F,
     ) {
+        self.for_each_dynamic_with(n, grain, || (), |_, r| f(r));
+    }
+
+    /// [`Self::for_each_dynamic`] with per-thread working state: each thread that takes part
+    /// makes its state with `init` once and passes it to every piece it runs (scratch buffers
+    /// are then allocated once per thread, not once per piece).
+    pub fn for_each_dynamic_with<S, I, F>(&self, n: usize, grain: usize, init: I, f: F)
+    where
+        I: Fn() -> S + Sync,
+        F: Fn(&mut S, std::ops::Range<usize>) + Sync,
+    {
         let grain = grain.max(1);
         if self.n_threads == 1 || n <= grain {
             if n > 0 {
-                f(0..n);
+                f(&mut init(), 0..n);
             }
             return;
         }
         let next = AtomicUsize::new(0);
-        self.run(|_| loop {
-            let start = next.fetch_add(grain, Ordering::Relaxed);
-            if start >= n {
-                break;
+        self.run(|_| {
+            let mut state = None;
+            loop {
+                let start = next.fetch_add(grain, Ordering::Relaxed);
+                if start >= n {
+                    break;
+                }
+                let state = state.get_or_insert_with(&init);
+                f(state, start..(start + grain).min(n));
             }
-            f(start..(start + grain).min(n));
         });
     }
 }
@@ -279,6 +294,23 @@ mod tests {
                 "n {n} grain {grain}"
             );
         }
+    }
+
+    #[test]
+    fn dynamic_state_is_made_at_most_once_per_thread() {
+        let pool = ThreadPool::new(3);
+        let inits = AtomicU64::new(0);
+        let total = AtomicU64::new(0);
+        let init = || {
+            inits.fetch_add(1, Ordering::Relaxed);
+            0u64
+        };
+        pool.for_each_dynamic_with(1000, 3, init, |count: &mut u64, r| {
+            *count += r.len() as u64;
+            total.fetch_add(r.len() as u64, Ordering::Relaxed);
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 1000);
+        assert!((1..=3).contains(&inits.load(Ordering::Relaxed)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 
 use crate::error::ApiError;
-use crate::generate::{collect, finish_reason_name, submit, Choice};
+use crate::generate::{collect, finish_reason_name, sse_chunk, submit, usage_json, Choice};
 use crate::logprobs_format::chat_entries;
 use crate::openai::ChatRequest;
 use crate::params::choice_params;
@@ -141,27 +141,15 @@ async fn whole(
     .into_response())
 }
 
-pub fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    })
-}
-
 fn chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> SseEvent {
-    let mut v = json!({
-        "id": meta.id,
-        "object": "chat.completion.chunk",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-    });
-    if let Some(u) = usage {
-        v["usage"] = u;
-    }
-    SseEvent::default().data(v.to_string())
+    sse_chunk(
+        "chat.completion.chunk",
+        &meta.id,
+        meta.created,
+        &meta.model,
+        choices,
+        usage,
+    )
 }
 
 type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;

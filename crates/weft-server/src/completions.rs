@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 
-use crate::chat::usage_json;
 use crate::error::ApiError;
-use crate::generate::{collect, finish_reason_name, submit, Choice};
+use crate::generate::{collect, finish_reason_name, sse_chunk, submit, usage_json, Choice};
 use crate::logprobs_format::completion_logprobs;
 use crate::openai::{CompletionRequest, PromptSpec};
 use crate::params::choice_params;
@@ -161,17 +160,14 @@ struct Meta {
 }
 
 fn chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> SseEvent {
-    let mut v = json!({
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-    });
-    if let Some(u) = usage {
-        v["usage"] = u;
-    }
-    SseEvent::default().data(v.to_string())
+    sse_chunk(
+        "text_completion",
+        &meta.id,
+        meta.created,
+        &meta.model,
+        choices,
+        usage,
+    )
 }
 
 fn stream(

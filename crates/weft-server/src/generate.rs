@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::response::sse::Event as SseEvent;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use weft_engine::engine::{Event, Finished, Request};
 use weft_engine::generation::{FinishReason, TokenConstraint};
@@ -149,4 +151,37 @@ pub async fn collect(mut choice: Choice) -> Result<Collected, ApiError> {
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "the engine stopped before the request finished",
     ))
+}
+
+/// OpenAI's `usage` object.
+pub fn usage_json(prompt: usize, completion: usize, cached: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+/// One streamed event of an OpenAI response whose `object` is `object`
+/// (`chat.completion.chunk`, `text_completion`), with `usage` when given.
+pub fn sse_chunk(
+    object: &str,
+    id: &str,
+    created: u64,
+    model: &str,
+    choices: Value,
+    usage: Option<Value>,
+) -> SseEvent {
+    let mut v = json!({
+        "id": id,
+        "object": object,
+        "created": created,
+        "model": model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        v["usage"] = u;
+    }
+    SseEvent::default().data(v.to_string())
 }

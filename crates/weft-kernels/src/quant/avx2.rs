@@ -461,7 +461,6 @@ macro_rules! block32_kernel {
                 acc: &mut __m256,
                 extra: &mut f32,
             ) {
-                let _ = &extra;
                 $apply(w, x, xs, acc, extra)
             }
         }

@@ -407,9 +407,8 @@ impl Decoder {
             Shared(work.acc.as_mut_ptr()),
         );
         let items = &work.items;
-        pool.for_each_dynamic(n_items, 1, |range| {
-            let mut rows_q = vec![0.0f32; rows_max * hd];
-            let mut row_keys = Vec::with_capacity(rows_max);
+        let buffers = || (vec![0.0f32; rows_max * hd], Vec::with_capacity(rows_max));
+        pool.for_each_dynamic_with(n_items, 1, buffers, |(rows_q, row_keys), range| {
             for i in range {
                 let item = &items[i];
                 let seq = &batch.seqs[item.seq];
@@ -436,7 +435,7 @@ impl Decoder {
                 let q_rows = &rows_q[..rows * hd];
                 attend_keys(
                     q_rows,
-                    &row_keys,
+                    row_keys,
                     &view,
                     &shape,
                     item.kv_head,
@@ -447,8 +446,8 @@ impl Decoder {
         });
         let out_ptr = Shared(out.as_mut_ptr());
         let (pairs, max, sum, acc) = (&work.pairs, &work.max, &work.sum, &work.acc);
-        pool.for_each_dynamic(pairs.len(), 16, |range| {
-            let mut rows_out = vec![0.0f32; rows_max * hd];
+        let buffer = || vec![0.0f32; rows_max * hd];
+        pool.for_each_dynamic_with(pairs.len(), 16, buffer, |rows_out, range| {
             for (item, parts) in &pairs[range] {
                 // Each part has rows_max slots, of which the block's first `tokens * group` are
                 // used; the rest combine to values nobody reads.
@@ -457,7 +456,7 @@ impl Decoder {
                     &sum[parts.start * rows_max..parts.end * rows_max],
                     &acc[parts.start * rows_max * hd..parts.end * rows_max * hd],
                 );
-                combine(rows_max, hd, m, su, a, &mut rows_out);
+                combine(rows_max, hd, m, su, a, rows_out);
                 let seq = &batch.seqs[item.seq];
                 for ti in 0..item.tokens {
                     let t = seq.start + item.first + ti;
