@@ -5,6 +5,9 @@
 pub mod attention;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quant;
 pub mod sgemm;
+#[cfg(test)]
+mod test_util;

@@ -7,7 +7,7 @@
 //! Work is split over weight rows, so each thread streams its own slice of the weights once for
 //! all tokens of the batch.
 
-use crate::pool::ThreadPool;
+use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::{act_scales, dot_tile, quantize_row, ActScale, GgmlType, TILE_MAX};
 
 /// A row-major weight matrix in its on-disk block format: `rows` rows of `cols` elements.
@@ -64,6 +64,16 @@ impl QuantizedActs {
 
     pub fn n_tokens(&self) -> usize {
         self.n_tokens
+    }
+
+    /// The quantized rows, one after another.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Every row's block scales ([`act_scales`]), one row after another.
+    pub(crate) fn scales(&self) -> &[ActScale] {
+        &self.scales
     }
 
     /// Whether these are `x`'s rows in `ty` (for reuse across matrices).
@@ -127,29 +137,6 @@ pub fn matmul(
     matmul_quantized(pool, w, xa, out);
 }
 
-/// A raw pointer to a buffer whose elements are partitioned between threads.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-// SAFETY: used only for disjoint accesses from the threads of one `pool.run` call.
-unsafe impl<T> Sync for SharedMut<T> {}
-unsafe impl<T> Send for SharedMut<T> {}
-impl<T> SharedMut<T> {
-    /// # Safety
-    /// `i` must be in bounds and no other thread may access element `i` concurrently.
-    #[inline]
-    unsafe fn write(self, i: usize, v: T) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { *self.0.add(i) = v };
-    }
-
-    /// # Safety
-    /// `start..start + len` must be in bounds and accessed by no other thread concurrently.
-    #[inline]
-    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,6 +246,29 @@ impl Drop for ThreadPool {
     }
 }
 
+/// A raw pointer to a buffer whose elements are partitioned between threads.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: used only for disjoint accesses from the threads of one `pool.run` call.
+unsafe impl<T> Sync for SharedMut<T> {}
+unsafe impl<T> Send for SharedMut<T> {}
+impl<T> SharedMut<T> {
+    /// # Safety
+    /// `i` must be in bounds and no other thread may access element `i` concurrently.
+    #[inline]
+    pub(crate) unsafe fn write(self, i: usize, v: T) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { *self.0.add(i) = v };
+    }
+
+    /// # Safety
+    /// `start..start + len` must be in bounds and accessed by no other thread concurrently.
+    #[inline]
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use super::{act_scales, ActScale, GgmlType};
 
 /// Whether the CPU has AVX2, FMA and F16C (checked once). Setting `WEFT_FORCE_SCALAR` in the
 /// environment turns the SIMD paths off.
-pub(super) fn available() -> bool {
+pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         std::env::var_os("WEFT_FORCE_SCALAR").is_none()

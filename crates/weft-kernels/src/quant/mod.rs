@@ -26,11 +26,17 @@
 //! | Q6_K | 256 | 210 | ql[128], qh[64], scales: i8[16], d: f16 |
 //! | Q8_K | 256 | 292 | d: f32, qs: i8[256], bsums: i16[16] |
 
+mod affine;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod dequant;
-mod layout;
+pub(crate) mod layout;
 pub mod scalar;
+
+pub use affine::{affine_groups, AffineGroup, AFFINE_MAX_U};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::available as avx2_available;
+pub use layout::{Q8_1_BYTES, QK};
 #[cfg(test)]
 mod tests;
 
@@ -270,11 +276,13 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 
 /// The f32 scale of one activation block, converted once per activation row so that tiles do
 /// not convert it again for every weight row: `d` (Q8_0, Q8_1, Q8_K) and, for Q8_1, the stored
-/// `s = d * sum(qs)`.
+/// `s = d * sum(qs)` (an f16, what ggml's Q4_1 / Q5_1 dots use) and the same product unrounded
+/// (`sum`, for weights whose offset ggml applies in exact integers).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ActScale {
     pub d: f32,
     pub s: f32,
+    pub sum: f32,
 }
 
 /// The [`ActScale`] of every block of one activation row of dot type `ty`.
@@ -284,15 +292,20 @@ pub fn act_scales(ty: GgmlType, x: &[u8], out: &mut [ActScale]) {
         *o = match ty {
             GgmlType::Q8_0 => ActScale {
                 d: layout::f16_at(block, 0),
-                s: 0.0,
+                ..ActScale::default()
             },
-            GgmlType::Q8_1 => ActScale {
-                d: layout::f16_at(block, 0),
-                s: layout::f16_at(block, 2),
-            },
+            GgmlType::Q8_1 => {
+                let d = layout::f16_at(block, 0);
+                let qs = &block[4..];
+                ActScale {
+                    d,
+                    s: layout::f16_at(block, 2),
+                    sum: d * qs.iter().map(|&q| q as i8 as i32).sum::<i32>() as f32,
+                }
+            }
             GgmlType::Q8_K => ActScale {
                 d: layout::f32_at(block, 0),
-                s: 0.0,
+                ..ActScale::default()
             },
             _ => ActScale::default(),
         };

@@ -2,11 +2,12 @@
 //! only in switches (QKV bias, QK-norm, post-norms, GELU vs SiLU, embedding scale, per-layer
 //! windows and RoPE bases), which `DecoderConfig` and the optional tensors carry.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial, MAX_ROWS};
 use weft_kernels::matmul::{matmul_quantized, QMatrix, QuantizedActs};
 use weft_kernels::ops;
+use weft_kernels::packed::{self, matmul_packed, PackedMatrix};
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
 
@@ -16,13 +17,15 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ModelError;
 
-/// A weight matrix that stays in the memory-mapped file.
-#[derive(Clone, Debug)]
+/// A weight matrix that stays in the memory-mapped file, plus its prefill layout, built from
+/// the file on the first batch large enough to use it.
+#[derive(Clone)]
 struct Mat {
     ty: GgmlType,
     rows: usize,
     cols: usize,
     info: TensorInfo,
+    packed: OnceLock<Option<PackedMatrix>>,
 }
 
 struct Layer {
@@ -315,6 +318,16 @@ impl Decoder {
         xq: &mut QuantizedInput,
         out: &mut [f32],
     ) {
+        if packed::worth_packing(x.len() / m.cols) {
+            let packed = m
+                .packed
+                .get_or_init(|| PackedMatrix::pack(pool, &self.mat(m)));
+            if let Some(p) = packed {
+                let acts = xq.get(pool, GgmlType::Q8_1, x, m.cols);
+                matmul_packed(pool, p, acts, out);
+                return;
+            }
+        }
         let acts = xq.get(pool, m.ty.dot_type(), x, m.cols);
         matmul_quantized(pool, &self.mat(m), acts, out);
     }
@@ -619,6 +632,7 @@ impl Loader<'_> {
             rows: info.dims[1] as usize,
             cols,
             info: info.clone(),
+            packed: OnceLock::new(),
         })
     }
 
