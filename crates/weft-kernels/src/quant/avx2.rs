@@ -218,7 +218,7 @@ trait BlockKernel {
 }
 
 /// How far ahead of the current weight block [`tile`] prefetches, in bytes.
-const PREFETCH_AHEAD: usize = 1024;
+const PREFETCH_AHEAD: usize = 4096;
 
 /// Computes `out[r * T + t]` = dot(weight row r, activation row t) for an R x T tile.
 /// `w` holds the R rows `wrow` bytes apart, `x` the T rows `xrow` bytes apart, `xs` their
