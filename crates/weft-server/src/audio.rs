@@ -52,12 +52,12 @@ pub struct AudioService {
 
 impl AudioService {
     /// A model given no name is served as `whisper`.
-    pub fn new(transcriber: Transcriber, mut config: AudioConfig) -> AudioService {
+    pub fn new(transcriber: impl Into<Arc<Transcriber>>, mut config: AudioConfig) -> AudioService {
         if config.served_model_names.is_empty() {
             config.served_model_names.push("whisper".into());
         }
         AudioService {
-            transcriber: Arc::new(transcriber),
+            transcriber: transcriber.into(),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
             waiting: AtomicUsize::new(0),
