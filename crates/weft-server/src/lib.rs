@@ -82,7 +82,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route(
             "/v1/audio/transcriptions",
-            post(audio::transcriptions).layer(audio_limit.clone()),
+            post(audio::transcriptions).layer(audio_limit),
         )
         .route(
             "/v1/audio/translations",
