@@ -13,8 +13,6 @@ pub enum AudioError {
     Corrupt(String),
     #[error("the audio holds no samples")]
     NoSamples,
-    #[error("the audio is silent (peak level below -80 dBFS)")]
-    Silent,
     #[error("the audio is {seconds:.1} s long; the limit is {limit:.0} s")]
     TooLong { seconds: f64, limit: f64 },
     #[error("resampling from {from} Hz failed: {msg}")]
@@ -59,4 +57,6 @@ pub enum TranscribeError {
     EnglishOnly(&'static str),
     #[error("invalid option: {0}")]
     Option(String),
+    #[error("the transcription was cancelled")]
+    Cancelled,
 }

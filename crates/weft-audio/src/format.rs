@@ -38,8 +38,10 @@ impl ResponseFormat {
     /// The HTTP content type of the rendering.
     pub fn content_type(self) -> &'static str {
         match self {
-            ResponseFormat::Text | ResponseFormat::Srt => "text/plain; charset=utf-8",
-            ResponseFormat::Vtt => "text/vtt; charset=utf-8",
+            // OpenAI sends all three as plain text, and its clients read them so.
+            ResponseFormat::Text | ResponseFormat::Srt | ResponseFormat::Vtt => {
+                "text/plain; charset=utf-8"
+            }
             ResponseFormat::Json | ResponseFormat::VerboseJson => "application/json",
         }
     }
@@ -57,9 +59,10 @@ fn timestamp(seconds: f64, separator: char) -> String {
     )
 }
 
-/// Renders `t`; text formats end with a newline.
+/// Renders `t`; text formats end with a newline, except that no speech renders as nothing.
 pub fn render(t: &Transcript, format: ResponseFormat) -> String {
     match format {
+        ResponseFormat::Text if t.text.is_empty() => String::new(),
         ResponseFormat::Text => format!("{}\n", t.text),
         ResponseFormat::Json => json!({ "text": t.text }).to_string(),
         ResponseFormat::VerboseJson => json!({

@@ -6,6 +6,8 @@
 //! earlier windows is given as context unless the decode needed a high temperature.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use weft_kernels::pool::ThreadPool;
 
@@ -33,6 +35,16 @@ pub enum Task {
     Translate,
 }
 
+impl Task {
+    /// The name OpenAI's `verbose_json` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Transcribe => "transcribe",
+            Task::Translate => "translate",
+        }
+    }
+}
+
 /// faster-whisper's `transcribe` options and defaults.
 #[derive(Clone, Debug)]
 pub struct TranscribeOptions {
@@ -58,6 +70,9 @@ pub struct TranscribeOptions {
     /// Recordings longer than this are refused.
     pub max_seconds: f64,
     pub seed: u64,
+    /// Checked before each 30-second window: once set, the transcription stops with
+    /// `TranscribeError::Cancelled` (a server sets it when the client has gone).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for TranscribeOptions {
@@ -80,6 +95,7 @@ impl Default for TranscribeOptions {
             length_penalty: 1.0,
             max_seconds: 3.0 * 3600.0,
             seed: 0,
+            cancel: None,
         }
     }
 }
@@ -102,6 +118,7 @@ pub struct Segment {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Transcript {
     pub task: &'static str,
+    /// ISO code; empty when silence left nothing to detect it from.
     pub language: String,
     pub language_probability: f32,
     /// Seconds of audio.
@@ -164,10 +181,6 @@ impl Transcriber {
             ));
         }
         let duration = samples.len() as f64 / SAMPLE_RATE as f64;
-        // Digital silence would be decoded into invented words by the fallbacks; say so.
-        if !samples.is_empty() && samples.iter().all(|s| s.abs() < SILENCE) {
-            return Err(AudioError::Silent.into());
-        }
         if duration > opts.max_seconds {
             return Err(AudioError::TooLong {
                 seconds: duration,
@@ -186,6 +199,24 @@ impl Transcriber {
         if !tokens.is_multilingual() && opts.task == Task::Translate {
             return Err(TranscribeError::EnglishOnly("translate"));
         }
+        // Digital silence would be decoded into invented words by the fallbacks; like
+        // OpenAI's API, it is a transcript with no text.
+        if !samples.is_empty() && samples.iter().all(|s| s.abs() < SILENCE) {
+            let language = match (&opts.language, tokens.is_multilingual()) {
+                (Some(code), _) => code.clone(),
+                (None, false) => "en".to_string(),
+                // Nothing to detect a language from.
+                (None, true) => String::new(),
+            };
+            return Ok(Transcript {
+                task: opts.task.name(),
+                language,
+                language_probability: 0.0,
+                duration,
+                text: String::new(),
+                segments: Vec::new(),
+            });
+        }
         let mel = self.features(samples)?;
         // faster-whisper counts the frame added by its 160-sample padding out of the content.
         let content_frames = mel.frames.saturating_sub(1);
@@ -200,6 +231,13 @@ impl Transcriber {
         let mut segments = Vec::new();
         let mut seek = 0usize;
         while seek < content_frames {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(TranscribeError::Cancelled);
+            }
             let time_offset = seek as f64 * FRAME_SECONDS;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
             let segment_duration = segment_size as f64 * FRAME_SECONDS;
@@ -275,10 +313,7 @@ impl Transcriber {
         let language = tokens.language_code(lang_id).unwrap_or("en").to_string();
         let text = segments.iter().map(|s| s.text.as_str()).collect::<String>();
         Ok(Transcript {
-            task: match opts.task {
-                Task::Transcribe => "transcribe",
-                Task::Translate => "translate",
-            },
+            task: opts.task.name(),
             language,
             language_probability,
             duration,

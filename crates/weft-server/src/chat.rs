@@ -20,7 +20,7 @@ use crate::openai::ChatRequest;
 use crate::params::choice_params;
 use crate::prompt::chat_prompt;
 use crate::shaper::{Shaper, ToolMode};
-use crate::state::{new_id, unix_now, SharedState};
+use crate::state::{new_id, unix_now, SharedState, TextService};
 use crate::structured::{constraint, Tools};
 use crate::ApiJson;
 
@@ -31,6 +31,7 @@ struct Meta {
     model: String,
     tools: ToolMode,
     state: SharedState,
+    text: Arc<TextService>,
 }
 
 pub async fn chat_completions(
@@ -40,9 +41,10 @@ pub async fn chat_completions(
     let started = Instant::now();
     state.check_model(req.sampling.model.as_deref())?;
     state.check_accepting()?;
+    let text = Arc::clone(state.text()?);
     let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
     let prompt = chat_prompt(
-        &state,
+        &text.model,
         &req.messages,
         tools.render.as_deref(),
         req.chat_template_kwargs.as_ref(),
@@ -61,7 +63,7 @@ pub async fn chat_completions(
         max_tokens,
         logprobs,
         prompt.len(),
-        state.max_model_len(),
+        text.max_model_len(),
     )?;
     let meta = Meta {
         id: new_id("chatcmpl"),
@@ -69,8 +71,9 @@ pub async fn chat_completions(
         model: state.model_name().to_owned(),
         tools: tools.mode.clone(),
         state: Arc::clone(&state),
+        text: Arc::clone(&text),
     };
-    let constraint = constraint(&state, Some(tools), req.sampling.response_format.as_ref())?;
+    let constraint = constraint(&text, Some(tools), req.sampling.response_format.as_ref())?;
     let choices = submit(&state, &prompt, &p, constraint.as_ref(), 0, started)?;
     if req.sampling.stream {
         let usage = req
@@ -88,7 +91,7 @@ async fn whole(
     choices: Vec<Choice>,
     prompt_tokens: usize,
 ) -> Result<Response, ApiError> {
-    let tokenizer = &meta.state.model.tokenizer;
+    let tokenizer = &meta.text.model.tokenizer;
     let parser = meta.state.config.reasoning_parser;
     let mut out = Vec::new();
     let (mut completion_tokens, mut cached) = (0, 0);
@@ -191,7 +194,7 @@ fn stream(
 /// when the client went away.
 async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(usize, usize)> {
     let index = choice.index;
-    let tokenizer = &meta.state.model.tokenizer;
+    let tokenizer = &meta.text.model.tokenizer;
     let mut shaper = Shaper::new(meta.state.config.reasoning_parser, &meta.tools);
     let send = |delta: Value, logprobs: Value, finish: Option<&str>, stop: Option<String>| {
         let mut c =

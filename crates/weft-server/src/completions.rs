@@ -1,6 +1,7 @@
 //! `POST /v1/completions` (legacy text completions), whole and streamed.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -17,7 +18,7 @@ use crate::generate::{collect, finish_reason_name, sse_chunk, submit, usage_json
 use crate::logprobs_format::completion_logprobs;
 use crate::openai::{CompletionRequest, PromptSpec};
 use crate::params::choice_params;
-use crate::state::{new_id, unix_now, SharedState};
+use crate::state::{new_id, unix_now, SharedState, TextService};
 use crate::structured::constraint;
 use crate::ApiJson;
 
@@ -27,8 +28,8 @@ struct Prompt {
     text: String,
 }
 
-fn prompts(state: &SharedState, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
-    let tokenizer = &state.model.tokenizer;
+fn prompts(text: &TextService, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
+    let tokenizer = &text.model.tokenizer;
     let from_text = |text: String| Prompt {
         tokens: tokenizer.encode(&text, true, false),
         text,
@@ -75,8 +76,9 @@ pub async fn completions(
             "best_of must equal n (no ranking of extra samples)",
         ));
     }
-    let prompts = prompts(&state, req.prompt.clone())?;
-    let constraint = constraint(&state, None, req.sampling.response_format.as_ref())?;
+    let text = Arc::clone(state.text()?);
+    let prompts = prompts(&text, req.prompt.clone())?;
+    let constraint = constraint(&text, None, req.sampling.response_format.as_ref())?;
     let mut all = Vec::new();
     let mut prompt_tokens = 0;
     let mut echoes = Vec::new();
@@ -86,7 +88,7 @@ pub async fn completions(
             req.sampling.max_tokens.or(Some(16)),
             req.logprobs,
             prompt.tokens.len(),
-            state.max_model_len(),
+            text.max_model_len(),
         )?;
         prompt_tokens += prompt.tokens.len();
         let first = all.len();
@@ -111,7 +113,7 @@ pub async fn completions(
         id: new_id("cmpl"),
         created: unix_now(),
         model: state.model_name().to_owned(),
-        state,
+        text,
     };
     if req.sampling.stream {
         let usage = req
@@ -121,7 +123,7 @@ pub async fn completions(
             .is_some_and(|o| o.include_usage);
         return Ok(stream(meta, all, echoes, prompt_tokens, usage).into_response());
     }
-    let tokenizer = &meta.state.model.tokenizer;
+    let tokenizer = &meta.text.model.tokenizer;
     let (mut completion, mut cached) = (0, 0);
     let mut out = Vec::new();
     for (choice, echo) in all.into_iter().zip(echoes) {
@@ -156,7 +158,7 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
-    state: SharedState,
+    text: Arc<TextService>,
 }
 
 fn chunk(meta: &Meta, choices: Value, usage: Option<Value>) -> SseEvent {
@@ -185,7 +187,7 @@ fn stream(
         .map(|(mut choice, echo)| {
             let (meta, tx) = (std::sync::Arc::clone(&meta), tx.clone());
             tokio::spawn(async move {
-                let tokenizer = &meta.state.model.tokenizer;
+                let tokenizer = &meta.text.model.tokenizer;
                 let index = choice.index;
                 let mut offset = echo.chars().count();
                 let mut pending_text = echo;

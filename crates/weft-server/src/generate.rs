@@ -13,7 +13,7 @@ use weft_engine::generation::{FinishReason, TokenConstraint};
 
 use crate::error::ApiError;
 use crate::params::ChoiceParams;
-use crate::state::AppState;
+use crate::state::{AppState, TextService};
 
 /// Builds a fresh constraint for each choice (each has its own position in the grammar).
 pub type ConstraintFactory = Box<dyn Fn() -> Box<dyn TokenConstraint> + Send + Sync>;
@@ -30,6 +30,7 @@ pub struct Choice {
 /// Aborts the engine request when dropped before its end (client gone, handler cancelled).
 struct AbortOnDrop {
     state: Arc<AppState>,
+    text: Arc<TextService>,
     id: u64,
     done: bool,
 }
@@ -37,7 +38,7 @@ struct AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if !self.done {
-            self.state.engine.abort(self.id);
+            self.text.engine.abort(self.id);
         }
     }
 }
@@ -52,10 +53,11 @@ pub fn submit(
     first_index: usize,
     started: Instant,
 ) -> Result<Vec<Choice>, ApiError> {
+    let text = state.text()?;
     let mut choices = Vec::with_capacity(p.n);
     for i in 0..p.n {
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = state.engine.submit(Request {
+        let id = text.engine.submit(Request {
             prompt: prompt.to_vec(),
             params: p.for_choice(i),
             options: p.options.clone(),
@@ -67,6 +69,7 @@ pub fn submit(
             rx,
             guard: AbortOnDrop {
                 state: Arc::clone(state),
+                text: Arc::clone(text),
                 id,
                 done: false,
             },

@@ -1,7 +1,9 @@
 //! weft's OpenAI-compatible HTTP server: routes, JSON and SSE bodies, errors in OpenAI's
-//! shape, API key, body limit, metrics and graceful shutdown. All model work happens in
-//! `weft-engine`'s engine thread; this crate only translates.
+//! shape, API key, body limit, metrics and graceful shutdown. All text model work happens in
+//! `weft-engine`'s engine thread, speech model work in `weft-audio` on blocking threads; this
+//! crate only translates.
 
+mod audio;
 mod chat;
 mod completions;
 mod error;
@@ -32,9 +34,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
+pub use audio::{AudioConfig, AudioService};
 pub use error::ApiError;
 pub use reasoning::ReasoningParser;
-pub use state::{AppState, ServerConfig, SharedState};
+pub use state::{AppState, ServerConfig, SharedState, TextService};
 
 /// A JSON body whose failures come back in OpenAI's error shape (400 malformed, 413 too
 /// large).
@@ -54,9 +57,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// Routes whose requests are counted by status in /metrics (anything else is `other`).
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 9] = [
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
     "/v1/models",
     "/health",
     "/metrics",
@@ -65,9 +70,24 @@ const ROUTES: [&str; 7] = [
 ];
 
 pub fn router(state: SharedState) -> Router {
+    // Uploads are far bigger than JSON bodies: the audio routes have their own limit.
+    let audio_limit = DefaultBodyLimit::max(
+        state
+            .audio
+            .as_ref()
+            .map_or(state.config.max_body_bytes, |a| a.config().max_upload_bytes),
+    );
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route(
+            "/v1/audio/transcriptions",
+            post(audio::transcriptions).layer(audio_limit),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(audio::translations).layer(audio_limit),
+        )
         .route("/v1/models", get(misc::models))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
@@ -137,21 +157,23 @@ pub async fn serve(
             state.draining.store(true, Ordering::SeqCst);
             tracing::info!(
                 "shutting down: {} requests in flight, grace {:?}",
-                state.engine.in_flight(),
+                state.in_flight(),
                 state.config.shutdown_grace
             );
             let grace = state.config.shutdown_grace;
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + grace;
-                while state.engine.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                while state.in_flight() > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
-                if state.engine.in_flight() > 0 {
-                    tracing::warn!(
-                        "grace period over: aborting {} requests",
-                        state.engine.in_flight()
-                    );
-                    state.engine.abort_all();
+                if state.in_flight() > 0 {
+                    tracing::warn!("grace period over: aborting {} requests", state.in_flight());
+                    if let Some(text) = &state.text {
+                        text.engine.abort_all();
+                    }
+                    if let Some(audio) = &state.audio {
+                        audio.cancel_all();
+                    }
                 }
             });
         }

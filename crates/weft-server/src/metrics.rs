@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use weft_engine::engine::EngineStats;
 
+use crate::audio::AudioService;
+
 /// Bucket upper bounds in seconds: token latencies on a CPU run from milliseconds to seconds.
 const BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
@@ -53,6 +55,9 @@ struct Inner {
     ttft: Histogram,
     itl: Histogram,
     e2e: Histogram,
+    /// Seconds of audio transcribed, and the latency of each transcription.
+    audio_seconds: f64,
+    transcription: Histogram,
 }
 
 #[derive(Default)]
@@ -87,7 +92,22 @@ impl Metrics {
         });
     }
 
-    pub fn render(&self, engine: &EngineStats, model: &str) -> String {
+    /// One finished transcription of `audio_secs` of audio that took `secs` from arrival.
+    pub fn transcribed(&self, audio_secs: f64, secs: f64) {
+        self.with(|m| {
+            m.audio_seconds += audio_secs;
+            m.transcription.observe(secs);
+        });
+    }
+
+    /// Engine gauges when a text model is served, transcription gauges when a speech model
+    /// is, then the HTTP counters and histograms.
+    pub fn render(
+        &self,
+        engine: Option<&EngineStats>,
+        audio: Option<&AudioService>,
+        model: &str,
+    ) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: f64| {
             let _ = writeln!(
@@ -95,89 +115,25 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {v}"
             );
         };
-        let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
-        let load64 = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        gauge(
-            &mut out,
-            "weft_num_requests_running",
-            "gauge",
-            "Sequences in the running batch.",
-            load(&engine.running),
-        );
-        gauge(
-            &mut out,
-            "weft_num_requests_waiting",
-            "gauge",
-            "Sequences waiting for a slot.",
-            load(&engine.waiting),
-        );
-        gauge(
-            &mut out,
-            "weft_kv_cache_blocks_total",
-            "gauge",
-            "KV cache blocks (16 tokens each).",
-            load(&engine.kv_blocks_total),
-        );
-        gauge(
-            &mut out,
-            "weft_kv_cache_blocks_used",
-            "gauge",
-            "KV cache blocks held by sequences.",
-            load(&engine.kv_blocks_used),
-        );
-        gauge(
-            &mut out,
-            "weft_kv_cache_blocks_cached",
-            "gauge",
-            "KV cache blocks holding a reusable prefix (in use or free).",
-            load(&engine.kv_blocks_cached),
-        );
-        let (queried, hit) = (
-            load64(&engine.prefix_queried_tokens),
-            load64(&engine.prefix_hit_tokens),
-        );
-        gauge(
-            &mut out,
-            "weft_prefix_cache_queries_total",
-            "counter",
-            "Prompt tokens looked up in the prefix cache.",
-            queried,
-        );
-        gauge(
-            &mut out,
-            "weft_prefix_cache_hits_total",
-            "counter",
-            "Prompt tokens found in the prefix cache.",
-            hit,
-        );
-        gauge(
-            &mut out,
-            "weft_prefix_cache_hit_rate",
-            "gauge",
-            "Prefix cache hits / queries (tokens) since start.",
-            if queried > 0.0 { hit / queried } else { 0.0 },
-        );
-        gauge(
-            &mut out,
-            "weft_num_preemptions_total",
-            "counter",
-            "Sequences preempted (recomputed later) for lack of KV blocks.",
-            load64(&engine.preemptions),
-        );
-        gauge(
-            &mut out,
-            "weft_requests_aborted_total",
-            "counter",
-            "Sequences aborted (client gone or shutdown).",
-            load64(&engine.aborted),
-        );
-        gauge(
-            &mut out,
-            "weft_engine_steps_total",
-            "counter",
-            "Batched forward passes.",
-            load64(&engine.steps),
-        );
+        if let Some(engine) = engine {
+            render_engine(&mut out, engine, &gauge);
+        }
+        if let Some(audio) = audio {
+            gauge(
+                &mut out,
+                "weft_audio_requests_running",
+                "gauge",
+                "Transcriptions running.",
+                audio.running() as f64,
+            );
+            gauge(
+                &mut out,
+                "weft_audio_requests_waiting",
+                "gauge",
+                "Transcriptions waiting for their turn.",
+                audio.waiting() as f64,
+            );
+        }
         self.with(|m| {
             let _ = writeln!(out, "# HELP weft_http_requests_total HTTP requests by route and status code.\n# TYPE weft_http_requests_total counter");
             for ((route, status), n) in &m.requests {
@@ -192,7 +148,102 @@ impl Metrics {
             m.ttft.render(&mut out, "weft_time_to_first_token_seconds", "Time from request arrival to the first generated token.");
             m.itl.render(&mut out, "weft_inter_token_latency_seconds", "Time between successive tokens of one generation.");
             m.e2e.render(&mut out, "weft_e2e_request_latency_seconds", "Time from request arrival to the end of a generation.");
+            if audio.is_some() {
+                gauge(&mut out, "weft_audio_seconds_total", "counter", "Seconds of audio transcribed.", m.audio_seconds);
+                m.transcription.render(&mut out, "weft_transcription_latency_seconds", "Time from request arrival to the end of a transcription.");
+            }
         });
         out
     }
+}
+
+/// The engine's live gauges and counters.
+fn render_engine(
+    out: &mut String,
+    engine: &EngineStats,
+    gauge: &impl Fn(&mut String, &str, &str, &str, f64),
+) {
+    let load = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
+    let load64 = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    gauge(
+        out,
+        "weft_num_requests_running",
+        "gauge",
+        "Sequences in the running batch.",
+        load(&engine.running),
+    );
+    gauge(
+        out,
+        "weft_num_requests_waiting",
+        "gauge",
+        "Sequences waiting for a slot.",
+        load(&engine.waiting),
+    );
+    gauge(
+        out,
+        "weft_kv_cache_blocks_total",
+        "gauge",
+        "KV cache blocks (16 tokens each).",
+        load(&engine.kv_blocks_total),
+    );
+    gauge(
+        out,
+        "weft_kv_cache_blocks_used",
+        "gauge",
+        "KV cache blocks held by sequences.",
+        load(&engine.kv_blocks_used),
+    );
+    gauge(
+        out,
+        "weft_kv_cache_blocks_cached",
+        "gauge",
+        "KV cache blocks holding a reusable prefix (in use or free).",
+        load(&engine.kv_blocks_cached),
+    );
+    let (queried, hit) = (
+        load64(&engine.prefix_queried_tokens),
+        load64(&engine.prefix_hit_tokens),
+    );
+    gauge(
+        out,
+        "weft_prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+        queried,
+    );
+    gauge(
+        out,
+        "weft_prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in the prefix cache.",
+        hit,
+    );
+    gauge(
+        out,
+        "weft_prefix_cache_hit_rate",
+        "gauge",
+        "Prefix cache hits / queries (tokens) since start.",
+        if queried > 0.0 { hit / queried } else { 0.0 },
+    );
+    gauge(
+        out,
+        "weft_num_preemptions_total",
+        "counter",
+        "Sequences preempted (recomputed later) for lack of KV blocks.",
+        load64(&engine.preemptions),
+    );
+    gauge(
+        out,
+        "weft_requests_aborted_total",
+        "counter",
+        "Sequences aborted (client gone or shutdown).",
+        load64(&engine.aborted),
+    );
+    gauge(
+        out,
+        "weft_engine_steps_total",
+        "counter",
+        "Batched forward passes.",
+        load64(&engine.steps),
+    );
 }

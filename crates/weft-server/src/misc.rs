@@ -14,22 +14,32 @@ use crate::prompt::chat_prompt;
 use crate::state::SharedState;
 use crate::ApiJson;
 
+/// Every served name: the text model's, then the speech model's.
 pub async fn models(State(state): State<SharedState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .config
-        .served_model_names
-        .iter()
-        .map(|name| {
+    let mut data: Vec<Value> = Vec::new();
+    if let Some(text) = &state.text {
+        data.extend(state.config.served_model_names.iter().map(|name| {
             json!({
                 "id": name,
                 "object": "model",
                 "created": state.created,
                 "owned_by": "weft",
-                "root": state.model.name(),
-                "max_model_len": state.max_model_len(),
+                "root": text.model.name(),
+                "max_model_len": text.max_model_len(),
             })
-        })
-        .collect();
+        }));
+    }
+    if let Some(audio) = &state.audio {
+        data.extend(audio.names().iter().map(|name| {
+            json!({
+                "id": name,
+                "object": "model",
+                "created": state.created,
+                "owned_by": "weft",
+                "root": audio.name(),
+            })
+        }));
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -45,9 +55,11 @@ pub async fn health(State(state): State<SharedState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<SharedState>) -> Response {
-    let text = state
-        .metrics
-        .render(state.engine.stats(), state.model_name());
+    let text = state.metrics.render(
+        state.text.as_ref().map(|t| t.engine.stats()),
+        state.audio.as_deref(),
+        state.model_name(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -64,14 +76,19 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
+    let model = state.text()?;
     let tokens = match (req.prompt, req.messages) {
-        (Some(text), None) => state
+        (Some(text), None) => model
             .model
             .tokenizer
             .encode(&text, req.add_special_tokens, false),
-        (None, Some(messages)) => {
-            chat_prompt(&state, &messages, None, None, req.add_generation_prompt)?
-        }
+        (None, Some(messages)) => chat_prompt(
+            &model.model,
+            &messages,
+            None,
+            None,
+            req.add_generation_prompt,
+        )?,
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of `prompt` and `messages`",
@@ -80,7 +97,7 @@ pub async fn tokenize(
     };
     Ok(Json(json!({
         "count": tokens.len(),
-        "max_model_len": state.max_model_len(),
+        "max_model_len": model.max_model_len(),
         "tokens": tokens,
     })))
 }
@@ -90,7 +107,8 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
-    let vocab = state.model.tokenizer.vocab_size();
+    let tokenizer = &state.text()?.model.tokenizer;
+    let vocab = tokenizer.vocab_size();
     if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid(
             "tokens",
@@ -98,6 +116,6 @@ pub async fn detokenize(
         ));
     }
     Ok(Json(
-        json!({"prompt": state.model.tokenizer.decode(&req.tokens, false)}),
+        json!({"prompt": tokenizer.decode(&req.tokens, false)}),
     ))
 }

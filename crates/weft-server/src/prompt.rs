@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 use weft_models::chat_template::RenderOptions;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use weft_models::TextModel;
 
 /// Checks one message and rewrites it into what chat templates expect: `content` as a
 /// string, `tool_calls[].function.arguments` as an object (transformers' convention).
@@ -85,7 +85,7 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
 
 /// Renders the conversation with the model's template and tokenizes it.
 pub fn chat_prompt(
-    state: &AppState,
+    model: &TextModel,
     messages: &[Value],
     tools: Option<&[Value]>,
     extra: Option<&Map<String, Value>>,
@@ -94,7 +94,7 @@ pub fn chat_prompt(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let template = state.model.chat_template.as_ref().ok_or_else(|| {
+    let template = model.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template (a base model): use /v1/completions")
     })?;
     let messages = messages
@@ -111,13 +111,13 @@ pub fn chat_prompt(
     let text = template
         .render_with(&messages, &options)
         .map_err(|e| ApiError::bad_request(format!("chat template: {}", e.message())))?;
-    Ok(encode_prompt(state, &text))
+    Ok(encode_prompt(model, &text))
 }
 
 /// Tokenizes rendered template text: special-token text is parsed, and a BOS that the
 /// template wrote itself is not doubled.
-pub fn encode_prompt(state: &AppState, text: &str) -> Vec<u32> {
-    let tokenizer = &state.model.tokenizer;
+pub fn encode_prompt(model: &TextModel, text: &str) -> Vec<u32> {
+    let tokenizer = &model.tokenizer;
     let mut tokens = tokenizer.encode(text, true, true);
     if let Some(bos) = tokenizer.bos() {
         if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {

@@ -1,5 +1,7 @@
-//! What every handler shares: the engine, the model (tokenizer, template), settings and
-//! metrics.
+//! What every handler shares: the text model with its engine and/or the speech model,
+//! settings and metrics. Either model may be absent (`weft serve whisper-base` serves audio
+//! only), so text handlers reach theirs through `AppState::text`, which answers 404 when none
+//! is loaded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,14 +12,15 @@ use weft_engine::constrained::VocabIndex;
 use weft_engine::engine::EngineHandle;
 use weft_models::TextModel;
 
+use crate::audio::AudioService;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Names clients may use in `model`; the first is reported (vLLM's
-    /// `--served-model-name`).
+    /// Names clients may use in `model` for the text model; the first is reported (vLLM's
+    /// `--served-model-name`). Empty when only a speech model is served.
     pub served_model_names: Vec<String>,
     /// Bearer token required on the API routes when set.
     pub api_key: Option<String>,
@@ -28,28 +31,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
-pub struct AppState {
+/// The text model and the engine thread that runs it.
+pub struct TextService {
     pub engine: EngineHandle,
     pub model: Arc<TextModel>,
-    pub config: ServerConfig,
-    pub metrics: Metrics,
-    /// Set on shutdown: new generations are refused with 503.
-    pub draining: AtomicBool,
-    /// Unix time the server started (`created` of the model card).
-    pub created: u64,
     /// The vocabulary as byte strings for constrained decoding, built on first use.
     vocab: OnceLock<Arc<VocabIndex>>,
 }
 
-impl AppState {
-    pub fn new(engine: EngineHandle, model: Arc<TextModel>, config: ServerConfig) -> AppState {
-        AppState {
+impl TextService {
+    pub fn new(engine: EngineHandle, model: Arc<TextModel>) -> TextService {
+        TextService {
             engine,
             model,
-            config,
-            metrics: Metrics::default(),
-            draining: AtomicBool::new(false),
-            created: unix_now(),
             vocab: OnceLock::new(),
         }
     }
@@ -61,12 +55,79 @@ impl AppState {
         )
     }
 
-    pub fn model_name(&self) -> &str {
-        &self.config.served_model_names[0]
+    pub fn max_model_len(&self) -> usize {
+        self.engine.config().max_model_len
+    }
+}
+
+pub struct AppState {
+    pub text: Option<Arc<TextService>>,
+    pub audio: Option<Arc<AudioService>>,
+    pub config: ServerConfig,
+    pub metrics: Metrics,
+    /// Set on shutdown: new generations are refused with 503.
+    pub draining: AtomicBool,
+    /// Unix time the server started (`created` of the model card).
+    pub created: u64,
+}
+
+impl AppState {
+    /// A server for a text model.
+    pub fn new(engine: EngineHandle, model: Arc<TextModel>, config: ServerConfig) -> AppState {
+        AppState {
+            text: Some(Arc::new(TextService::new(engine, model))),
+            audio: None,
+            config,
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+            created: unix_now(),
+        }
     }
 
-    /// 404 unless `requested` is one of the served names (a missing name means the default).
+    /// A server for a speech model alone (`config.served_model_names` is ignored).
+    pub fn audio_only(audio: AudioService, config: ServerConfig) -> AppState {
+        AppState {
+            text: None,
+            audio: Some(Arc::new(audio)),
+            config: ServerConfig {
+                served_model_names: Vec::new(),
+                ..config
+            },
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+            created: unix_now(),
+        }
+    }
+
+    /// Adds a speech model next to the text model.
+    pub fn with_audio(mut self, audio: AudioService) -> AppState {
+        self.audio = Some(Arc::new(audio));
+        self
+    }
+
+    /// The text model, or 404 on a server that only transcribes.
+    pub fn text(&self) -> Result<&Arc<TextService>, ApiError> {
+        self.text.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this server has no text model loaded (it serves /v1/audio routes only)",
+            )
+        })
+    }
+
+    /// The name the server is known by: the text model's first name, else the speech model's.
+    pub fn model_name(&self) -> &str {
+        match (self.config.served_model_names.first(), &self.audio) {
+            (Some(name), _) => name,
+            (None, Some(audio)) => audio.name(),
+            (None, None) => "none",
+        }
+    }
+
+    /// 404 unless `requested` is one of the text model's names (a missing name means the
+    /// default).
     pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        self.text()?;
         match requested {
             None => Ok(()),
             Some(name) if self.config.served_model_names.iter().any(|n| n == name) => Ok(()),
@@ -89,8 +150,11 @@ impl AppState {
         Ok(())
     }
 
-    pub fn max_model_len(&self) -> usize {
-        self.engine.config().max_model_len
+    /// Requests still being worked on: generations in the engine plus transcriptions
+    /// running or waiting for their turn.
+    pub fn in_flight(&self) -> usize {
+        self.text.as_ref().map_or(0, |t| t.engine.in_flight())
+            + self.audio.as_ref().map_or(0, |a| a.in_flight())
     }
 }
 

@@ -9,7 +9,7 @@ use weft_engine::constrained::{JsonConstraint, JsonGrammar};
 use crate::error::ApiError;
 use crate::generate::ConstraintFactory;
 use crate::shaper::ToolMode;
-use crate::state::AppState;
+use crate::state::TextService;
 
 /// The tools of a chat request, checked.
 pub struct Tools {
@@ -158,7 +158,7 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<JsonGrammar>, Ap
 
 /// A forced tool call wins over `response_format` (as in vLLM).
 pub fn constraint(
-    state: &Arc<AppState>,
+    text: &TextService,
     tools: Option<Tools>,
     format: Option<&Value>,
 ) -> Result<Option<ConstraintFactory>, ApiError> {
@@ -168,7 +168,7 @@ pub fn constraint(
     };
     Ok(grammar.map(|g| {
         let grammar = Arc::new(g);
-        let vocab = state.vocab_index();
+        let vocab = text.vocab_index();
         Box::new(move || {
             Box::new(JsonConstraint::new(
                 Arc::clone(&grammar),

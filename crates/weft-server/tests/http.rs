@@ -519,7 +519,7 @@ async fn a_client_that_disconnects_aborts_and_frees_blocks() {
         }
     }
     assert!(freed, "the aborted request's blocks were not freed");
-    assert_eq!(s.state.engine.in_flight(), 0);
+    assert_eq!(s.state.in_flight(), 0);
     s.shutdown().await;
 }
 
@@ -535,7 +535,7 @@ async fn shutdown_finishes_in_flight_requests_then_aborts_after_the_grace_period
         .send();
     let pending = tokio::spawn(pending);
     // Shut down once the request runs.
-    while s.state.engine.in_flight() == 0 {
+    while s.state.in_flight() == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let base = s.base.clone();

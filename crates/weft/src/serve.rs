@@ -1,21 +1,42 @@
-//! `weft serve`: the OpenAI-compatible HTTP server.
+//! `weft serve`: the OpenAI-compatible HTTP server, for a text model, a Whisper model, or
+//! both (`weft serve CHAT_MODEL --audio-model whisper-base`).
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use weft_audio::{Transcriber, Whisper};
 use weft_engine::engine::{EngineConfig, EngineHandle};
-use weft_server::{AppState, ReasoningParser, ServerConfig};
+use weft_server::{AppState, AudioConfig, AudioService, ReasoningParser, ServerConfig};
 
 use crate::pull::DEFAULT_MODEL;
 use crate::{load_model, ThreadArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Packaged model name or path to a .gguf file.
+    /// Packaged model name or path: a .gguf file (chat and completions), or a Whisper model
+    /// (whisper-base, a CTranslate2 directory or its model.bin, a Hugging Face directory) to
+    /// serve /v1/audio/transcriptions and /v1/audio/translations alone.
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
+    /// A Whisper model served next to the text model, under its packaged or directory name.
+    #[arg(long)]
+    audio_model: Option<String>,
+    /// Largest audio upload in bytes (413 beyond; OpenAI allows 25 MB).
+    #[arg(long, default_value_t = 25 << 20)]
+    max_audio_bytes: usize,
+    /// Longest recording accepted, in seconds (400 beyond).
+    #[arg(long, default_value_t = 3600.0)]
+    max_audio_seconds: f64,
+    /// Transcriptions run at once (each uses every thread); the rest wait their turn.
+    #[arg(long, default_value_t = 1)]
+    max_concurrent_transcriptions: usize,
+    /// Beams of Whisper's beam search (1 = greedy, faster on a small CPU).
+    #[arg(long, default_value_t = 5)]
+    audio_beam_size: usize,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8000)]
@@ -66,6 +87,49 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             None => bail!("unknown --reasoning-parser {name} (qwen3, deepseek_r1)"),
         },
     };
+    let api_key = args.api_key.clone().filter(|k| !k.is_empty());
+    let config = |names: Vec<String>| ServerConfig {
+        served_model_names: names,
+        api_key: api_key.clone(),
+        max_body_bytes: args.max_body_bytes,
+        reasoning_parser,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let names = |spec: &str, id: fn(&str) -> String| {
+        if args.served_model_name.is_empty() {
+            vec![id(spec)]
+        } else {
+            args.served_model_name.clone()
+        }
+    };
+    let first = crate::transcribe::resolve(&args.model)?;
+    let state = if is_whisper(&first)? {
+        if args.audio_model.is_some() {
+            bail!("MODEL is a Whisper model already: give a .gguf chat model with --audio-model");
+        }
+        let audio = audio_service(args, &first, names(&args.model, audio_model_id))?;
+        AppState::audio_only(audio, config(Vec::new()))
+    } else {
+        let text = text_state(args, config(names(&args.model, model_id)))?;
+        match &args.audio_model {
+            None => text,
+            Some(spec) => {
+                let path = crate::transcribe::resolve(spec)?;
+                if !is_whisper(&path)? {
+                    bail!("--audio-model {spec} is not a Whisper model");
+                }
+                text.with_audio(audio_service(args, &path, vec![audio_model_id(spec)])?)
+            }
+        }
+    };
+    weft_server::run(&format!("{}:{}", args.host, args.port), Arc::new(state))
+        .context("serving HTTP")?;
+    eprintln!("weft: stopped");
+    Ok(())
+}
+
+/// Loads the text model and starts its engine.
+fn text_state(args: &ServeArgs, config: ServerConfig) -> Result<AppState> {
     let model = Arc::new(load_model(&args.model)?);
     let max_model_len = args
         .max_model_len
@@ -83,21 +147,58 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         },
     )
     .context("starting the engine")?;
-    let mut names = args.served_model_name.clone();
-    if names.is_empty() {
-        names.push(model_id(&args.model));
+    Ok(AppState::new(engine, model, config))
+}
+
+/// Loads a Whisper model for the audio routes.
+fn audio_service(args: &ServeArgs, path: &Path, names: Vec<String>) -> Result<AudioService> {
+    let t0 = Instant::now();
+    let model = Whisper::load(path).with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!(
+        "loaded whisper ({} layers, d={}) in {:.2}s",
+        model.config.encoder_layers,
+        model.config.d_model,
+        t0.elapsed().as_secs_f64()
+    );
+    if args.max_concurrent_transcriptions == 0 || args.audio_beam_size == 0 {
+        bail!("--max-concurrent-transcriptions and --audio-beam-size must be at least 1");
     }
-    let config = ServerConfig {
-        served_model_names: names,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        max_body_bytes: args.max_body_bytes,
-        reasoning_parser,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    Ok(AudioService::new(
+        Transcriber::new(model, args.threads.get()),
+        AudioConfig {
+            served_model_names: names,
+            max_upload_bytes: args.max_audio_bytes,
+            max_audio_seconds: args.max_audio_seconds,
+            max_concurrent: args.max_concurrent_transcriptions,
+            beam_size: args.audio_beam_size,
+        },
+    ))
+}
+
+/// A directory or any file that is not GGUF (CTranslate2's model.bin, safetensors) is taken
+/// for a Whisper model; its loader says what is wrong with it if it is not one.
+fn is_whisper(path: &Path) -> Result<bool> {
+    if path.is_dir() {
+        return Ok(true);
+    }
+    let mut magic = [0u8; 4];
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let n = file.read(&mut magic).unwrap_or(0);
+    Ok(!(n == 4 && &magic == b"GGUF"))
+}
+
+/// The default served name of a Whisper model: a packaged name as given, else the name of
+/// the model's directory (`/models/whisper-small/model.bin` -> `whisper-small`).
+fn audio_model_id(spec: &str) -> String {
+    let path = Path::new(spec);
+    let dir = if path.is_file() {
+        path.parent()
+    } else {
+        Some(path)
     };
-    let state = Arc::new(AppState::new(engine, model, config));
-    weft_server::run(&format!("{}:{}", args.host, args.port), state).context("serving HTTP")?;
-    eprintln!("weft: stopped");
-    Ok(())
+    dir.and_then(|d| d.file_name())
+        .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned())
 }
 
 /// The default served name: a packaged name as given, a path's file stem.

@@ -46,7 +46,7 @@ pub struct TranscribeArgs {
 }
 
 /// A Whisper model path: an existing file or directory as given, else a packaged name.
-fn resolve(spec: &str) -> Result<PathBuf> {
+pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.exists() {
         return Ok(path.to_path_buf());
