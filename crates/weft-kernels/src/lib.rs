@@ -3,6 +3,7 @@
 //! they run on. Nothing here knows about models.
 
 pub mod attention;
+pub mod interleaved;
 pub mod matmul;
 pub mod ops;
 pub mod packed;

@@ -243,8 +243,12 @@ unsafe fn tile<K: BlockKernel, const R: usize, const T: usize>(
         for r in 0..R {
             let wo = r * wrow + b * K::WB;
             // Decode streams the weights from memory once: ask for the lines a few tiles ahead
-            // (possibly past this tile's rows, which is harmless for a prefetch).
-            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(wo + PREFETCH_AHEAD).cast());
+            // (possibly past this tile's rows, which is harmless for a prefetch), every line of
+            // the block, since a K-quant block spans several.
+            for off in (0..K::WB).step_by(64) {
+                let ahead = w.as_ptr().wrapping_add(wo + PREFETCH_AHEAD + off);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
             // SAFETY: the caller guarantees the CPU features and whole blocks.
             let decoded = unsafe { K::prepare(&w[wo..wo + K::WB]) };
             for t in 0..T {

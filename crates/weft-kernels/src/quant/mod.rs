@@ -276,13 +276,13 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 
 /// The f32 scale of one activation block, converted once per activation row so that tiles do
 /// not convert it again for every weight row: `d` (Q8_0, Q8_1, Q8_K) and, for Q8_1, the stored
-/// `s = d * sum(qs)` (an f16, what ggml's Q4_1 / Q5_1 dots use) and the same product unrounded
-/// (`sum`, for weights whose offset ggml applies in exact integers).
+/// `s = d * sum(qs)` (an f16, what ggml's Q4_1 / Q5_1 dots use); and for Q8_0 and Q8_1 the
+/// exact `qsum = sum(qs)`, for weights whose offset ggml applies in integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ActScale {
     pub d: f32,
     pub s: f32,
-    pub sum: f32,
+    pub qsum: i32,
 }
 
 /// The [`ActScale`] of every block of one activation row of dot type `ty`.
@@ -290,17 +290,20 @@ pub fn act_scales(ty: GgmlType, x: &[u8], out: &mut [ActScale]) {
     let blocks = x.chunks_exact(ty.block_bytes());
     for (block, o) in blocks.zip(out.iter_mut()) {
         *o = match ty {
-            GgmlType::Q8_0 => ActScale {
-                d: layout::f16_at(block, 0),
-                ..ActScale::default()
-            },
+            GgmlType::Q8_0 => {
+                let d = layout::f16_at(block, 0);
+                ActScale {
+                    d,
+                    s: 0.0,
+                    qsum: quant_sum(&block[2..]),
+                }
+            }
             GgmlType::Q8_1 => {
                 let d = layout::f16_at(block, 0);
-                let qs = &block[4..];
                 ActScale {
                     d,
                     s: layout::f16_at(block, 2),
-                    sum: d * qs.iter().map(|&q| q as i8 as i32).sum::<i32>() as f32,
+                    qsum: quant_sum(&block[4..]),
                 }
             }
             GgmlType::Q8_K => ActScale {
@@ -310,6 +313,11 @@ pub fn act_scales(ty: GgmlType, x: &[u8], out: &mut [ActScale]) {
             _ => ActScale::default(),
         };
     }
+}
+
+/// The sum of signed 8-bit quants.
+fn quant_sum(qs: &[u8]) -> i32 {
+    qs.iter().map(|&q| q as i8 as i32).sum()
 }
 
 /// Most weight rows and most activation rows in one [`dot_tile`].

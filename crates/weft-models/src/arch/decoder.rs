@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial, MAX_ROWS};
+use weft_kernels::interleaved::{matmul_interleaved, InterleavedMatrix};
 use weft_kernels::matmul::{matmul_quantized, QMatrix, QuantizedActs};
 use weft_kernels::ops;
 use weft_kernels::packed::{self, matmul_packed, PackedMatrix};
@@ -17,8 +18,9 @@ use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ModelError;
 
-/// A weight matrix that stays in the memory-mapped file, plus its prefill layout, built from
-/// the file on the first batch large enough to use it.
+/// A weight matrix in the memory-mapped file (the source of truth), plus the layouts the
+/// kernels build from it on first use: packed for prefill, interleaved for decode (each `None`
+/// when the type has no such layout, and the file's blocks are read instead).
 #[derive(Clone)]
 struct Mat {
     ty: GgmlType,
@@ -26,6 +28,7 @@ struct Mat {
     cols: usize,
     info: TensorInfo,
     packed: OnceLock<Option<PackedMatrix>>,
+    interleaved: OnceLock<Option<InterleavedMatrix>>,
 }
 
 struct Layer {
@@ -327,6 +330,14 @@ impl Decoder {
                 matmul_packed(pool, p, acts, out);
                 return;
             }
+        }
+        let interleaved = m
+            .interleaved
+            .get_or_init(|| InterleavedMatrix::pack(pool, &self.mat(m)));
+        if let Some(w) = interleaved {
+            let acts = xq.get(pool, w.dot_type(), x, m.cols);
+            matmul_interleaved(pool, w, acts, out);
+            return;
         }
         let acts = xq.get(pool, m.ty.dot_type(), x, m.cols);
         matmul_quantized(pool, &self.mat(m), acts, out);
@@ -633,6 +644,7 @@ impl Loader<'_> {
             cols,
             info: info.clone(),
             packed: OnceLock::new(),
+            interleaved: OnceLock::new(),
         })
     }
 

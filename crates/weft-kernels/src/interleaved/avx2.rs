@@ -1,0 +1,245 @@
+//! The AVX2 group kernels: eight interleaved rows by up to three tokens, one 32-element block
+//! at a time (layouts in the parent module's comment).
+
+use std::arch::x86_64::*;
+
+use super::{Acts, Encoding, GROUP_ROWS};
+use crate::quant::QK;
+
+/// How far ahead of the current block the kernels prefetch: decode streams the weights once.
+const PREFETCH_AHEAD: usize = 4096;
+
+/// [`super::group_tile`] for `out.len()` in 1..=[`super::TOKENS_MAX`].
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+pub(super) unsafe fn group_tile(
+    encoding: Encoding,
+    group: &[u8],
+    acts: &Acts<'_>,
+    out: &mut [[f32; GROUP_ROWS]],
+) {
+    assert!(group.len() >= acts.blocks * encoding.block_bytes());
+    assert!(acts.x.len() >= out.len() * acts.blocks * acts.xblock);
+    assert!(acts.xs.len() >= out.len() * acts.blocks);
+    assert!(acts.xblock >= QK);
+    macro_rules! run {
+        ($kernel:ident) => {
+            // SAFETY (each arm): the CPU features are guaranteed by the caller, the sizes were
+            // checked above.
+            match out.len() {
+                1 => unsafe { $kernel::<1>(group, acts, out) },
+                2 => unsafe { $kernel::<2>(group, acts, out) },
+                3 => unsafe { $kernel::<3>(group, acts, out) },
+                n => unreachable!("{n} tokens in one group tile"),
+            }
+        };
+    }
+    match encoding {
+        Encoding::Q8_0 => run!(q8_0),
+        Encoding::Q4_1 => run!(q4_1),
+        Encoding::Q5_0 => run!(q5_0),
+    }
+}
+
+/// Asks for the cache lines [`PREFETCH_AHEAD`] bytes past the `len` bytes at `block`: every
+/// line, since a group block spans several.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(block: *const u8, len: usize) {
+    for off in (0..len).step_by(64) {
+        // A prefetch may point past the buffer: it never faults.
+        _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + off).cast());
+    }
+}
+
+/// Four activation bytes of token `t`'s block `b`, at byte `4k` of its quants, broadcast to
+/// every row's lane.
+///
+/// # Safety
+/// The CPU must support AVX2; the block must be in bounds (checked by [`group_tile`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn x4(acts: &Acts<'_>, t: usize, b: usize, k: usize) -> __m256i {
+    let at = acts.quants_at(t, b) + 4 * k;
+    // SAFETY: `k < 8` keeps the read inside the block's quants; unaligned reads are allowed.
+    unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(acts.x.as_ptr().add(at).cast())) }
+}
+
+/// Eight f16 scales at `p` as f32 lanes.
+///
+/// # Safety
+/// The CPU must support F16C; `p` must point at 16 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales8(p: *const u8) -> __m256 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+}
+
+/// # Safety
+/// As [`group_tile`], with `out.len() == T` and the encoding Q8_0.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
+    let bb = Encoding::Q8_0.block_bytes();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..acts.blocks {
+        // SAFETY: block `b` is in bounds (checked by the caller); the prefetch may point past
+        // the group, which is harmless.
+        let block = unsafe { group.as_ptr().add(b * bb) };
+        prefetch(block, bb);
+        // SAFETY: 256 quant bytes then 8 f16 scales, inside the block; no alignment needed.
+        let (w, d) = unsafe {
+            let w: [__m256i; QK / 4] =
+                std::array::from_fn(|k| _mm256_loadu_si256(block.add(32 * k).cast()));
+            (w, scales8(block.add(GROUP_ROWS * QK)))
+        };
+        let abs: [__m256i; QK / 4] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // |w| times x with w's sign; one product pair already nears the i16 limit, so each
+            // is widened to i32 before summing.
+            let mut isum = _mm256_setzero_si256();
+            for k in 0..QK / 4 {
+                // SAFETY: as `x4` requires.
+                let x = _mm256_sign_epi8(unsafe { x4(acts, t, b, k) }, w[k]);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs[k], x), ones);
+                isum = _mm256_add_epi32(isum, p);
+            }
+            let xd = acts.xs[t * acts.blocks + b].d;
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(xd));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+        }
+    }
+    store(acc, out);
+}
+
+/// # Safety
+/// As [`group_tile`], with `out.len() == T` and the encoding Q4_1.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
+    let bb = Encoding::Q4_1.block_bytes();
+    let q = Encoding::Q4_1.quant_bytes();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..acts.blocks {
+        // SAFETY: as in `q8_0`.
+        let block = unsafe { group.as_ptr().add(b * bb) };
+        prefetch(block, bb);
+        // SAFETY: 128 quant bytes then 8 f16 d and 8 f16 m, inside the block.
+        let (w, d, m) = unsafe {
+            (
+                nibble_lanes(block),
+                scales8(block.add(q)),
+                scales8(block.add(q + 2 * GROUP_ROWS)),
+            )
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // Eight products of quants <= 15 and |x| <= 127 per i16 lane stay below 2^15.
+            let mut p = _mm256_setzero_si256();
+            for (k, &wk) in w.iter().enumerate() {
+                // SAFETY: as `x4` requires.
+                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(wk, unsafe { x4(acts, t, b, k) }));
+            }
+            let isum = _mm256_madd_epi16(p, ones);
+            let s = acts.xs[t * acts.blocks + b];
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(s.s), *acc);
+        }
+    }
+    store(acc, out);
+}
+
+/// The eight quant lanes of a Q4_1 / Q5_0 block from its 128 nibble bytes: lanes 0..4 from the
+/// low nibbles, 4..8 from the high ones.
+///
+/// # Safety
+/// The CPU must support AVX2; `block` must point at 128 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibble_lanes(block: *const u8) -> [__m256i; QK / 4] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    // SAFETY: guaranteed by the caller; no alignment needed.
+    let v: [__m256i; QK / 8] =
+        std::array::from_fn(|k| unsafe { _mm256_loadu_si256(block.add(32 * k).cast()) });
+    std::array::from_fn(|k| {
+        if k < 4 {
+            _mm256_and_si256(v[k], m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v[k - 4]), m4)
+        }
+    })
+}
+
+/// # Safety
+/// As [`group_tile`], with `out.len() == T` and the encoding Q5_0.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
+    let bb = Encoding::Q5_0.block_bytes();
+    let q = Encoding::Q5_0.quant_bytes();
+    let ones = _mm256_set1_epi16(1);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..acts.blocks {
+        // SAFETY: as in `q8_0`.
+        let block = unsafe { group.as_ptr().add(b * bb) };
+        prefetch(block, bb);
+        // SAFETY: 128 nibble bytes, 32 bytes of fifth bits, 8 f16 d, inside the block.
+        let (nibbles, bits, d) = unsafe {
+            (
+                nibble_lanes(block),
+                _mm256_loadu_si256(block.add(GROUP_ROWS * QK / 2).cast()),
+                scales8(block.add(q)),
+            )
+        };
+        // Bit k of each byte moved to bit 4. The 16-bit shifts cannot carry another byte's bit
+        // there: that would need a shift of at least 5 left or 4 right.
+        let high = |k: usize| {
+            let moved = match k {
+                0 => _mm256_slli_epi16::<4>(bits),
+                1 => _mm256_slli_epi16::<3>(bits),
+                2 => _mm256_slli_epi16::<2>(bits),
+                3 => _mm256_slli_epi16::<1>(bits),
+                4 => bits,
+                5 => _mm256_srli_epi16::<1>(bits),
+                6 => _mm256_srli_epi16::<2>(bits),
+                _ => _mm256_srli_epi16::<3>(bits),
+            };
+            _mm256_and_si256(moved, bit4)
+        };
+        let w: [__m256i; QK / 4] = std::array::from_fn(|k| _mm256_or_si256(nibbles[k], high(k)));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // Quants <= 31 times |x| <= 127: four product pairs per i16 lane stay below 2^15.
+            let half = |h: usize| {
+                // SAFETY: as `x4` requires.
+                let p = |k: usize| {
+                    _mm256_maddubs_epi16(w[4 * h + k], unsafe { x4(acts, t, b, 4 * h + k) })
+                };
+                let s =
+                    _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
+                _mm256_madd_epi16(s, ones)
+            };
+            let s = acts.xs[t * acts.blocks + b];
+            // Σ (u - 16) x = Σ u x - 16 Σ x, exactly.
+            let isum = _mm256_sub_epi32(
+                _mm256_add_epi32(half(0), half(1)),
+                _mm256_set1_epi32(16 * s.qsum),
+            );
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+        }
+    }
+    store(acc, out);
+}
+
+/// # Safety
+/// The CPU must support AVX.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store<const T: usize>(acc: [__m256; T], out: &mut [[f32; GROUP_ROWS]]) {
+    for (o, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 8 writable floats; no alignment requirement.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc) };
+    }
+}
