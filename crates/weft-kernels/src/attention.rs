@@ -286,7 +286,6 @@ mod simd {
 
         use half::f16;
 
-        use super::super::MAX_ROWS;
         use super::{C, EXP_MIN, LN2_HI, LN2_LO};
 
         /// 8 f16 at `v[i..i + 8]` as f32.
@@ -327,11 +326,35 @@ mod simd {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn scores(q: &[f32], k: &[f16], out: &mut [f32]) {
             let hd = k.len();
-            let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+            // Rows a few at a time with the count a constant, so the accumulators live in
+            // registers (an array indexed by a runtime count sits on the stack, and every
+            // product then waits on a store and a load); converting the key again per pass is
+            // cheap.
+            for (c, outs) in out.chunks_mut(ROWS_PER_PASS).enumerate() {
+                let q = &q[c * ROWS_PER_PASS * hd..];
+                // SAFETY (each arm): guaranteed by the caller; `q` holds these rows.
+                match outs.len() {
+                    1 => unsafe { scores_pass::<1>(q, k, outs) },
+                    2 => unsafe { scores_pass::<2>(q, k, outs) },
+                    3 => unsafe { scores_pass::<3>(q, k, outs) },
+                    _ => unsafe { scores_pass::<4>(q, k, outs) },
+                }
+            }
+        }
+
+        /// [`scores`] for `R` rows.
+        ///
+        /// # Safety
+        /// As [`scores`], with `out.len() == R` and `q` holding at least R rows.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn scores_pass<const R: usize>(q: &[f32], k: &[f16], out: &mut [f32]) {
+            let hd = k.len();
+            let mut acc = [_mm256_setzero_ps(); R];
             for i in (0..hd).step_by(8) {
-                // SAFETY (all loads): i + 8 <= hd, and q holds out.len() rows of hd.
+                // SAFETY (all loads): i + 8 <= hd, and q holds R rows of hd.
                 let kv = unsafe { load_f16(k, i) };
-                for (g, a) in acc[..out.len()].iter_mut().enumerate() {
+                for (g, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(unsafe { load(q, g * hd + i) }, kv, *a);
                 }
             }
@@ -341,6 +364,9 @@ mod simd {
                 *o = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
             }
         }
+
+        /// Query rows [`scores`] multiplies per pass over a key.
+        const ROWS_PER_PASS: usize = 4;
 
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C; `v.len()` is a multiple of 8 and `acc.len()
