@@ -9,6 +9,7 @@ pub mod ops;
 pub mod packed;
 pub mod pool;
 pub mod quant;
+mod row_groups;
 pub mod sgemm;
 #[cfg(test)]
 mod test_util;

@@ -89,3 +89,9 @@ pub(crate) fn random_activations(n: usize, rng: &mut Rng) -> Vec<f32> {
     }
     x
 }
+
+/// A random `rows` x `cols` matrix of `ty`, rows one after another.
+pub(crate) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let nb = cols / ty.block_len();
+    (0..rows).flat_map(|_| random_row(ty, nb, rng)).collect()
+}

@@ -23,15 +23,12 @@
 mod avx2;
 
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::{SharedMut, ThreadPool};
+use crate::pool::ThreadPool;
 use crate::quant::{ActScale, GgmlType, QK};
+use crate::row_groups::{self, GROUP_ROWS};
 
-/// Rows interleaved in one group.
-pub const GROUP_ROWS: usize = 8;
 /// Most tokens one kernel call multiplies by a group.
 pub const TOKENS_MAX: usize = 3;
-/// Groups a thread takes at a time.
-const GROUPS_PER_CHUNK: usize = 4;
 
 /// The interleaved encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,23 +89,13 @@ impl InterleavedMatrix {
         let encoding = Encoding::of(w.ty)?;
         let row_bytes = w.ty.row_bytes(w.cols).expect("whole blocks");
         assert_eq!(w.data.len(), row_bytes * w.rows, "weight data size");
-        let blocks = w.cols / QK;
-        let group_bytes = blocks * encoding.block_bytes();
-        let groups = w.rows.div_ceil(GROUP_ROWS);
-        let mut data = vec![0u8; groups * group_bytes];
-        let out = SharedMut(data.as_mut_ptr());
-        pool.for_each_dynamic(groups, 1, |gs| {
-            for g in gs {
-                // SAFETY: each group's bytes are written by the one thread that took it, and
-                // `data` outlives the call.
-                let dst = unsafe { out.slice(g * group_bytes, group_bytes) };
-                let rows = g * GROUP_ROWS..((g + 1) * GROUP_ROWS).min(w.rows);
-                for (r, row) in rows.enumerate() {
-                    let src = &w.data[row * row_bytes..(row + 1) * row_bytes];
-                    let blocks = src.chunks_exact(w.ty.block_bytes());
-                    for (block, out) in blocks.zip(dst.chunks_exact_mut(encoding.block_bytes())) {
-                        place(encoding, block, r, out);
-                    }
+        let group_bytes = w.cols / QK * encoding.block_bytes();
+        let data = row_groups::build(pool, w.rows, group_bytes, |g, dst| {
+            for (r, row) in row_groups::group_rows(g, w.rows).enumerate() {
+                let src = &w.data[row * row_bytes..(row + 1) * row_bytes];
+                let blocks = src.chunks_exact(w.ty.block_bytes());
+                for (block, out) in blocks.zip(dst.chunks_exact_mut(encoding.block_bytes())) {
+                    place(encoding, block, r, out);
                 }
             }
         });
@@ -199,35 +186,18 @@ pub fn matmul_interleaved(
         xa.is(w.dot_type(), w.cols),
         "activations quantized for this matrix"
     );
-    let n_tokens = xa.n_tokens();
-    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
     let blocks = w.cols / QK;
     let xblock = w.dot_type().block_bytes();
     let xrow = blocks * xblock;
     let (x, xs) = (xa.data(), xa.scales());
-    let groups = w.rows.div_ceil(GROUP_ROWS);
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    pool.for_each_dynamic(groups, GROUPS_PER_CHUNK, |gs| {
-        let mut tile = [[0.0f32; GROUP_ROWS]; TOKENS_MAX];
-        for t0 in (0..n_tokens).step_by(TOKENS_MAX) {
-            let nt = (n_tokens - t0).min(TOKENS_MAX);
-            let acts = Acts {
-                x: &x[t0 * xrow..(t0 + nt) * xrow],
-                xs: &xs[t0 * blocks..(t0 + nt) * blocks],
-                blocks,
-                xblock,
-            };
-            for g in gs.clone() {
-                group_tile(w.encoding, w.group(g), &acts, &mut tile[..nt]);
-                let rows = g * GROUP_ROWS..((g + 1) * GROUP_ROWS).min(w.rows);
-                for (t, sums) in tile[..nt].iter().enumerate() {
-                    // SAFETY: groups are handed to one thread each, so each (token, row)
-                    // element is written by exactly one thread, and `out` outlives the call.
-                    let dst = unsafe { out_ptr.slice((t0 + t) * w.rows + rows.start, rows.len()) };
-                    dst.copy_from_slice(&sums[..rows.len()]);
-                }
-            }
-        }
+    row_groups::matmul::<TOKENS_MAX>(pool, w.rows, xa.n_tokens(), out, |g, tokens, sums| {
+        let acts = Acts {
+            x: &x[tokens.start * xrow..tokens.end * xrow],
+            xs: &xs[tokens.start * blocks..tokens.end * blocks],
+            blocks,
+            xblock,
+        };
+        group_tile(w.encoding, w.group(g), &acts, sums);
     });
 }
 

@@ -2,15 +2,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::quant::{act_scales, dequantize_row, quantize_row, vec_dot};
-use crate::test_util::{random_activations, random_row, Rng};
+use crate::row_groups::GROUP_ROWS;
+use crate::test_util::{random_activations, random_matrix, Rng};
 
 const TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_0];
-
-fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    (0..rows)
-        .flat_map(|_| random_row(ty, cols / QK, rng))
-        .collect()
-}
 
 #[test]
 fn other_types_are_not_interleaved() {
@@ -34,7 +29,7 @@ fn matches_file_format_dots() {
     let mut rng = Rng(9);
     for ty in TYPES {
         let (rows, cols, n) = (19, 5 * QK, 5);
-        let data = matrix(ty, rows, cols, &mut rng);
+        let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QMatrix {
             ty,
             rows,
@@ -86,7 +81,7 @@ proptest! {
         let mut rng = Rng(seed);
         for ty in TYPES {
             let cols = blocks * QK;
-            let data = matrix(ty, GROUP_ROWS, cols, &mut rng);
+            let data = random_matrix(ty, GROUP_ROWS, cols, &mut rng);
             let w = QMatrix { ty, rows: GROUP_ROWS, cols, data: &data };
             let packed = InterleavedMatrix::pack(&pool, &w).expect("encoded type");
             let dot = packed.dot_type();

@@ -23,17 +23,14 @@
 mod avx2;
 
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::{SharedMut, ThreadPool};
+use crate::pool::ThreadPool;
 use crate::quant::{affine_groups, ActScale, AffineGroup, GgmlType, Q8_1_BYTES, QK};
+use crate::row_groups::{self, GROUP_ROWS};
 
-/// Rows interleaved in one group.
-pub const GROUP_ROWS: usize = 8;
 /// Bytes of one group's 32-element block: the quants, then `d` and `m` for each row.
 const BLOCK_BYTES: usize = GROUP_ROWS * QK + 2 * GROUP_ROWS * 4;
 /// Most tokens one kernel call multiplies by a group.
 const TOKENS_MAX: usize = 4;
-/// Groups a thread takes at a time: their weights stay in L1/L2 across every token of the batch.
-const GROUPS_PER_CHUNK: usize = 4;
 
 /// Whether a product over `n_tokens` tokens should read the packed layout: from this many
 /// tokens on, arithmetic rather than weight bytes bounds it.
@@ -64,34 +61,22 @@ impl PackedMatrix {
         }
         let row_bytes = w.ty.row_bytes(w.cols).expect("whole blocks");
         assert_eq!(w.data.len(), row_bytes * w.rows, "weight data size");
-        let blocks = w.cols / QK;
-        let groups = w.rows.div_ceil(GROUP_ROWS);
-        let group_bytes = blocks * BLOCK_BYTES;
-        let mut data = vec![0u8; groups * group_bytes];
-        let out = SharedMut(data.as_mut_ptr());
         let per_block = w.ty.block_len() / QK;
-        pool.for_each_dynamic(groups, 1, |gs| {
-            let mut decoded = vec![
-                AffineGroup {
-                    u: [0; QK],
-                    d: 0.0,
-                    m: 0.0,
-                };
-                per_block
-            ];
-            for g in gs {
-                // SAFETY: each group's bytes are written by the one thread that took it, and
-                // `data` outlives the call.
-                let bytes = unsafe { out.slice(g * group_bytes, group_bytes) };
-                let rows = g * GROUP_ROWS..((g + 1) * GROUP_ROWS).min(w.rows);
-                for (r, row) in rows.enumerate() {
-                    let src = &w.data[row * row_bytes..(row + 1) * row_bytes];
-                    for (fb, block) in src.chunks_exact(w.ty.block_bytes()).enumerate() {
-                        affine_groups(w.ty, block, &mut decoded);
-                        for (i, group) in decoded.iter().enumerate() {
-                            let b = fb * per_block + i;
-                            place(&mut bytes[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES], r, group);
-                        }
+        let group_bytes = w.cols / QK * BLOCK_BYTES;
+        let data = row_groups::build(pool, w.rows, group_bytes, |g, bytes| {
+            let empty = AffineGroup {
+                u: [0; QK],
+                d: 0.0,
+                m: 0.0,
+            };
+            let mut decoded = vec![empty; per_block];
+            for (r, row) in row_groups::group_rows(g, w.rows).enumerate() {
+                let src = &w.data[row * row_bytes..(row + 1) * row_bytes];
+                for (fb, block) in src.chunks_exact(w.ty.block_bytes()).enumerate() {
+                    affine_groups(w.ty, block, &mut decoded);
+                    for (i, group) in decoded.iter().enumerate() {
+                        let b = fb * per_block + i;
+                        place(&mut bytes[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES], r, group);
                     }
                 }
             }
@@ -145,34 +130,17 @@ pub fn matmul_packed(pool: &ThreadPool, w: &PackedMatrix, xa: &QuantizedActs, ou
         xa.is(GgmlType::Q8_1, w.cols),
         "activations quantized to Q8_1 for this matrix"
     );
-    let n_tokens = xa.n_tokens();
-    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
     let blocks = w.cols / QK;
     let xrow = blocks * Q8_1_BYTES;
     let (x, xs) = (xa.data(), xa.scales());
-    let groups = w.rows.div_ceil(GROUP_ROWS);
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    pool.for_each_dynamic(groups, GROUPS_PER_CHUNK, |gs| {
-        let mut tile = [[0.0f32; GROUP_ROWS]; TOKENS_MAX];
-        for t0 in (0..n_tokens).step_by(TOKENS_MAX) {
-            let nt = (n_tokens - t0).min(TOKENS_MAX);
-            let acts = Acts {
-                x: &x[t0 * xrow..(t0 + nt) * xrow],
-                xs: &xs[t0 * blocks..(t0 + nt) * blocks],
-                blocks,
-                exact_sums: w.exact_sums,
-            };
-            for g in gs.clone() {
-                group_tile(w.group(g), &acts, &mut tile[..nt]);
-                let rows = g * GROUP_ROWS..((g + 1) * GROUP_ROWS).min(w.rows);
-                for (t, sums) in tile[..nt].iter().enumerate() {
-                    // SAFETY: groups are handed to one thread each, so each (token, row)
-                    // element is written by exactly one thread, and `out` outlives the call.
-                    let dst = unsafe { out_ptr.slice((t0 + t) * w.rows + rows.start, rows.len()) };
-                    dst.copy_from_slice(&sums[..rows.len()]);
-                }
-            }
-        }
+    row_groups::matmul::<TOKENS_MAX>(pool, w.rows, xa.n_tokens(), out, |g, tokens, sums| {
+        let acts = Acts {
+            x: &x[tokens.start * xrow..tokens.end * xrow],
+            xs: &xs[tokens.start * blocks..tokens.end * blocks],
+            blocks,
+            exact_sums: w.exact_sums,
+        };
+        group_tile(w.group(g), &acts, sums);
     });
 }
 

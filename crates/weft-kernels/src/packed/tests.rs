@@ -2,7 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::quant::{dequantize_row, quantize_row};
-use crate::test_util::{random_activations, random_row, Rng};
+use crate::row_groups::GROUP_ROWS;
+use crate::test_util::{random_activations, random_matrix, Rng};
 
 const AFFINE: [GgmlType; 6] = [
     GgmlType::Q4_0,
@@ -12,12 +13,6 @@ const AFFINE: [GgmlType; 6] = [
     GgmlType::Q4_K,
     GgmlType::Q5_K,
 ];
-
-/// A random `rows` x `cols` matrix of `ty`.
-fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let nb = cols / ty.block_len();
-    (0..rows).flat_map(|_| random_row(ty, nb, rng)).collect()
-}
 
 fn acts(pool: &ThreadPool, x: &[f32], cols: usize) -> QuantizedActs {
     let mut xa = QuantizedActs::default();
@@ -47,7 +42,7 @@ fn matches_dequantized_product() {
     let mut rng = Rng(5);
     for ty in AFFINE {
         let (rows, cols, n) = (21, 2 * 256, 7);
-        let data = matrix(ty, rows, cols, &mut rng);
+        let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QMatrix {
             ty,
             rows,
@@ -101,7 +96,7 @@ proptest! {
         let mut rng = Rng(seed);
         for ty in AFFINE {
             let cols = blocks * ty.block_len();
-            let data = matrix(ty, GROUP_ROWS, cols, &mut rng);
+            let data = random_matrix(ty, GROUP_ROWS, cols, &mut rng);
             let w = QMatrix { ty, rows: GROUP_ROWS, cols, data: &data };
             let packed = PackedMatrix::pack(&pool, &w).expect("affine type");
             let x: Vec<f32> = (0..tokens).flat_map(|_| random_activations(cols, &mut rng)).collect();
