@@ -7,6 +7,10 @@
 //! Work is split over weight rows, so each thread streams its own slice of the weights once for
 //! all tokens of the batch.
 
+use std::sync::OnceLock;
+
+use crate::interleaved::{matmul_interleaved, InterleavedMatrix};
+use crate::packed::{self, matmul_packed, PackedMatrix};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::{act_scales, dot_tile, quantize_row, ActScale, GgmlType, TILE_MAX};
 
@@ -120,6 +124,62 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
             }
         }
     });
+}
+
+/// The kernel layouts of one weight matrix, built from its file blocks on first use (the file
+/// stays the source of truth): packed for batches of [`packed::worth_packing`] tokens,
+/// interleaved otherwise, each `None` when the type has no such layout.
+#[derive(Clone, Default)]
+pub struct Layouts {
+    packed: OnceLock<Option<PackedMatrix>>,
+    interleaved: OnceLock<Option<InterleavedMatrix>>,
+}
+
+/// How a product over a given number of tokens reads `w` ([`Layouts::plan`]).
+pub enum Plan<'a> {
+    Packed(&'a PackedMatrix),
+    Interleaved(&'a InterleavedMatrix),
+    File,
+}
+
+impl Layouts {
+    /// The layout a product of `w` (whose layouts these are) over `n_tokens` tokens reads,
+    /// building it if this is its first use.
+    pub fn plan(&self, pool: &ThreadPool, w: &QMatrix<'_>, n_tokens: usize) -> Plan<'_> {
+        if packed::worth_packing(n_tokens) {
+            if let Some(p) = self.packed.get_or_init(|| PackedMatrix::pack(pool, w)) {
+                return Plan::Packed(p);
+            }
+        }
+        match self
+            .interleaved
+            .get_or_init(|| InterleavedMatrix::pack(pool, w))
+        {
+            Some(i) => Plan::Interleaved(i),
+            None => Plan::File,
+        }
+    }
+}
+
+impl Plan<'_> {
+    /// The activation format the product reads (for [`QuantizedActs::quantize`]).
+    pub fn dot_type(&self, w: &QMatrix<'_>) -> GgmlType {
+        match self {
+            Plan::Packed(_) => GgmlType::Q8_1,
+            Plan::Interleaved(i) => i.dot_type(),
+            Plan::File => w.ty.dot_type(),
+        }
+    }
+
+    /// `out[t][r] = Σ_c w[r][c] * x[t][c]`, `xa` holding the activations quantized to
+    /// [`Plan::dot_type`].
+    pub fn matmul(&self, pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, out: &mut [f32]) {
+        match self {
+            Plan::Packed(p) => matmul_packed(pool, p, xa, out),
+            Plan::Interleaved(i) => matmul_interleaved(pool, i, xa, out),
+            Plan::File => matmul_quantized(pool, w, xa, out),
+        }
+    }
 }
 
 /// Quantizes `x` (`n_tokens` rows) into `xa` and multiplies: [`matmul_quantized`] for an

@@ -2,13 +2,11 @@
 //! only in switches (QKV bias, QK-norm, post-norms, GELU vs SiLU, embedding scale, per-layer
 //! windows and RoPE bases), which `DecoderConfig` and the optional tensors carry.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial, MAX_ROWS};
-use weft_kernels::interleaved::{matmul_interleaved, InterleavedMatrix};
-use weft_kernels::matmul::{matmul_quantized, QMatrix, QuantizedActs};
+use weft_kernels::matmul::{Layouts, QMatrix, QuantizedActs};
 use weft_kernels::ops;
-use weft_kernels::packed::{self, matmul_packed, PackedMatrix};
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
 
@@ -19,16 +17,14 @@ use crate::kv_cache::{KvCache, KvShape};
 use crate::ModelError;
 
 /// A weight matrix in the memory-mapped file (the source of truth), plus the layouts the
-/// kernels build from it on first use: packed for prefill, interleaved for decode (each `None`
-/// when the type has no such layout, and the file's blocks are read instead).
+/// kernels build from it on first use.
 #[derive(Clone)]
 struct Mat {
     ty: GgmlType,
     rows: usize,
     cols: usize,
     info: TensorInfo,
-    packed: OnceLock<Option<PackedMatrix>>,
-    interleaved: OnceLock<Option<InterleavedMatrix>>,
+    layouts: Layouts,
 }
 
 struct Layer {
@@ -321,26 +317,10 @@ impl Decoder {
         xq: &mut QuantizedInput,
         out: &mut [f32],
     ) {
-        if packed::worth_packing(x.len() / m.cols) {
-            let packed = m
-                .packed
-                .get_or_init(|| PackedMatrix::pack(pool, &self.mat(m)));
-            if let Some(p) = packed {
-                let acts = xq.get(pool, GgmlType::Q8_1, x, m.cols);
-                matmul_packed(pool, p, acts, out);
-                return;
-            }
-        }
-        let interleaved = m
-            .interleaved
-            .get_or_init(|| InterleavedMatrix::pack(pool, &self.mat(m)));
-        if let Some(w) = interleaved {
-            let acts = xq.get(pool, w.dot_type(), x, m.cols);
-            matmul_interleaved(pool, w, acts, out);
-            return;
-        }
-        let acts = xq.get(pool, m.ty.dot_type(), x, m.cols);
-        matmul_quantized(pool, &self.mat(m), acts, out);
+        let w = self.mat(m);
+        let plan = m.layouts.plan(pool, &w, x.len() / m.cols);
+        let acts = xq.get(pool, plan.dot_type(&w), x, m.cols);
+        plan.matmul(pool, &w, acts, out);
     }
 
     /// Fills cos/sin tables for every token of the batch for one RoPE base.
@@ -643,8 +623,7 @@ impl Loader<'_> {
             rows: info.dims[1] as usize,
             cols,
             info: info.clone(),
-            packed: OnceLock::new(),
-            interleaved: OnceLock::new(),
+            layouts: Layouts::default(),
         })
     }
 
