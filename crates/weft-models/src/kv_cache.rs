@@ -3,7 +3,7 @@
 //! type only holds the memory and knows its shape.
 
 use half::f16;
-use weft_kernels::attention::PagedKv;
+use weft_kernels::attention::{KvLayout, PagedKv};
 
 /// The shape of one layer's cache entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ impl KvShape {
 /// Paged K/V memory for every layer of a model.
 pub struct KvCache {
     shape: KvShape,
-    block_size: usize,
+    layout: KvLayout,
     n_blocks: usize,
     k: Vec<Vec<f16>>,
     v: Vec<Vec<f16>>,
@@ -32,10 +32,15 @@ pub struct KvCache {
 impl KvCache {
     /// Allocates `n_blocks` blocks of `block_size` tokens for every layer.
     pub fn new(shape: KvShape, block_size: usize, n_blocks: usize) -> KvCache {
-        let per_layer = n_blocks * block_size * shape.n_kv_heads * shape.head_dim;
+        let layout = KvLayout {
+            block_size,
+            n_kv_heads: shape.n_kv_heads,
+            head_dim: shape.head_dim,
+        };
+        let per_layer = n_blocks * layout.block_len();
         KvCache {
             shape,
-            block_size,
+            layout,
             n_blocks,
             k: (0..shape.n_layers)
                 .map(|_| vec![f16::ZERO; per_layer])
@@ -51,30 +56,26 @@ impl KvCache {
     }
 
     pub fn block_size(&self) -> usize {
-        self.block_size
+        self.layout.block_size
     }
 
     pub fn n_blocks(&self) -> usize {
         self.n_blocks
     }
 
-    /// Element offset of token slot `index` of a sequence with `block_table`.
-    fn slot_offset(&self, block_table: &[u32], index: usize) -> usize {
-        let block = block_table[index / self.block_size] as usize;
-        (block * self.block_size + index % self.block_size)
-            * self.shape.n_kv_heads
-            * self.shape.head_dim
-    }
-
     /// Stores one token's K and V rows (all KV heads) for `layer`, converting to f16.
     pub fn write(&mut self, layer: usize, block_table: &[u32], index: usize, k: &[f32], v: &[f32]) {
-        let width = self.shape.n_kv_heads * self.shape.head_dim;
-        let off = self.slot_offset(block_table, index);
-        for (d, &s) in self.k[layer][off..off + width].iter_mut().zip(k) {
-            *d = f16::from_f32(s);
-        }
-        for (d, &s) in self.v[layer][off..off + width].iter_mut().zip(v) {
-            *d = f16::from_f32(s);
+        let (bs, hd) = (self.layout.block_size, self.layout.head_dim);
+        let block = block_table[index / bs] as usize;
+        for h in 0..self.layout.n_kv_heads {
+            let off = self.layout.offset(block, h, index % bs);
+            let (ks, vs) = (&k[h * hd..(h + 1) * hd], &v[h * hd..(h + 1) * hd]);
+            for (d, &s) in self.k[layer][off..off + hd].iter_mut().zip(ks) {
+                *d = f16::from_f32(s);
+            }
+            for (d, &s) in self.v[layer][off..off + hd].iter_mut().zip(vs) {
+                *d = f16::from_f32(s);
+            }
         }
     }
 
@@ -83,9 +84,7 @@ impl KvCache {
         PagedKv {
             k: &self.k[layer],
             v: &self.v[layer],
-            block_size: self.block_size,
-            n_kv_heads: self.shape.n_kv_heads,
-            head_dim: self.shape.head_dim,
+            layout: self.layout,
             block_table,
         }
     }
