@@ -102,7 +102,7 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
     assert_eq!(w.data.len(), wrow * w.rows, "weight data size");
 
     let out_ptr = SharedMut(out.as_mut_ptr());
-    pool.for_each_dynamic(w.rows, ROW_CHUNK, |rows| {
+    pool.for_each_stealing(w.rows, ROW_CHUNK, |rows| {
         let mut tile = [0.0f32; TILE_MAX * TILE_MAX];
         for t0 in (0..n_tokens).step_by(TILE_MAX) {
             let nt = (n_tokens - t0).min(TILE_MAX);

@@ -150,6 +150,48 @@ impl ThreadPool {
         self.for_each_dynamic_with(n, grain, || (), |_, r| f(r));
     }
 
+    /// Runs `f` over `0..n` in pieces of at most `grain`. Each thread starts on its own
+    /// contiguous share, front to back, so a matrix product streams one run of memory per
+    /// core, which the hardware prefetcher follows (pieces handed out round-robin make every
+    /// core's stream jump). A thread that finishes its share takes pieces of the shares not
+    /// yet done, so a descheduled core does not hold up the job.
+    pub fn for_each_stealing<F: Fn(std::ops::Range<usize>) + Sync>(
+        &self,
+        n: usize,
+        grain: usize,
+        f: F,
+    ) {
+        let grain = grain.max(1);
+        let threads = self.n_threads.min(n.div_ceil(grain));
+        if threads <= 1 {
+            if n > 0 {
+                f(0..n);
+            }
+            return;
+        }
+        let shares: Vec<Share> = (0..threads)
+            .map(|t| {
+                let r = chunk_range(n, threads, t);
+                Share {
+                    next: AtomicUsize::new(r.start),
+                    end: r.end,
+                }
+            })
+            .collect();
+        self.run(|t| {
+            for i in 0..threads {
+                let share = &shares[(t + i) % threads];
+                loop {
+                    let start = share.next.fetch_add(grain, Ordering::Relaxed);
+                    if start >= share.end {
+                        break;
+                    }
+                    f(start..(start + grain).min(share.end));
+                }
+            }
+        });
+    }
+
     /// [`Self::for_each_dynamic`] with per-thread working state: each thread that takes part
     /// makes its state with `init` once and passes it to every piece it runs (scratch buffers
     /// are then allocated once per thread, not once per piece).
@@ -178,6 +220,14 @@ impl ThreadPool {
             }
         });
     }
+}
+
+/// One thread's share of a [`ThreadPool::for_each_stealing`] job: the next unclaimed index
+/// and the end. Aligned to its own cache lines so that owners claiming pieces do not contend.
+#[repr(align(128))]
+struct Share {
+    next: AtomicUsize,
+    end: usize,
 }
 
 /// The `t`-th of `parts` near-equal contiguous pieces of `0..n` (empty when `t >= parts`).
@@ -301,12 +351,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn for_each_dynamic_covers_every_index_once() {
-        let pool = ThreadPool::new(3);
-        for (n, grain) in [(0, 4), (1, 4), (1001, 7), (64, 64), (65, 64)] {
+    /// Runs a splitting function over several shapes and checks each index is visited once,
+    /// in pieces of at most `grain`.
+    fn check_covers_once(split: impl Fn(usize, usize, &(dyn Fn(std::ops::Range<usize>) + Sync))) {
+        for (n, grain) in [(0, 4), (1, 4), (1001, 7), (64, 64), (65, 64), (10, 1)] {
             let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-            pool.for_each_dynamic(n, grain, |r| {
+            split(n, grain, &|r| {
                 assert!(r.len() <= grain);
                 for i in r {
                     seen[i].fetch_add(1, Ordering::Relaxed);
@@ -317,6 +367,39 @@ mod tests {
                 "n {n} grain {grain}"
             );
         }
+    }
+
+    #[test]
+    fn for_each_dynamic_covers_every_index_once() {
+        let pool = ThreadPool::new(3);
+        check_covers_once(|n, grain, f| pool.for_each_dynamic(n, grain, f));
+    }
+
+    #[test]
+    fn for_each_stealing_covers_every_index_once() {
+        let pool = ThreadPool::new(3);
+        check_covers_once(|n, grain, f| pool.for_each_stealing(n, grain, f));
+    }
+
+    #[test]
+    fn idle_threads_take_over_a_slow_threads_share() {
+        // Thread 0 (the caller) sleeps on its first piece; the others must finish its share.
+        let pool = ThreadPool::new(3);
+        let by_caller = AtomicU64::new(0);
+        let caller = std::thread::current().id();
+        pool.for_each_stealing(300, 1, |r| {
+            if std::thread::current().id() == caller {
+                if by_caller.fetch_add(1, Ordering::Relaxed) == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50 * r.len() as u64));
+            }
+        });
+        assert!(
+            by_caller.load(Ordering::Relaxed) < 100,
+            "the caller ran its whole share"
+        );
     }
 
     #[test]

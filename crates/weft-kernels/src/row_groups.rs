@@ -51,7 +51,7 @@ pub(crate) fn matmul<const TOKENS: usize>(
 ) {
     assert_eq!(out.len(), n_tokens * rows, "output shape");
     let out_ptr = SharedMut(out.as_mut_ptr());
-    pool.for_each_dynamic(groups(rows), GROUPS_PER_CHUNK, |gs| {
+    pool.for_each_stealing(groups(rows), GROUPS_PER_CHUNK, |gs| {
         let mut sums = [[0.0f32; GROUP_ROWS]; TOKENS];
         for t0 in (0..n_tokens).step_by(TOKENS) {
             let nt = (n_tokens - t0).min(TOKENS);
