@@ -139,8 +139,29 @@ pub struct Whisper {
     pub source: PathBuf,
 }
 
+/// How often a weight is applied, which decides how it is packed. Once per 30-second window
+/// (the encoder, and cross-attention's K/V of the encoded window) it multiplies 1500 rows and
+/// the product is bound by arithmetic: f32 panels. Once per decoder step it multiplies a few
+/// rows (the beams) and the product is bound by the bytes read: f16 panels when the file's
+/// weights are half precision, which gives the same product.
+#[derive(Clone, Copy)]
+enum Applied {
+    PerWindow,
+    PerStep,
+}
+
+impl Applied {
+    fn pack(self, w: &[f32], out: usize, inp: usize) -> PackedB {
+        match self {
+            Applied::PerWindow => PackedB::from_rows(w, out, inp),
+            Applied::PerStep => PackedB::from_rows_lossless_f16(w, out, inp),
+        }
+    }
+}
+
 fn linear(
     src: &dyn TensorSource,
+    applied: Applied,
     scope: &str,
     out: usize,
     inp: usize,
@@ -154,7 +175,7 @@ fn linear(
         None
     };
     Ok(Linear {
-        w: PackedB::from_rows(&w, out, inp),
+        w: applied.pack(&w, out, inp),
         b,
     })
 }
@@ -170,22 +191,23 @@ fn layer_norm(src: &dyn TensorSource, scope: &str, d: usize) -> Result<LayerNorm
 
 fn self_attention(
     src: &dyn TensorSource,
+    applied: Applied,
     scope: &str,
     d: usize,
 ) -> Result<SelfAttention, ModelError> {
     Ok(SelfAttention {
         ln: layer_norm(src, &format!("{scope}/layer_norm"), d)?,
-        qkv: linear(src, &format!("{scope}/linear_0"), 3 * d, d)?,
-        out: linear(src, &format!("{scope}/linear_1"), d, d)?,
+        qkv: linear(src, applied, &format!("{scope}/linear_0"), 3 * d, d)?,
+        out: linear(src, applied, &format!("{scope}/linear_1"), d, d)?,
     })
 }
 
-fn ffn(src: &dyn TensorSource, scope: &str, d: usize) -> Result<Ffn, ModelError> {
+fn ffn(src: &dyn TensorSource, applied: Applied, scope: &str, d: usize) -> Result<Ffn, ModelError> {
     let hidden = src.tensor(&format!("{scope}/linear_0/bias"))?.shape[0];
     Ok(Ffn {
         ln: layer_norm(src, &format!("{scope}/layer_norm"), d)?,
-        fc1: linear(src, &format!("{scope}/linear_0"), hidden, d)?,
-        fc2: linear(src, &format!("{scope}/linear_1"), d, hidden)?,
+        fc1: linear(src, applied, &format!("{scope}/linear_0"), hidden, d)?,
+        fc2: linear(src, applied, &format!("{scope}/linear_1"), d, hidden)?,
     })
 }
 
@@ -267,8 +289,13 @@ impl Whisper {
                 .map(|i| {
                     let s = format!("encoder/layer_{i}");
                     Ok(EncoderLayer {
-                        attn: self_attention(src, &format!("{s}/self_attention"), d)?,
-                        ffn: ffn(src, &format!("{s}/ffn"), d)?,
+                        attn: self_attention(
+                            src,
+                            Applied::PerWindow,
+                            &format!("{s}/self_attention"),
+                            d,
+                        )?,
+                        ffn: ffn(src, Applied::PerWindow, &format!("{s}/ffn"), d)?,
                     })
                 })
                 .collect::<Result<_, ModelError>>()?,
@@ -276,7 +303,7 @@ impl Whisper {
         };
         let embed = embed.expect("decoder/embeddings/weight", &[config.n_vocab, d])?;
         let decoder = DecoderWeights {
-            logits: PackedB::from_rows(&embed, config.n_vocab, d),
+            logits: Applied::PerStep.pack(&embed, config.n_vocab, d),
             embed,
             positions: dec_pos.expect(
                 "decoder/position_encodings/encodings",
@@ -286,14 +313,37 @@ impl Whisper {
                 .map(|i| {
                     let s = format!("decoder/layer_{i}");
                     Ok(DecoderLayer {
-                        attn: self_attention(src, &format!("{s}/self_attention"), d)?,
+                        attn: self_attention(
+                            src,
+                            Applied::PerStep,
+                            &format!("{s}/self_attention"),
+                            d,
+                        )?,
                         cross: CrossAttention {
                             ln: layer_norm(src, &format!("{s}/attention/layer_norm"), d)?,
-                            q: linear(src, &format!("{s}/attention/linear_0"), d, d)?,
-                            kv: linear(src, &format!("{s}/attention/linear_1"), 2 * d, d)?,
-                            out: linear(src, &format!("{s}/attention/linear_2"), d, d)?,
+                            q: linear(
+                                src,
+                                Applied::PerStep,
+                                &format!("{s}/attention/linear_0"),
+                                d,
+                                d,
+                            )?,
+                            kv: linear(
+                                src,
+                                Applied::PerWindow,
+                                &format!("{s}/attention/linear_1"),
+                                2 * d,
+                                d,
+                            )?,
+                            out: linear(
+                                src,
+                                Applied::PerStep,
+                                &format!("{s}/attention/linear_2"),
+                                d,
+                                d,
+                            )?,
                         },
-                        ffn: ffn(src, &format!("{s}/ffn"), d)?,
+                        ffn: ffn(src, Applied::PerStep, &format!("{s}/ffn"), d)?,
                     })
                 })
                 .collect::<Result<_, ModelError>>()?,

@@ -8,6 +8,13 @@
 //! and walks K in blocks of `KC` so that a panel slice stays in L1 while `MC` rows of A stay in
 //! L2. A portable scalar kernel with the same blocking is the reference the AVX2 kernel is
 //! tested against and the fallback on other machines.
+//!
+//! Panels hold f32, or f16 when every value of B is exactly an f16 (weights shipped in half
+//! precision): the kernel widens them as it reads, so the product is the same and a
+//! memory-bound one (a decoder step, a handful of rows against every weight) reads half the
+//! bytes.
+
+use half::f16;
 
 use crate::pool::ThreadPool;
 
@@ -26,7 +33,14 @@ const MC: usize = 96;
 pub struct PackedB {
     n: usize,
     k: usize,
-    data: Vec<f32>,
+    data: Panels,
+}
+
+/// The panels' values, in one of the element types the kernels read.
+#[derive(Clone, Debug, PartialEq)]
+enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
 }
 
 impl PackedB {
@@ -42,7 +56,34 @@ impl PackedB {
                 panel[kk * NR + j] = v;
             }
         }
-        PackedB { n, k, data }
+        PackedB {
+            n,
+            k,
+            data: Panels::F32(data),
+        }
+    }
+
+    /// [`Self::from_rows`], keeping the panels in f16 when every value of `b` is exactly an
+    /// f16 (the product is then unchanged and reads half the bytes), in f32 otherwise.
+    pub fn from_rows_lossless_f16(b: &[f32], n: usize, k: usize) -> PackedB {
+        let packed = PackedB::from_rows(b, n, k);
+        let Panels::F32(values) = &packed.data else {
+            unreachable!("from_rows packs f32")
+        };
+        let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+        if halves.iter().zip(values).all(|(h, &v)| h.to_f32() == v) {
+            PackedB {
+                data: Panels::F16(halves),
+                ..packed
+            }
+        } else {
+            packed
+        }
+    }
+
+    /// Whether the panels are held in f16 (see [`Self::from_rows_lossless_f16`]).
+    pub fn is_f16(&self) -> bool {
+        matches!(self.data, Panels::F16(_))
     }
 
     /// Packs `b`, a `k x n` row-major matrix (values laid out by time, as attention's V).
@@ -58,7 +99,11 @@ impl PackedB {
                 panel[kk * NR..kk * NR + cols].copy_from_slice(src);
             }
         }
-        PackedB { n, k, data }
+        PackedB {
+            n,
+            k,
+            data: Panels::F32(data),
+        }
     }
 
     /// Columns of C this B produces.
@@ -215,7 +260,10 @@ impl Kernel {
     fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 return Kernel::Avx2;
             }
         }
@@ -235,6 +283,29 @@ unsafe fn run_block(
     a: *const f32,
     rows: std::ops::Range<usize>,
     b: &PackedB,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    s: Strides,
+) {
+    // SAFETY (both arms): this function's contract.
+    match &b.data {
+        Panels::F32(data) => unsafe { run_panels(kernel, a, rows, b, data, panels, bias, c, s) },
+        Panels::F16(data) => unsafe { run_panels(kernel, a, rows, b, data, panels, bias, c, s) },
+    }
+}
+
+/// [`run_block`] over `b`'s panel values `data`.
+///
+/// # Safety
+/// As [`run_block`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_panels<E: Element>(
+    kernel: Kernel,
+    a: *const f32,
+    rows: std::ops::Range<usize>,
+    b: &PackedB,
+    data: &[E],
     panels: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     c: *mut f32,
@@ -263,7 +334,7 @@ unsafe fn run_block(
             let m1 = (m0 + MC).min(rows.end);
             for p in panels.clone() {
                 let cols = NR.min(b.n - p * NR);
-                let bp = &b.data[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
+                let bp = &data[p * k * NR + k0 * NR..p * k * NR + (k0 + kc) * NR];
                 let bias_tile = if first {
                     bias.map(|bb| &bb[p * NR..p * NR + cols])
                 } else {
@@ -285,7 +356,7 @@ unsafe fn run_block(
                     };
                     match kernel {
                         Kernel::Scalar => tile_scalar(&tile, bp, kc, bias_tile),
-                        // SAFETY: `detect` chose this kernel only when AVX2 and FMA exist.
+                        // SAFETY: `detect` chose this kernel only when AVX2, FMA and F16C exist.
                         #[cfg(target_arch = "x86_64")]
                         Kernel::Avx2 => unsafe { avx2::tile(&tile, bp, kc, bias_tile) },
                     }
@@ -325,14 +396,57 @@ impl Tile {
     }
 }
 
-fn tile_scalar(t: &Tile, bp: &[f32], kc: usize, bias: Option<&[f32]>) {
+/// A type panel values are stored in; the kernels widen each to f32 as they read it.
+trait Element: Copy {
+    fn to_f32(self) -> f32;
+
+    /// The 8 values at `p`, widened.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `p` points at 8 readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Element for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: 8 readable floats (the caller's contract); no alignment needed.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Element for f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: 8 readable halves = 16 bytes (the caller's contract); no alignment needed.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    }
+}
+
+fn tile_scalar<E: Element>(t: &Tile, bp: &[E], kc: usize, bias: Option<&[f32]>) {
     for r in 0..t.rows {
         let mut acc = [0.0f32; NR];
         for kk in 0..kc {
             // SAFETY: row r < rows and column kk < kc lie inside A (the `run_block` contract).
             let av = unsafe { *t.a.add(r * t.lda + kk) };
             for (acc, &bv) in acc.iter_mut().zip(&bp[kk * NR..kk * NR + NR]) {
-                *acc += av * bv;
+                *acc += av * bv.to_f32();
             }
         }
         // SAFETY: r < rows.
@@ -342,13 +456,13 @@ fn tile_scalar(t: &Tile, bp: &[f32], kc: usize, bias: Option<&[f32]>) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tile, MR, NR};
+    use super::{Element, Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA must be available; the tile must satisfy the `run_block` contract.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(t: &Tile, bp: &[f32], kc: usize, bias: Option<&[f32]>) {
+    /// AVX2, FMA and F16C must be available; the tile must satisfy the `run_block` contract.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<E: Element>(t: &Tile, bp: &[E], kc: usize, bias: Option<&[f32]>) {
         debug_assert!(bp.len() >= kc * NR);
         // Rows past the tile's end re-read its last row; their results are never stored.
         let mut rows = [t.a; MR];
@@ -360,12 +474,7 @@ mod avx2 {
         let b = bp.as_ptr();
         for kk in 0..kc {
             // SAFETY: kk < kc and the panel slice holds kc * NR values.
-            let (b0, b1) = unsafe {
-                (
-                    _mm256_loadu_ps(b.add(kk * NR)),
-                    _mm256_loadu_ps(b.add(kk * NR + 8)),
-                )
-            };
+            let (b0, b1) = unsafe { (E::load8(b.add(kk * NR)), E::load8(b.add(kk * NR + 8))) };
             for (row, acc) in rows.iter().zip(acc.iter_mut()) {
                 // SAFETY: column kk < kc of a valid row of A.
                 let av = unsafe { _mm256_broadcast_ss(&*row.add(kk)) };
@@ -469,6 +578,36 @@ mod tests {
             gemm(&pool, &a, m, &packed, bias.as_deref(), &mut c_pool, s);
             close(&c_pool, &c_scalar, k);
         }
+
+        #[test]
+        fn f16_panels_give_the_f32_product(m in 1usize..20, n in 1usize..40, k in 0usize..300,
+                                           seed in 0u32..1000) {
+            let a = values(m * k, seed);
+            let bt: Vec<f32> = values(n * k, seed + 1)
+                .into_iter()
+                .map(|v| f16::from_f32(v).to_f32())
+                .collect();
+            let (wide, half) = (PackedB::from_rows(&bt, n, k), PackedB::from_rows_lossless_f16(&bt, n, k));
+            prop_assert!(half.is_f16() && !wide.is_f16());
+            let s = Strides { lda: k, ldc: n };
+            type Product = fn(&[f32], usize, &PackedB, Option<&[f32]>, &mut [f32], Strides);
+            let products: [Product; 3] = [gemm_scalar, gemm_st, |a, m, b, bias, c, s| {
+                gemm(&ThreadPool::new(2), a, m, b, bias, c, s)
+            }];
+            for product in products {
+                let (mut want, mut got) = (vec![0.0; m * n], vec![0.0; m * n]);
+                product(&a, m, &wide, None, &mut want, s);
+                product(&a, m, &half, None, &mut got, s);
+                prop_assert_eq!(&got, &want);
+            }
+        }
+    }
+
+    #[test]
+    fn values_not_exact_in_f16_keep_f32_panels() {
+        let b = [1.0, 0.1, 2.0, 3.0];
+        assert!(!PackedB::from_rows_lossless_f16(&b, 2, 2).is_f16());
+        assert!(PackedB::from_rows_lossless_f16(&[1.0, 0.5, 2.0, 3.0], 2, 2).is_f16());
     }
 
     #[test]
