@@ -10,7 +10,7 @@ use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
 
 use crate::math::{add_inplace, gelu_inplace, layer_norm, softmax_scaled};
 use crate::mel::LogMel;
-use crate::model::{EncoderLayer, EncoderWeights, Linear, WhisperConfig};
+use crate::model::{EncoderLayer, EncoderWeights, LayerNorm, Linear, WhisperConfig};
 
 /// `x·Wᵀ + b` for `m` rows of `x`.
 pub(crate) fn linear(pool: &ThreadPool, x: &[f32], m: usize, l: &Linear) -> Vec<f32> {
@@ -69,19 +69,33 @@ pub fn encode(
     );
     let cols = im2col(t1, cfg.n_mels, 1, t1, |t, c| mel.data[c * t1 + t]);
     let mut x1 = linear(pool, &cols, t1, &w.conv1);
-    gelu_inplace(&mut x1);
+    gelu_rows(pool, &mut x1, d);
     let t2 = cfg.n_audio_ctx;
     let cols = im2col(t2, d, 2, t1, |t, c| x1[t * d + c]);
     drop(x1);
     let mut x = linear(pool, &cols, t2, &w.conv2);
-    gelu_inplace(&mut x);
+    gelu_rows(pool, &mut x, d);
     add_inplace(&mut x, &w.positions);
     for layer in &w.layers {
         encoder_layer(cfg, layer, pool, &mut x, t2);
     }
     let mut out = vec![0.0f32; x.len()];
-    layer_norm(&x, &w.ln_post.gamma, &w.ln_post.beta, &mut out);
+    layer_norm_rows(pool, &x, &w.ln_post, &mut out);
     out
+}
+
+/// Layer norm of every row of `x` into `out`, the rows shared out over the pool.
+fn layer_norm_rows(pool: &ThreadPool, x: &[f32], ln: &LayerNorm, out: &mut [f32]) {
+    let d = ln.gamma.len();
+    pool.for_each_rows_mut(out, d, |first, rows| {
+        let x = &x[first * d..first * d + rows.len()];
+        layer_norm(x, &ln.gamma, &ln.beta, rows);
+    });
+}
+
+/// GELU of `x` (rows of `width` values) in place, the rows shared out over the pool.
+fn gelu_rows(pool: &ThreadPool, x: &mut [f32], width: usize) {
+    pool.for_each_rows_mut(x, width, |_, rows| gelu_inplace(rows));
 }
 
 fn encoder_layer(
@@ -92,15 +106,21 @@ fn encoder_layer(
     t: usize,
 ) {
     let mut h = vec![0.0f32; x.len()];
-    layer_norm(x, &layer.attn.ln.gamma, &layer.attn.ln.beta, &mut h);
+    layer_norm_rows(pool, x, &layer.attn.ln, &mut h);
     let qkv = linear(pool, &h, t, &layer.attn.qkv);
     let attn = self_attention(cfg, pool, &qkv, t);
     add_inplace(x, &linear(pool, &attn, t, &layer.attn.out));
-    layer_norm(x, &layer.ffn.ln.gamma, &layer.ffn.ln.beta, &mut h);
+    layer_norm_rows(pool, x, &layer.ffn.ln, &mut h);
     let mut f = linear(pool, &h, t, &layer.ffn.fc1);
-    gelu_inplace(&mut f);
+    let hidden = f.len() / t;
+    gelu_rows(pool, &mut f, hidden);
     add_inplace(x, &linear(pool, &f, t, &layer.ffn.fc2));
 }
+
+/// Query rows attended at a time: their scores (`ROW_BLOCK x t`, 288 KB for a 1500-frame
+/// window) stay in L2 from the product that makes them through the softmax to the product
+/// that uses them, where the whole `t x t` matrix (9 MB) would go to memory and back for each.
+const ROW_BLOCK: usize = 48;
 
 /// Full (unmasked) multi-head attention over `t` rows of fused QKV; one head per pool task.
 fn self_attention(cfg: &WhisperConfig, pool: &ThreadPool, qkv: &[f32], t: usize) -> Vec<f32> {
@@ -110,7 +130,7 @@ fn self_attention(cfg: &WhisperConfig, pool: &ThreadPool, qkv: &[f32], t: usize)
     let scale = (dh as f32).powf(-0.5);
     let outs: Vec<Mutex<Vec<f32>>> = (0..heads).map(|_| Mutex::new(Vec::new())).collect();
     pool.for_each_chunk(heads, |range| {
-        let mut scores = vec![0.0f32; t * t];
+        let mut scores = vec![0.0f32; ROW_BLOCK * t];
         let mut gathered = vec![0.0f32; t * dh];
         for h in range {
             let gather = |buf: &mut [f32], col: usize| {
@@ -120,28 +140,32 @@ fn self_attention(cfg: &WhisperConfig, pool: &ThreadPool, qkv: &[f32], t: usize)
             };
             gather(&mut gathered, d + h * dh);
             let keys = PackedB::from_rows(&gathered, t, dh);
-            gemm_st(
-                &qkv[h * dh..],
-                t,
-                &keys,
-                None,
-                &mut scores,
-                Strides { lda: 3 * d, ldc: t },
-            );
-            for row in scores.chunks_exact_mut(t) {
-                softmax_scaled(row, scale);
-            }
             gather(&mut gathered, 2 * d + h * dh);
             let values = PackedB::from_cols(&gathered, t, dh);
             let mut out = vec![0.0f32; t * dh];
-            gemm_st(
-                &scores,
-                t,
-                &values,
-                None,
-                &mut out,
-                Strides { lda: t, ldc: dh },
-            );
+            for r0 in (0..t).step_by(ROW_BLOCK) {
+                let rows = ROW_BLOCK.min(t - r0);
+                let scores = &mut scores[..rows * t];
+                gemm_st(
+                    &qkv[r0 * 3 * d + h * dh..],
+                    rows,
+                    &keys,
+                    None,
+                    scores,
+                    Strides { lda: 3 * d, ldc: t },
+                );
+                for row in scores.chunks_exact_mut(t) {
+                    softmax_scaled(row, scale);
+                }
+                gemm_st(
+                    scores,
+                    rows,
+                    &values,
+                    None,
+                    &mut out[r0 * dh..(r0 + rows) * dh],
+                    Strides { lda: t, ldc: dh },
+                );
+            }
             *outs[h].lock().unwrap_or_else(|e| e.into_inner()) = out;
         }
     });

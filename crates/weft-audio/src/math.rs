@@ -104,11 +104,24 @@ pub fn softmax_inplace(x: &mut [f32]) {
     softmax_scaled(x, 1.0);
 }
 
-/// log-softmax of one row in place (f64 accumulation: beam scores add these up).
+/// log-softmax of one row in place. The exponentials vectorize (a vocabulary's worth per beam
+/// and step, which libm would make a real share of decoding); their sum goes to f64 in
+/// pieces, since beam scores add these values up.
 pub fn log_softmax_inplace(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
+    let m = max(x);
+    let mut total = 0.0f64;
+    for piece in x.chunks(512) {
+        let mut acc = [0.0f32; 8];
+        let chunks = piece.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += exp(v - m);
+            }
+        }
+        total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
+    }
+    let lse = m + total.ln() as f32;
     for v in x.iter_mut() {
         *v -= lse;
     }
@@ -137,6 +150,26 @@ mod tests {
             x += 0.013;
         }
         assert_eq!(exp(-1e30), exp(-87.0));
+    }
+
+    #[test]
+    fn log_softmax_matches_f64() {
+        let x: Vec<f32> = (0..51_865)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 9.0)
+            .collect();
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let mut got = x.clone();
+        got[3] = f32::NEG_INFINITY;
+        log_softmax_inplace(&mut got);
+        assert_eq!(got[3], f32::NEG_INFINITY);
+        for (i, (&g, &v)) in got.iter().zip(&x).enumerate().filter(|&(i, _)| i != 3) {
+            assert!(
+                (g as f64 - (v as f64 - lse)).abs() < 2e-5,
+                "{i}: {g} vs {}",
+                v as f64 - lse
+            );
+        }
     }
 
     #[test]

@@ -150,6 +150,42 @@ impl ThreadPool {
         self.for_each_dynamic_with(n, grain, || (), |_, r| f(r));
     }
 
+    /// Splits `data` (rows of `row_len` values) into one contiguous run of whole rows per
+    /// thread and runs `f(first_row, run)` on each: element-wise passes over large
+    /// activations (norms, activations functions) without serialising them on one core.
+    pub fn for_each_rows_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        assert!(
+            row_len > 0 && data.len().is_multiple_of(row_len),
+            "whole rows"
+        );
+        let rows = data.len() / row_len;
+        let threads = self.n_threads.min(rows);
+        if threads <= 1 {
+            if rows > 0 {
+                f(0, data);
+            }
+            return;
+        }
+        let mut parts = Vec::with_capacity(threads);
+        let mut rest = data;
+        for t in 0..threads {
+            let r = chunk_range(rows, threads, t);
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * row_len);
+            parts.push((r.start, Mutex::new(run)));
+            rest = tail;
+        }
+        self.run(|t| {
+            if let Some((first, run)) = parts.get(t) {
+                f(*first, &mut run.lock().unwrap_or_else(|e| e.into_inner()));
+            }
+        });
+    }
+
     /// Runs `f` over `0..n` in pieces of at most `grain`. Each thread starts on its own
     /// contiguous share, front to back, so a matrix product streams one run of memory per
     /// core, which the hardware prefetcher follows (pieces handed out round-robin make every
@@ -417,6 +453,21 @@ mod tests {
         });
         assert_eq!(total.load(Ordering::Relaxed), 1000);
         assert!((1..=3).contains(&inits.load(Ordering::Relaxed)));
+    }
+
+    #[test]
+    fn rows_mut_gives_each_row_once_with_its_index() {
+        let pool = ThreadPool::new(3);
+        for rows in [0, 1, 2, 7, 100] {
+            let mut data = vec![0usize; rows * 5];
+            pool.for_each_rows_mut(&mut data, 5, |first, run| {
+                for (i, row) in run.chunks_exact_mut(5).enumerate() {
+                    row.iter_mut().for_each(|v| *v += first + i + 1);
+                }
+            });
+            let want: Vec<usize> = (0..rows).flat_map(|r| [r + 1; 5]).collect();
+            assert_eq!(data, want);
+        }
     }
 
     #[test]
