@@ -337,21 +337,12 @@ mod simd {
 
         use super::{tile_shape, C, EXP_MIN, KEY_TILE, LN2_HI, LN2_LO};
 
-        /// Query rows one pass over a tile's keys serves: their accumulators (and, in
-        /// `accumulate`, the value columns of a pass) stay in registers.
+        /// Query rows one pass of `scores` over a tile's keys serves: one accumulator each,
+        /// in registers, with the converted key.
+        const SCORE_ROWS_PER_PASS: usize = 8;
+        /// Rows one pass of `accumulate` serves: with the value columns of a pass, their
+        /// accumulators fill 12 of the 16 vector registers.
         const ROWS_PER_PASS: usize = 4;
-
-        /// 8 f16 at `v[i..i + 8]` as f32.
-        ///
-        /// # Safety
-        /// The CPU must support F16C.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn load_f16(v: &[f16], i: usize) -> __m256 {
-            let v = &v[i..i + 8];
-            // SAFETY: 8 f16 = 16 readable bytes; `loadu` has no alignment requirement.
-            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-        }
 
         /// # Safety
         /// The CPU must support AVX.
@@ -394,14 +385,18 @@ mod simd {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn scores(q: &[f32], k: &[f16], offsets: &[usize], out: &mut [f32]) {
             let (rows, hd) = tile_shape(q.len(), out.len(), offsets);
-            for r0 in (0..rows).step_by(ROWS_PER_PASS) {
+            for r0 in (0..rows).step_by(SCORE_ROWS_PER_PASS) {
                 let (q, out) = (&q[r0 * hd..], &mut out[r0 * KEY_TILE..]);
                 // SAFETY (each arm): guaranteed by the caller; `q` and `out` hold these rows.
-                match (rows - r0).min(ROWS_PER_PASS) {
+                match (rows - r0).min(SCORE_ROWS_PER_PASS) {
                     1 => unsafe { scores_pass::<1>(q, hd, k, offsets, out) },
                     2 => unsafe { scores_pass::<2>(q, hd, k, offsets, out) },
                     3 => unsafe { scores_pass::<3>(q, hd, k, offsets, out) },
-                    _ => unsafe { scores_pass::<4>(q, hd, k, offsets, out) },
+                    4 => unsafe { scores_pass::<4>(q, hd, k, offsets, out) },
+                    5 => unsafe { scores_pass::<5>(q, hd, k, offsets, out) },
+                    6 => unsafe { scores_pass::<6>(q, hd, k, offsets, out) },
+                    7 => unsafe { scores_pass::<7>(q, hd, k, offsets, out) },
+                    _ => unsafe { scores_pass::<8>(q, hd, k, offsets, out) },
                 }
             }
         }
@@ -421,16 +416,20 @@ mod simd {
             offsets: &[usize],
             out: &mut [f32],
         ) {
+            assert!(q.len() >= R * hd && out.len() >= R * KEY_TILE && hd.is_multiple_of(8));
+            let q = q.as_ptr();
             for (g, offs) in offsets.chunks(8).enumerate() {
                 let mut dots = [[_mm256_setzero_ps(); 8]; R];
                 for (j, &off) in offs.iter().enumerate() {
-                    let key = &k[off..off + hd];
+                    let key = k[off..off + hd].as_ptr();
                     let mut acc = [_mm256_setzero_ps(); R];
                     for i in (0..hd).step_by(8) {
-                        // SAFETY (all loads): i + 8 <= hd, and q holds R rows of hd.
-                        let kv = unsafe { load_f16(key, i) };
+                        // SAFETY (all loads): i + 8 <= hd (a multiple of 8), the key has hd
+                        // values and q has R rows of hd (asserted above).
+                        let kv = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(key.add(i).cast()) });
                         for (r, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(unsafe { load(q, r * hd + i) }, kv, *a);
+                            let qv = unsafe { _mm256_loadu_ps(q.add(r * hd + i)) };
+                            *a = _mm256_fmadd_ps(qv, kv, *a);
                         }
                     }
                     for (d, a) in dots.iter_mut().zip(acc) {
@@ -504,16 +503,23 @@ mod simd {
             v: &[f16],
             offsets: &[usize],
         ) {
-            // SAFETY (all loads and stores): the caller keeps col + 8 * C <= hd, and acc holds
-            // R rows of hd.
+            assert!(acc.len() >= R * hd && w.len() >= R * KEY_TILE && col + 8 * C <= hd);
+            assert!(offsets.len() <= KEY_TILE);
+            let w = w.as_ptr();
+            // SAFETY (loads and stores of `acc`): col + 8 * C <= hd, and acc holds R rows of
+            // hd (asserted above).
             let mut a: [[__m256; C]; R] = std::array::from_fn(|r| {
                 std::array::from_fn(|c| unsafe { load(acc, r * hd + col + 8 * c) })
             });
             for (j, &off) in offsets.iter().enumerate() {
-                let value = &v[off + col..off + col + 8 * C];
-                let vv: [__m256; C] = std::array::from_fn(|c| unsafe { load_f16(value, 8 * c) });
+                let value = v[off + col..off + col + 8 * C].as_ptr();
+                // SAFETY: `value` holds 8 * C halves.
+                let vv: [__m256; C] = std::array::from_fn(|c| {
+                    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(8 * c).cast()) })
+                });
                 for (r, ar) in a.iter_mut().enumerate() {
-                    let wr = _mm256_set1_ps(w[r * KEY_TILE + j]);
+                    // SAFETY: j < KEY_TILE and w holds R rows of KEY_TILE (asserted above).
+                    let wr = _mm256_set1_ps(unsafe { *w.add(r * KEY_TILE + j) });
                     for (x, &y) in ar.iter_mut().zip(&vv) {
                         *x = _mm256_fmadd_ps(wr, y, *x);
                     }

@@ -275,10 +275,15 @@ impl Decoder {
             s.hq.invalidate();
             self.project(pool, &layer.w_gate, &s.h, &mut s.hq, &mut s.gate);
             self.project(pool, &layer.w_up, &s.h, &mut s.hq, &mut s.up);
-            match c.arch {
-                Arch::Gemma3 => ops::geglu_inplace(&mut s.gate, &s.up),
-                Arch::Llama | Arch::Qwen2 => ops::swiglu_inplace(&mut s.gate, &s.up),
-            }
+            // One token's row stays on this thread; a prompt's rows are shared out.
+            let (up, width) = (&s.up, c.n_ff);
+            pool.for_each_rows_mut(&mut s.gate, width, |first, gate| {
+                let up = &up[first * width..first * width + gate.len()];
+                match c.arch {
+                    Arch::Gemma3 => ops::geglu_inplace(gate, up),
+                    Arch::Llama | Arch::Qwen2 => ops::swiglu_inplace(gate, up),
+                }
+            });
             s.xq.invalidate();
             self.project(pool, &layer.w_down, &s.gate, &mut s.xq, &mut s.o);
             if let Some(w) = &layer.post_ffn_norm {
