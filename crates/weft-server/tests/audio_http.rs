@@ -11,9 +11,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
 use weft_audio::{Transcriber, Whisper};
 use weft_server::{AppState, AudioConfig, AudioService, ServerConfig};
+
+mod common;
+use common::Listening;
 
 fn transcriber() -> Option<Arc<Transcriber>> {
     static T: OnceLock<Option<Arc<Transcriber>>> = OnceLock::new();
@@ -136,11 +138,7 @@ fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-struct Server {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
+type Server = Listening;
 
 fn audio_config() -> AudioConfig {
     AudioConfig {
@@ -165,24 +163,10 @@ async fn start(transcriber: Arc<Transcriber>, audio: AudioConfig) -> Server {
         AudioService::new(transcriber, audio),
         config,
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(weft_server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
-    Server {
-        base,
-        stop: Some(tx),
-        done: Some(done),
-    }
+    Listening::start(state).await
 }
 
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
+impl Listening {
     /// Posts a form; returns the status, the content type and the body.
     async fn form(&self, path: &str, parts: &[Part<'_>]) -> (u16, String, String) {
         let (content_type, body) = multipart(parts);
@@ -211,33 +195,11 @@ impl Server {
         assert_eq!(v["error"]["param"].as_str(), param, "{body}");
         v["error"]["message"].as_str().unwrap().to_owned()
     }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(120), self.done.take().unwrap())
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
-    }
 }
 
-/// The value of a metric line `name{...} value` (first match), 0 when absent.
+/// The value of a metric, 0 when absent (a labelled series appears with its first sample).
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(text, name).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +306,7 @@ async fn every_response_format_carries_faster_whispers_transcript() {
         4.0
     );
     assert!(metric(&metrics, "weft_audio_seconds_total") > 4.0 * 5.0);
-    s.shutdown().await;
+    s.shutdown(Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +330,7 @@ async fn translations_answer_in_english_with_the_translate_task() {
     assert_eq!(v["task"], "translate");
     let text = v["text"].as_str().unwrap().to_lowercase();
     assert!(text.contains("morning"), "{text}");
-    s.shutdown().await;
+    s.shutdown(Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +477,7 @@ async fn bad_input_is_a_400_and_silence_is_empty_text() {
     );
     // Nothing above reached the model.
     assert_eq!(metric(&metrics, "weft_audio_requests_running"), 0.0);
-    s.shutdown().await;
+    s.shutdown(Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,5 +541,5 @@ async fn requests_take_turns_and_one_whose_client_left_while_waiting_never_runs(
         assert_eq!(metric(&m, "weft_transcription_latency_seconds_count"), 1.0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    s.shutdown().await;
+    s.shutdown(Duration::from_secs(120)).await;
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use weft_engine::engine::{EngineConfig, EngineHandle};
 use weft_models::TextModel;
 use weft_server::{AppState, ReasoningParser, ServerConfig};
+
+mod common;
+use common::Listening;
 
 fn model() -> Option<Arc<TextModel>> {
     let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
@@ -22,10 +24,15 @@ fn model() -> Option<Arc<TextModel>> {
 }
 
 struct Server {
-    base: String,
+    net: Listening,
     state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Listening;
+    fn deref(&self) -> &Listening {
+        &self.net
+    }
 }
 
 struct Options {
@@ -71,25 +78,13 @@ async fn start(model: Arc<TextModel>, o: Options) -> Server {
         shutdown_grace: o.grace,
     };
     let state = Arc::new(AppState::new(engine, model, config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(weft_server::serve(listener, Arc::clone(&state), async {
-        let _ = rx.await;
-    }));
     Server {
-        base,
+        net: Listening::start(Arc::clone(&state)).await,
         state,
-        stop: Some(tx),
-        done: Some(done),
     }
 }
 
 impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(self.url(path))
@@ -101,32 +96,14 @@ impl Server {
         (status, r.json().await.unwrap())
     }
 
-    async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(60), self.done.take().unwrap())
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+    async fn shutdown(self) {
+        self.net.shutdown(Duration::from_secs(60)).await
     }
 }
 
-/// The value of a metric line `name{...} value` (first match).
+/// The value of a metric that must be there.
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
+    common::metric(text, name).unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 /// Reads an SSE response to its end: the JSON payloads, and whether `[DONE]` came.
