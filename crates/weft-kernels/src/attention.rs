@@ -388,28 +388,30 @@ mod simd {
             for r0 in (0..rows).step_by(SCORE_ROWS_PER_PASS) {
                 let (q, out) = (&q[r0 * hd..], &mut out[r0 * KEY_TILE..]);
                 // SAFETY (each arm): guaranteed by the caller; `q` and `out` hold these rows.
+                // Keys per step: with the rows, enough independent accumulators (at least
+                // six) to hide the FMA latency, few enough to stay in registers.
                 match (rows - r0).min(SCORE_ROWS_PER_PASS) {
-                    1 => unsafe { scores_pass::<1>(q, hd, k, offsets, out) },
-                    2 => unsafe { scores_pass::<2>(q, hd, k, offsets, out) },
-                    3 => unsafe { scores_pass::<3>(q, hd, k, offsets, out) },
-                    4 => unsafe { scores_pass::<4>(q, hd, k, offsets, out) },
-                    5 => unsafe { scores_pass::<5>(q, hd, k, offsets, out) },
-                    6 => unsafe { scores_pass::<6>(q, hd, k, offsets, out) },
-                    7 => unsafe { scores_pass::<7>(q, hd, k, offsets, out) },
-                    _ => unsafe { scores_pass::<8>(q, hd, k, offsets, out) },
+                    1 => unsafe { scores_pass::<1, 8>(q, hd, k, offsets, out) },
+                    2 => unsafe { scores_pass::<2, 4>(q, hd, k, offsets, out) },
+                    3 => unsafe { scores_pass::<3, 2>(q, hd, k, offsets, out) },
+                    4 => unsafe { scores_pass::<4, 2>(q, hd, k, offsets, out) },
+                    5 => unsafe { scores_pass::<5, 2>(q, hd, k, offsets, out) },
+                    6 => unsafe { scores_pass::<6, 2>(q, hd, k, offsets, out) },
+                    7 => unsafe { scores_pass::<7, 1>(q, hd, k, offsets, out) },
+                    _ => unsafe { scores_pass::<8, 1>(q, hd, k, offsets, out) },
                 }
             }
         }
 
-        /// [`scores`] for `R` rows, eight keys at a time: each key's `R` dot products are
-        /// accumulated in registers, and eight keys' accumulators reduce to one vector of
+        /// [`scores`] for `R` rows, eight keys at a time: the dot products of `K` keys at once
+        /// are accumulated in registers, and eight keys' accumulators reduce to one vector of
         /// scores per row.
         ///
         /// # Safety
         /// As [`scores`]; `q` holds R rows of `hd` and `out` R rows of `KEY_TILE`.
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn scores_pass<const R: usize>(
+        unsafe fn scores_pass<const R: usize, const K: usize>(
             q: &[f32],
             hd: usize,
             k: &[f16],
@@ -417,23 +419,22 @@ mod simd {
             out: &mut [f32],
         ) {
             assert!(q.len() >= R * hd && out.len() >= R * KEY_TILE && hd.is_multiple_of(8));
-            let q = q.as_ptr();
             for (g, offs) in offsets.chunks(8).enumerate() {
                 let mut dots = [[_mm256_setzero_ps(); 8]; R];
-                for (j, &off) in offs.iter().enumerate() {
-                    let key = k[off..off + hd].as_ptr();
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for i in (0..hd).step_by(8) {
-                        // SAFETY (all loads): i + 8 <= hd (a multiple of 8), the key has hd
-                        // values and q has R rows of hd (asserted above).
-                        let kv = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(key.add(i).cast()) });
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            let qv = unsafe { _mm256_loadu_ps(q.add(r * hd + i)) };
-                            *a = _mm256_fmadd_ps(qv, kv, *a);
-                        }
-                    }
+                let mut j = 0;
+                while j + K <= offs.len() {
+                    // SAFETY: as this function's.
+                    let acc = unsafe { dot_keys::<R, K>(q, hd, k, &offs[j..j + K]) };
                     for (d, a) in dots.iter_mut().zip(acc) {
-                        d[j] = a;
+                        d[j..j + K].copy_from_slice(&a);
+                    }
+                    j += K;
+                }
+                for (j, off) in offs.iter().enumerate().skip(j) {
+                    // SAFETY: as this function's.
+                    let acc = unsafe { dot_keys::<R, 1>(q, hd, k, std::slice::from_ref(off)) };
+                    for (d, a) in dots.iter_mut().zip(acc) {
+                        d[j] = a[0];
                     }
                 }
                 for (r, d) in dots.iter().enumerate() {
@@ -441,6 +442,37 @@ mod simd {
                     unsafe { store(out, r * KEY_TILE + g * 8, sum_lanes8(d)) };
                 }
             }
+        }
+
+        /// The lane-wise partial dot products of `R` query rows with the `K` keys at `offs`.
+        ///
+        /// # Safety
+        /// As [`scores_pass`]; `offs.len() == K`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn dot_keys<const R: usize, const K: usize>(
+            q: &[f32],
+            hd: usize,
+            k: &[f16],
+            offs: &[usize],
+        ) -> [[__m256; K]; R] {
+            let keys: [*const f16; K] = std::array::from_fn(|j| k[offs[j]..offs[j] + hd].as_ptr());
+            let q = q.as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); K]; R];
+            for i in (0..hd).step_by(8) {
+                // SAFETY (all loads): i + 8 <= hd (a multiple of 8), each key has hd values and
+                // q has R rows of hd (asserted by the caller).
+                let kv: [__m256; K] = std::array::from_fn(|j| {
+                    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(keys[j].add(i).cast()) })
+                });
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    let qv = unsafe { _mm256_loadu_ps(q.add(r * hd + i)) };
+                    for (a, &kj) in ar.iter_mut().zip(&kv) {
+                        *a = _mm256_fmadd_ps(qv, kj, *a);
+                    }
+                }
+            }
+            acc
         }
 
         /// # Safety

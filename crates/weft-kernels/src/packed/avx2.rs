@@ -85,7 +85,7 @@ unsafe fn tile<const T: usize, const EXACT: bool>(
         for (t, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
             // SAFETY: token t's scale of block b is in bounds (checked by the caller).
             let s = unsafe { *acts.xs.get_unchecked(t * acts.blocks + b) };
-            let xsum = if EXACT { s.d * s.qsum as f32 } else { s.s };
+            let xsum = if EXACT { s.d_qsum } else { s.s };
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
             *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(xsum), *acc);

@@ -157,14 +157,7 @@ impl Acts<'_> {
     #[inline(always)]
     fn scales(&self, t: usize, b: usize) -> (f32, f32) {
         let s = self.xs[t * self.blocks + b];
-        (
-            s.d,
-            if self.exact_sums {
-                s.d * s.qsum as f32
-            } else {
-                s.s
-            },
-        )
+        (s.d, if self.exact_sums { s.d_qsum } else { s.s })
     }
 }
 

@@ -277,12 +277,26 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 /// The f32 scale of one activation block, converted once per activation row so that tiles do
 /// not convert it again for every weight row: `d` (Q8_0, Q8_1, Q8_K) and, for Q8_1, the stored
 /// `s = d * sum(qs)` (an f16, what ggml's Q4_1 / Q5_1 dots use); and for Q8_0 and Q8_1 the
-/// exact `qsum = sum(qs)`, for weights whose offset ggml applies in integers.
+/// exact `qsum = sum(qs)` and `d * qsum` in f32, for weights whose offset ggml applies in
+/// integers.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ActScale {
     pub d: f32,
     pub s: f32,
     pub qsum: i32,
+    /// `d * qsum as f32`, kept so that kernels do not convert it per weight block.
+    pub d_qsum: f32,
+}
+
+impl ActScale {
+    fn with_sum(d: f32, s: f32, qsum: i32) -> ActScale {
+        ActScale {
+            d,
+            s,
+            qsum,
+            d_qsum: d * qsum as f32,
+        }
+    }
 }
 
 /// The [`ActScale`] of every block of one activation row of dot type `ty`.
@@ -291,21 +305,13 @@ pub fn act_scales(ty: GgmlType, x: &[u8], out: &mut [ActScale]) {
     for (block, o) in blocks.zip(out.iter_mut()) {
         *o = match ty {
             GgmlType::Q8_0 => {
-                let d = layout::f16_at(block, 0);
-                ActScale {
-                    d,
-                    s: 0.0,
-                    qsum: quant_sum(&block[2..]),
-                }
+                ActScale::with_sum(layout::f16_at(block, 0), 0.0, quant_sum(&block[2..]))
             }
-            GgmlType::Q8_1 => {
-                let d = layout::f16_at(block, 0);
-                ActScale {
-                    d,
-                    s: layout::f16_at(block, 2),
-                    qsum: quant_sum(&block[4..]),
-                }
-            }
+            GgmlType::Q8_1 => ActScale::with_sum(
+                layout::f16_at(block, 0),
+                layout::f16_at(block, 2),
+                quant_sum(&block[4..]),
+            ),
             GgmlType::Q8_K => ActScale {
                 d: layout::f32_at(block, 0),
                 ..ActScale::default()
