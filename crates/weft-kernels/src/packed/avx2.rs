@@ -35,8 +35,9 @@ pub(super) unsafe fn group_tile(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; 
 }
 
 /// One group by `T` tokens. The block's quants are read one half (four lanes) at a time and
-/// multiplied into every token before the next half is loaded, so that the four weight
-/// vectors, `T` integer sums and `T` accumulators all stay in the sixteen registers.
+/// multiplied into every token before the next half is loaded: four weight vectors, `T`
+/// integer sums and `T` accumulators are live instead of eight weight vectors, which all but
+/// removes the register spills of the four-token tile (SmolLM2 pp32 went from 427 to 601 t/s).
 ///
 /// # Safety
 /// As [`group_tile`], with `out.len() == T` and `EXACT == acts.exact_sums`.
