@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, BLOCK_BYTES, GROUP_ROWS};
+use super::{offset_sum, Acts, BLOCK_BYTES, GROUP_ROWS};
 use crate::quant::{Q8_1_BYTES, QK};
 
 pub(super) use crate::quant::avx2_available as available;
@@ -86,10 +86,9 @@ unsafe fn tile<const T: usize, const EXACT: bool>(
         for (t, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
             // SAFETY: token t's scale of block b is in bounds (checked by the caller).
             let s = unsafe { *acts.xs.get_unchecked(t * acts.blocks + b) };
-            let xsum = if EXACT { s.d_qsum } else { s.s };
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
-            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(xsum), *acc);
+            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(offset_sum(&s, EXACT)), *acc);
         }
     }
     for (o, acc) in out.iter_mut().zip(acc) {

@@ -157,7 +157,18 @@ impl Acts<'_> {
     #[inline(always)]
     fn scales(&self, t: usize, b: usize) -> (f32, f32) {
         let s = self.xs[t * self.blocks + b];
-        (s.d, if self.exact_sums { s.d_qsum } else { s.s })
+        (s.d, offset_sum(&s, self.exact_sums))
+    }
+}
+
+/// The activation sum of a block that multiplies the weights' `m`: exact or the stored f16
+/// one (see the module comment).
+#[inline(always)]
+fn offset_sum(s: &ActScale, exact_sums: bool) -> f32 {
+    if exact_sums {
+        s.d_qsum
+    } else {
+        s.s
     }
 }
 
