@@ -124,15 +124,32 @@ pub fn attend_keys(
     part.acc.fill(0.0);
     // p[r * KEY_TILE + j]: score, then weight, of row r for key j of the tile.
     let mut p = [0.0f32; MAX_ROWS * KEY_TILE];
+    // The cache is far bigger than the caches of the CPU, and a tile's keys are a few short
+    // runs the hardware prefetcher barely starts on: each tile asks for the next tile's keys
+    // and values while it computes, so loads overlap arithmetic instead of stalling it.
     let mut offsets = [0usize; KEY_TILE];
+    let mut next = [0usize; KEY_TILE];
+    let tile_len = |start: usize| (keys.end - start).min(KEY_TILE);
     let mut start = keys.start;
+    if start < keys.end {
+        let first = &mut next[..tile_len(start)];
+        kv.offsets(start, kv_head, first);
+        simd::prefetch(kv.k, first, hd);
+        simd::prefetch(kv.v, first, hd);
+    }
     while start < keys.end {
-        let n = (keys.end - start).min(KEY_TILE);
-        let offsets = &mut offsets[..n];
-        kv.offsets(start, kv_head, offsets);
+        let n = tile_len(start);
+        std::mem::swap(&mut offsets, &mut next);
+        let offsets = &offsets[..n];
+        if start + n < keys.end {
+            let ahead = &mut next[..tile_len(start + n)];
+            kv.offsets(start + n, kv_head, ahead);
+            simd::prefetch(kv.k, ahead, hd);
+            simd::prefetch(kv.v, ahead, hd);
+        }
         simd::scores(q, kv.k, offsets, &mut p[..rows * KEY_TILE]);
         for (r, range) in row_keys.iter().enumerate() {
-            let row = &mut p[r * KEY_TILE..r * KEY_TILE + n];
+            let row = &mut p[r * KEY_TILE..(r + 1) * KEY_TILE];
             // The tile's keys this row may see.
             let lo = range.start.clamp(start, start + n) - start;
             let hi = range.end.clamp(start, start + n) - start;
@@ -140,14 +157,7 @@ pub fn attend_keys(
                 row.fill(0.0);
                 continue;
             }
-            for s in &mut row[lo..hi] {
-                *s *= shape.scale;
-            }
-            let tile_max = row[lo..hi]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let new_max = part.max[r].max(tile_max);
+            let (new_max, tile_sum) = simd::softmax_tile(row, lo..hi, shape.scale, part.max[r]);
             if new_max > part.max[r] {
                 // exp(-inf) = 0 clears the empty state.
                 let c = (part.max[r] - new_max).exp();
@@ -157,13 +167,7 @@ pub fn attend_keys(
                 }
                 part.max[r] = new_max;
             }
-            for s in &mut row[lo..hi] {
-                *s -= new_max;
-            }
-            simd::exp_inplace(&mut row[lo..hi]);
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
-            part.sum[r] += row[lo..hi].iter().sum::<f32>();
+            part.sum[r] += tile_sum;
         }
         simd::accumulate(part.acc, &p[..rows * KEY_TILE], kv.v, offsets);
         start += n;
@@ -217,6 +221,8 @@ pub fn combine(
 /// keys (or values) as element offsets into the layer's K (or V) storage, each the start of
 /// `hd` values.
 mod simd {
+    use std::ops::Range;
+
     use half::f16;
 
     use super::KEY_TILE;
@@ -266,16 +272,37 @@ mod simd {
         scalar::accumulate(acc, w, v, offsets)
     }
 
-    /// `x[i] = exp(x[i])` for `x[i] <= 0` (scores minus their max), to within 2e-7 relative.
-    pub fn exp_inplace(x: &mut [f32]) {
+    /// Asks the CPU to bring the `hd` values at each of `offsets` in `data` towards L1, without
+    /// waiting for them. A hint: it changes no result.
+    pub fn prefetch(data: &[f16], offsets: &[usize], hd: usize) {
+        /// f16 values per 64-byte cache line.
+        const LINE: usize = 32;
+        for &off in offsets {
+            let run = &data[off..off + hd];
+            #[cfg(target_arch = "x86_64")]
+            for i in (0..hd).step_by(LINE) {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally and
+                // never faults, and the address is inside `run`.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(run[i..].as_ptr().cast()) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = run;
+        }
+    }
+
+    /// One row's online-softmax step over a tile: the scores `row[keys]` are scaled by `scale`
+    /// and `m` becomes the larger of `max` and their largest; then `row[j] = exp(row[j] - m)`
+    /// for `j` in `keys` and 0 elsewhere in the tile. Returns `m` and the sum of the weights.
+    /// `keys` must not be empty.
+    pub fn softmax_tile(row: &mut [f32], keys: Range<usize>, scale: f32, max: f32) -> (f32, f32) {
+        assert!(row.len() == KEY_TILE && keys.start < keys.end && keys.end <= KEY_TILE);
         #[cfg(target_arch = "x86_64")]
         if avx2(8) {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { x86::exp_inplace(x) };
+            // SAFETY: the CPU has AVX2 and FMA (checked above); the row and range were checked.
+            return unsafe { x86::softmax_tile(row, keys, scale, max) };
         }
-        for v in x {
-            *v = scalar::exp(*v);
-        }
+        scalar::softmax_tile(row, keys, scale, max)
     }
 
     /// ln 2 split in a part exact in f32 and a remainder (Cody-Waite reduction).
@@ -287,6 +314,8 @@ mod simd {
     const C: [f32; 5] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
 
     pub mod scalar {
+        use std::ops::Range;
+
         use half::f16;
 
         use super::{tile_shape, C, EXP_MIN, KEY_TILE, LN2_HI, LN2_LO};
@@ -315,6 +344,27 @@ mod simd {
             }
         }
 
+        pub fn softmax_tile(
+            row: &mut [f32],
+            keys: Range<usize>,
+            scale: f32,
+            max: f32,
+        ) -> (f32, f32) {
+            let (lo, hi) = (keys.start, keys.end);
+            for s in &mut row[keys.clone()] {
+                *s *= scale;
+            }
+            let m = row[keys].iter().copied().fold(max, f32::max);
+            let mut sum = 0.0;
+            for s in &mut row[lo..hi] {
+                *s = exp(*s - m);
+                sum += *s;
+            }
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+            (m, sum)
+        }
+
         /// The same steps as the SIMD version, one lane.
         pub fn exp(x: f32) -> f32 {
             let x = x.max(EXP_MIN);
@@ -332,6 +382,7 @@ mod simd {
     #[cfg(target_arch = "x86_64")]
     mod x86 {
         use std::arch::x86_64::*;
+        use std::ops::Range;
 
         use half::f16;
 
@@ -564,19 +615,55 @@ mod simd {
             }
         }
 
+        /// [`super::softmax_tile`] on four vectors of eight scores, the keys outside the range
+        /// masked: to -inf for the max, to 0 for the weights.
+        ///
         /// # Safety
-        /// The CPU must support AVX2 and FMA.
+        /// The CPU must support AVX2 and FMA; `row` holds [`KEY_TILE`] scores.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn exp_inplace(x: &mut [f32]) {
-            let mut chunks = x.chunks_exact_mut(8);
-            for c in &mut chunks {
-                // SAFETY: `c` holds 8 floats.
-                let v = unsafe { load(c, 0) };
-                unsafe { store(c, 0, exp8(v)) };
+        pub unsafe fn softmax_tile(
+            row: &mut [f32],
+            keys: Range<usize>,
+            scale: f32,
+            max: f32,
+        ) -> (f32, f32) {
+            const VECS: usize = KEY_TILE / 8;
+            let (lo, hi) = (
+                _mm256_set1_epi32(keys.start as i32),
+                _mm256_set1_epi32(keys.end as i32),
+            );
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let inside: [__m256; VECS] = std::array::from_fn(|g| {
+                let j = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * g as i32));
+                // lo <= j < hi, as j > lo - 1 and hi > j.
+                let above = _mm256_cmpgt_epi32(j, _mm256_sub_epi32(lo, _mm256_set1_epi32(1)));
+                _mm256_castsi256_ps(_mm256_and_si256(above, _mm256_cmpgt_epi32(hi, j)))
+            });
+            let scale = _mm256_set1_ps(scale);
+            // SAFETY (loads and stores): the row holds VECS vectors.
+            let s: [__m256; VECS] =
+                std::array::from_fn(|g| _mm256_mul_ps(unsafe { load(row, 8 * g) }, scale));
+            let mut m = _mm256_set1_ps(max);
+            for (&s, &inside) in s.iter().zip(&inside) {
+                m = _mm256_max_ps(
+                    m,
+                    _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), s, inside),
+                );
             }
-            for v in chunks.into_remainder() {
-                *v = super::scalar::exp(*v);
+            let m = _mm256_max_ps(m, _mm256_permute2f128_ps::<1>(m, m));
+            let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b01_00_11_10>(m, m));
+            let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b10_11_00_01>(m, m));
+            let mut sum = _mm256_setzero_ps();
+            for (g, (&s, &inside)) in s.iter().zip(&inside).enumerate() {
+                // SAFETY: the CPU has AVX2 and FMA (the caller's promise).
+                let w = _mm256_and_ps(unsafe { exp8(_mm256_sub_ps(s, m)) }, inside);
+                sum = _mm256_add_ps(sum, w);
+                unsafe { store(row, 8 * g, w) };
             }
+            let sum = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+            let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+            let sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+            (_mm256_cvtss_f32(m), _mm_cvtss_f32(sum))
         }
 
         /// [`super::scalar::exp`] on 8 lanes.
@@ -820,16 +907,22 @@ mod tests {
             for (a, b) in fast.iter().zip(&slow) {
                 prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "accumulate {a} vs {b}");
             }
-            let mut fast = values(seed ^ 4, 8 * chunks + rows, 40.0);
-            for v in &mut fast {
-                *v = -v.abs();
-            }
-            let want: Vec<f32> = fast.iter().map(|v| v.exp()).collect();
-            let slow: Vec<f32> = fast.iter().map(|&v| simd::scalar::exp(v)).collect();
-            simd::exp_inplace(&mut fast);
-            for ((a, b), w) in fast.iter().zip(&slow).zip(&want) {
-                prop_assert!((a - b).abs() <= 1e-7 * b, "exp simd {a} vs scalar {b}");
-                prop_assert!((a - w).abs() <= 3e-7 * w + 1e-37, "exp {a} vs {w}");
+            // Scores spread over a wide range so that exp underflows for some; a row's
+            // visible keys are any non-empty sub-range of the tile.
+            let input = values(seed ^ 4, KEY_TILE, 40.0);
+            let mut fast = input.clone();
+            let lo = (seed >> 8) as usize % n_keys;
+            let hi = lo + 1 + (seed >> 16) as usize % (n_keys - lo);
+            let prev_max = if seed & 1 == 0 { f32::NEG_INFINITY } else { 5.0 };
+            let mut slow = fast.clone();
+            let (m_fast, sum_fast) = simd::softmax_tile(&mut fast, lo..hi, 0.7, prev_max);
+            let (m_slow, sum_slow) = simd::scalar::softmax_tile(&mut slow, lo..hi, 0.7, prev_max);
+            prop_assert_eq!(m_fast, m_slow);
+            prop_assert!((sum_fast - sum_slow).abs() <= 1e-6 * sum_slow, "sum {sum_fast} vs {sum_slow}");
+            for (j, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                let want = if (lo..hi).contains(&j) { (input[j] * 0.7 - m_slow).exp() } else { 0.0 };
+                prop_assert!((a - b).abs() <= 1e-7 * b, "weight {a} vs scalar {b}");
+                prop_assert!((a - want).abs() <= 3e-7 * want + 1e-37, "weight {a} vs exp {want}");
             }
         }
     }
