@@ -1,9 +1,12 @@
-//! The AVX2 group kernels: eight interleaved rows by up to three tokens, one 32-element block
-//! at a time (layouts in the parent module's comment).
+//! The AVX2 group kernels: eight interleaved rows by up to three tokens, one block at a time
+//! (layouts in the parent module's comment).
 
 use std::arch::x86_64::*;
 
-use super::{Acts, Encoding, GROUP_ROWS};
+use super::{
+    k4_quants, k6_vector, Acts, Encoding, GROUP_ROWS, K4_MINS, K4_SCALES, K4_SUBS, K6_SCALES,
+};
+use crate::quant::layout::QK_K;
 use crate::quant::QK;
 
 /// How far ahead of the current block the kernels prefetch: decode streams the weights once.
@@ -39,6 +42,8 @@ pub(super) unsafe fn group_tile(
         Encoding::Q8_0 => run!(q8_0),
         Encoding::Q4_1 => run!(q4_1),
         Encoding::Q5_0 => run!(q5_0),
+        Encoding::Q4K => run!(q4_k),
+        Encoding::Q6K => run!(q6_k),
     }
 }
 
@@ -53,16 +58,17 @@ fn prefetch(block: *const u8, len: usize) {
     }
 }
 
-/// Four activation bytes of token `t`'s block `b`, at byte `4k` of its quants, broadcast to
+/// Four activation bytes of token `t`'s block `b`, at byte `e` of its quants, broadcast to
 /// every row's lane.
 ///
 /// # Safety
-/// The CPU must support AVX2; the block must be in bounds (checked by [`group_tile`]).
+/// The CPU must support AVX2; the block must be in bounds (checked by [`group_tile`]) and
+/// `e + 4` at most its number of quants.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn x4(acts: &Acts<'_>, t: usize, b: usize, k: usize) -> __m256i {
-    let at = acts.quants_at(t, b) + 4 * k;
-    // SAFETY: `k < 8` keeps the read inside the block's quants; unaligned reads are allowed.
+unsafe fn x4(acts: &Acts<'_>, t: usize, b: usize, e: usize) -> __m256i {
+    let at = acts.quants_at(t, b) + e;
+    // SAFETY: guaranteed by the caller; unaligned reads are allowed.
     unsafe { _mm256_set1_epi32(std::ptr::read_unaligned(acts.x.as_ptr().add(at).cast())) }
 }
 
@@ -102,7 +108,7 @@ unsafe fn q8_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
             let mut isum = _mm256_setzero_si256();
             for k in 0..QK / 4 {
                 // SAFETY: as `x4` requires.
-                let x = _mm256_sign_epi8(unsafe { x4(acts, t, b, k) }, w[k]);
+                let x = _mm256_sign_epi8(unsafe { x4(acts, t, b, 4 * k) }, w[k]);
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs[k], x), ones);
                 isum = _mm256_add_epi32(isum, p);
             }
@@ -119,7 +125,7 @@ unsafe fn q8_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
     let bb = Encoding::Q4_1.block_bytes();
-    let q = Encoding::Q4_1.quant_bytes();
+    let q = Encoding::Q4_1.int_bytes();
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..acts.blocks {
@@ -139,7 +145,10 @@ unsafe fn q4_1<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
             let mut p = _mm256_setzero_si256();
             for (k, &wk) in w.iter().enumerate() {
                 // SAFETY: as `x4` requires.
-                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(wk, unsafe { x4(acts, t, b, k) }));
+                p = _mm256_add_epi16(
+                    p,
+                    _mm256_maddubs_epi16(wk, unsafe { x4(acts, t, b, 4 * k) }),
+                );
             }
             let isum = _mm256_madd_epi16(p, ones);
             let s = acts.xs[t * acts.blocks + b];
@@ -177,7 +186,7 @@ unsafe fn nibble_lanes(block: *const u8) -> [__m256i; QK / 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
     let bb = Encoding::Q5_0.block_bytes();
-    let q = Encoding::Q5_0.quant_bytes();
+    let q = Encoding::Q5_0.int_bytes();
     let ones = _mm256_set1_epi16(1);
     let bit4 = _mm256_set1_epi8(0x10);
     let mut acc = [_mm256_setzero_ps(); T];
@@ -214,7 +223,7 @@ unsafe fn q5_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
             let half = |h: usize| {
                 // SAFETY: as `x4` requires.
                 let p = |k: usize| {
-                    _mm256_maddubs_epi16(w[4 * h + k], unsafe { x4(acts, t, b, 4 * h + k) })
+                    _mm256_maddubs_epi16(w[4 * h + k], unsafe { x4(acts, t, b, 4 * (4 * h + k)) })
                 };
                 let s =
                     _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
@@ -228,6 +237,190 @@ unsafe fn q5_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
             );
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+        }
+    }
+    store(acc, out);
+}
+
+/// Eight per-row bytes at `p` (one per row of the group), as i32 lanes: zero-extended, or
+/// sign-extended when `SIGNED`.
+///
+/// # Safety
+/// The CPU must support AVX2; `p` must point at 8 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_bytes<const SIGNED: bool>(p: *const u8) -> __m256i {
+    // SAFETY: guaranteed by the caller; no alignment needed.
+    let v = unsafe { _mm_loadl_epi64(p.cast()) };
+    if SIGNED {
+        _mm256_cvtepi8_epi32(v)
+    } else {
+        _mm256_cvtepu8_epi32(v)
+    }
+}
+
+/// Each row's lane of `a` in its low i16 and of `b` in its high one, so that `madd` with
+/// `(x, y)` pairs gives `a·x + b·y` per row (the values fit in i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair16(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_blend_epi16::<0b1010_1010>(a, _mm256_slli_epi32::<16>(b))
+}
+
+/// # Safety
+/// As [`group_tile`], with `out.len() == T` and the encoding Q4_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
+    let bb = Encoding::Q4K.block_bytes();
+    let q = Encoding::Q4K.int_bytes();
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..acts.blocks {
+        // SAFETY (all reads of `block`): as in `q8_0`; the offsets are those of the layout,
+        // inside the block.
+        let block = unsafe { group.as_ptr().add(b * bb) };
+        prefetch(block, bb);
+        let mut isum = [_mm256_setzero_si256(); T];
+        for c in 0..QK_K / 64 {
+            // Eight products of quants <= 15 and |x| <= 128 per i16 lane stay below 2^15.
+            let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+            for k in 0..8 {
+                let v = unsafe { _mm256_loadu_si256(block.add(k4_quants(8 * c + k)).cast()) };
+                let (wl, wh) = (
+                    _mm256_and_si256(v, m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+                );
+                for t in 0..T {
+                    // SAFETY: as `x4` requires: 64c + 32 + 4k + 4 <= 256.
+                    let (xl, xh) = unsafe {
+                        (
+                            x4(acts, t, b, 64 * c + 4 * k),
+                            x4(acts, t, b, 64 * c + 32 + 4 * k),
+                        )
+                    };
+                    lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, xl));
+                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(wh, xh));
+                }
+            }
+            let scale = |j: usize| {
+                let v = unsafe { row_bytes::<false>(block.add(K4_SCALES + GROUP_ROWS * j)) };
+                pair16(v, v)
+            };
+            let (sl, sh) = (scale(2 * c), scale(2 * c + 1));
+            for t in 0..T {
+                let s =
+                    _mm256_add_epi32(_mm256_madd_epi16(lo[t], sl), _mm256_madd_epi16(hi[t], sh));
+                isum[t] = _mm256_add_epi32(isum[t], s);
+            }
+        }
+        let (d, dmin) = unsafe {
+            (
+                scales8(block.add(q)),
+                scales8(block.add(q + 2 * GROUP_ROWS)),
+            )
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // Σ min_j (bsum_2j + bsum_2j+1): each min against the pair of 16-element sums.
+            let mut msum = _mm256_setzero_si256();
+            for j in 0..K4_SUBS {
+                let m = unsafe { row_bytes::<false>(block.add(K4_MINS + GROUP_ROWS * j)) };
+                let bsums = _mm256_set1_epi32(acts.bsum_pair(t, b, j));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(pair16(m, m), bsums));
+            }
+            let xd = _mm256_set1_ps(acts.xs[t * acts.blocks + b].d);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, xd), *acc);
+            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, xd), *acc);
+        }
+    }
+    store(acc, out);
+}
+
+/// # Safety
+/// As [`group_tile`], with `out.len() == T` and the encoding Q6_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
+    let bb = Encoding::Q6K.block_bytes();
+    let q = Encoding::Q6K.int_bytes();
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..acts.blocks {
+        // SAFETY (all reads of `block`): as in `q4_k`.
+        let block = unsafe { group.as_ptr().add(b * bb) };
+        prefetch(block, bb);
+        let scale =
+            |sub: usize| unsafe { row_bytes::<true>(block.add(K6_SCALES + GROUP_ROWS * sub)) };
+        let mut isum = [_mm256_setzero_si256(); T];
+        for h in 0..2 {
+            for kk in 0..2 {
+                // Quant vector k of chunk 2h + s, nibble n, covers elements
+                // 128h + 64n + 32s + 4k..: sub-block 8h + 4n + 2s + k / 4.
+                let sc: [[__m256i; 2]; 2] = std::array::from_fn(|n| {
+                    std::array::from_fn(|s| {
+                        let v = scale(8 * h + 4 * n + 2 * s + kk);
+                        pair16(v, v)
+                    })
+                });
+                for k0 in (4 * kk..4 * kk + 4).step_by(2) {
+                    // w[i][s][n]: the 6-bit quants of vector k0 + i.
+                    let w: [[[__m256i; 2]; 2]; 2] = std::array::from_fn(|i| {
+                        let k = k0 + i;
+                        let qh =
+                            unsafe { _mm256_loadu_si256(block.add(k6_vector(h, k, 0)).cast()) };
+                        std::array::from_fn(|s| {
+                            let ql = unsafe {
+                                _mm256_loadu_si256(block.add(k6_vector(h, k, 1 + s)).cast())
+                            };
+                            // Bit pair 2s (low nibble) or 4 + 2s (high) of qh moved to bits 4-5;
+                            // the 16-bit shifts move no other byte's bits there.
+                            let (high_lo, high_hi) = if s == 0 {
+                                (_mm256_slli_epi16::<4>(qh), qh)
+                            } else {
+                                (_mm256_slli_epi16::<2>(qh), _mm256_srli_epi16::<2>(qh))
+                            };
+                            [
+                                _mm256_or_si256(
+                                    _mm256_and_si256(ql, m4),
+                                    _mm256_and_si256(high_lo, m2),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4),
+                                    _mm256_and_si256(high_hi, m2),
+                                ),
+                            ]
+                        })
+                    });
+                    for (t, isum) in isum.iter_mut().enumerate() {
+                        for s in 0..2 {
+                            for n in 0..2 {
+                                let e = 128 * h + 64 * n + 32 * s + 4 * k0;
+                                // SAFETY: as `x4` requires: e + 8 <= 256.
+                                let (x0, x1) =
+                                    unsafe { (x4(acts, t, b, e), x4(acts, t, b, e + 4)) };
+                                // Four products of quants <= 63 and |x| <= 128 per i16 lane
+                                // stay below 2^15.
+                                let p = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(w[0][s][n], x0),
+                                    _mm256_maddubs_epi16(w[1][s][n], x1),
+                                );
+                                *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(p, sc[n][s]));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let d = unsafe { scales8(block.add(q)) };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // Σ (q - 32)·x·scale = Σ q·x·scale - 32 Σ scale·bsum, exactly.
+            let mut offset = _mm256_setzero_si256();
+            for i in 0..QK_K / 32 {
+                let sc = pair16(scale(2 * i), scale(2 * i + 1));
+                let bsums = _mm256_set1_epi32(acts.bsum_pair(t, b, i));
+                offset = _mm256_add_epi32(offset, _mm256_madd_epi16(sc, bsums));
+            }
+            let total = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<5>(offset));
+            let xd = _mm256_set1_ps(acts.xs[t * acts.blocks + b].d);
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, xd), *acc);
         }
     }
     store(acc, out);

@@ -5,14 +5,20 @@ use crate::quant::{act_scales, dequantize_row, quantize_row, vec_dot};
 use crate::row_groups::GROUP_ROWS;
 use crate::test_util::{random_activations, random_matrix, Rng};
 
-const TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_0];
+const TYPES: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
 
 #[test]
 fn other_types_are_not_interleaved() {
     let pool = ThreadPool::new(1);
-    let data = vec![0u8; GgmlType::Q4_K.row_bytes(256).unwrap()];
+    let data = vec![0u8; GgmlType::Q5_K.row_bytes(256).unwrap()];
     let w = QMatrix {
-        ty: GgmlType::Q4_K,
+        ty: GgmlType::Q5_K,
         rows: 1,
         cols: 256,
         data: &data,
@@ -28,7 +34,7 @@ fn matches_file_format_dots() {
     let pool = ThreadPool::new(3);
     let mut rng = Rng(9);
     for ty in TYPES {
-        let (rows, cols, n) = (19, 5 * QK, 5);
+        let (rows, cols, n) = (19, 3 * ty.block_len(), 5);
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QMatrix {
             ty,
@@ -80,7 +86,7 @@ proptest! {
         let pool = ThreadPool::new(1);
         let mut rng = Rng(seed);
         for ty in TYPES {
-            let cols = blocks * QK;
+            let cols = blocks * ty.block_len();
             let data = random_matrix(ty, GROUP_ROWS, cols, &mut rng);
             let w = QMatrix { ty, rows: GROUP_ROWS, cols, data: &data };
             let packed = InterleavedMatrix::pack(&pool, &w).expect("encoded type");
@@ -94,7 +100,7 @@ proptest! {
                 .collect();
             let mut xs = vec![ActScale::default(); tokens * blocks];
             act_scales(dot, &xq, &mut xs);
-            let acts = Acts { x: &xq, xs: &xs, blocks, xblock: dot.block_bytes() };
+            let acts = Acts { x: &xq, xs: &xs, blocks, xblock: dot.block_bytes(), quants: quants_offset(dot) };
             let mut fast = vec![[0.0f32; GROUP_ROWS]; tokens];
             let mut slow = fast.clone();
             group_tile(packed.encoding, packed.group(0), &acts, &mut fast);
