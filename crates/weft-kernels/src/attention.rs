@@ -126,7 +126,9 @@ pub fn attend_keys(
     let mut p = [0.0f32; MAX_ROWS * KEY_TILE];
     // The cache is far bigger than the caches of the CPU, and a tile's keys are a few short
     // runs the hardware prefetcher barely starts on: each tile asks for the next tile's keys
-    // and values while it computes, so loads overlap arithmetic instead of stalling it.
+    // and values while it computes, a few lines at a time through its loops (a burst of
+    // hundreds of requests would only queue), so loads overlap arithmetic instead of
+    // stalling it.
     let mut offsets = [0usize; KEY_TILE];
     let mut next = [0usize; KEY_TILE];
     let tile_len = |start: usize| (keys.end - start).min(KEY_TILE);
@@ -141,13 +143,14 @@ pub fn attend_keys(
         let n = tile_len(start);
         std::mem::swap(&mut offsets, &mut next);
         let offsets = &offsets[..n];
-        if start + n < keys.end {
+        let ahead = if start + n < keys.end {
             let ahead = &mut next[..tile_len(start + n)];
             kv.offsets(start + n, kv_head, ahead);
-            simd::prefetch(kv.k, ahead, hd);
-            simd::prefetch(kv.v, ahead, hd);
-        }
-        simd::scores(q, kv.k, offsets, &mut p[..rows * KEY_TILE]);
+            &ahead[..]
+        } else {
+            &[]
+        };
+        simd::scores(q, kv.k, offsets, &mut p[..rows * KEY_TILE], ahead);
         for (r, range) in row_keys.iter().enumerate() {
             let row = &mut p[r * KEY_TILE..(r + 1) * KEY_TILE];
             // The tile's keys this row may see.
@@ -169,7 +172,7 @@ pub fn attend_keys(
             }
             part.sum[r] += tile_sum;
         }
-        simd::accumulate(part.acc, &p[..rows * KEY_TILE], kv.v, offsets);
+        simd::accumulate(part.acc, &p[..rows * KEY_TILE], kv.v, offsets, ahead);
         start += n;
     }
 }
@@ -249,34 +252,39 @@ mod simd {
         (rows, row_values / rows)
     }
 
-    /// `out[r * KEY_TILE + j] = q_r · k[offsets[j]..][..hd]` for each row r and key j.
-    pub fn scores(q: &[f32], k: &[f16], offsets: &[usize], out: &mut [f32]) {
+    /// `out[r * KEY_TILE + j] = q_r · k[offsets[j]..][..hd]` for each row r and key j; the
+    /// keys at `ahead` (the next tile's) are prefetched on the way.
+    pub fn scores(q: &[f32], k: &[f16], offsets: &[usize], out: &mut [f32], ahead: &[usize]) {
         let (_, hd) = tile_shape(q.len(), out.len(), offsets);
         #[cfg(target_arch = "x86_64")]
         if avx2(hd) {
             // SAFETY: the CPU has AVX2, FMA and F16C and hd is a multiple of 8 (checked
             // above); the shapes were checked by `tile_shape`.
-            return unsafe { x86::scores(q, k, offsets, out) };
+            return unsafe { x86::scores(q, k, offsets, out, ahead) };
         }
+        let _ = ahead;
         scalar::scores(q, k, offsets, out)
     }
 
-    /// `acc_r += sum_j w[r * KEY_TILE + j] * v[offsets[j]..][..hd]` for each row r.
-    pub fn accumulate(acc: &mut [f32], w: &[f32], v: &[f16], offsets: &[usize]) {
+    /// `acc_r += sum_j w[r * KEY_TILE + j] * v[offsets[j]..][..hd]` for each row r; the
+    /// values at `ahead` (the next tile's) are prefetched on the way.
+    pub fn accumulate(acc: &mut [f32], w: &[f32], v: &[f16], offsets: &[usize], ahead: &[usize]) {
         let (_, hd) = tile_shape(acc.len(), w.len(), offsets);
         #[cfg(target_arch = "x86_64")]
         if avx2(hd) {
             // SAFETY: as in `scores`.
-            return unsafe { x86::accumulate(acc, w, v, offsets) };
+            return unsafe { x86::accumulate(acc, w, v, offsets, ahead) };
         }
+        let _ = ahead;
         scalar::accumulate(acc, w, v, offsets)
     }
+
+    /// f16 values per 64-byte cache line.
+    const LINE: usize = 32;
 
     /// Asks the CPU to bring the `hd` values at each of `offsets` in `data` towards L1, without
     /// waiting for them. A hint: it changes no result.
     pub fn prefetch(data: &[f16], offsets: &[usize], hd: usize) {
-        /// f16 values per 64-byte cache line.
-        const LINE: usize = 32;
         for &off in offsets {
             let run = &data[off..off + hd];
             #[cfg(target_arch = "x86_64")]
@@ -434,29 +442,37 @@ mod simd {
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C; the head dimension is a multiple of 8.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn scores(q: &[f32], k: &[f16], offsets: &[usize], out: &mut [f32]) {
+        pub unsafe fn scores(
+            q: &[f32],
+            k: &[f16],
+            offsets: &[usize],
+            out: &mut [f32],
+            ahead: &[usize],
+        ) {
             let (rows, hd) = tile_shape(q.len(), out.len(), offsets);
             for r0 in (0..rows).step_by(SCORE_ROWS_PER_PASS) {
                 let (q, out) = (&q[r0 * hd..], &mut out[r0 * KEY_TILE..]);
+                // The first pass prefetches.
+                let ahead = if r0 == 0 { ahead } else { &[] };
                 // SAFETY (each arm): guaranteed by the caller; `q` and `out` hold these rows.
                 // Keys per step: with the rows, enough independent accumulators (at least
                 // six) to hide the FMA latency, few enough to stay in registers.
                 match (rows - r0).min(SCORE_ROWS_PER_PASS) {
-                    1 => unsafe { scores_pass::<1, 8>(q, hd, k, offsets, out) },
-                    2 => unsafe { scores_pass::<2, 4>(q, hd, k, offsets, out) },
-                    3 => unsafe { scores_pass::<3, 2>(q, hd, k, offsets, out) },
-                    4 => unsafe { scores_pass::<4, 2>(q, hd, k, offsets, out) },
-                    5 => unsafe { scores_pass::<5, 2>(q, hd, k, offsets, out) },
-                    6 => unsafe { scores_pass::<6, 2>(q, hd, k, offsets, out) },
-                    7 => unsafe { scores_pass::<7, 1>(q, hd, k, offsets, out) },
-                    _ => unsafe { scores_pass::<8, 1>(q, hd, k, offsets, out) },
+                    1 => unsafe { scores_pass::<1, 8>(q, hd, k, offsets, out, ahead) },
+                    2 => unsafe { scores_pass::<2, 4>(q, hd, k, offsets, out, ahead) },
+                    3 => unsafe { scores_pass::<3, 2>(q, hd, k, offsets, out, ahead) },
+                    4 => unsafe { scores_pass::<4, 2>(q, hd, k, offsets, out, ahead) },
+                    5 => unsafe { scores_pass::<5, 2>(q, hd, k, offsets, out, ahead) },
+                    6 => unsafe { scores_pass::<6, 2>(q, hd, k, offsets, out, ahead) },
+                    7 => unsafe { scores_pass::<7, 1>(q, hd, k, offsets, out, ahead) },
+                    _ => unsafe { scores_pass::<8, 1>(q, hd, k, offsets, out, ahead) },
                 }
             }
         }
 
         /// [`scores`] for `R` rows, eight keys at a time: the dot products of `K` keys at once
         /// are accumulated in registers, and eight keys' accumulators reduce to one vector of
-        /// scores per row.
+        /// scores per row. Each eight keys prefetch eight of `ahead`.
         ///
         /// # Safety
         /// As [`scores`]; `q` holds R rows of `hd` and `out` R rows of `KEY_TILE`.
@@ -468,9 +484,12 @@ mod simd {
             k: &[f16],
             offsets: &[usize],
             out: &mut [f32],
+            ahead: &[usize],
         ) {
             assert!(q.len() >= R * hd && out.len() >= R * KEY_TILE && hd.is_multiple_of(8));
             for (g, offs) in offsets.chunks(8).enumerate() {
+                let (lo, hi) = ((8 * g).min(ahead.len()), (8 * g + 8).min(ahead.len()));
+                super::prefetch(k, &ahead[lo..hi], hd);
                 let mut dots = [[_mm256_setzero_ps(); 8]; R];
                 let mut j = 0;
                 while j + K <= offs.len() {
@@ -529,23 +548,32 @@ mod simd {
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C; the head dimension is a multiple of 8.
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub unsafe fn accumulate(acc: &mut [f32], w: &[f32], v: &[f16], offsets: &[usize]) {
+        pub unsafe fn accumulate(
+            acc: &mut [f32],
+            w: &[f32],
+            v: &[f16],
+            offsets: &[usize],
+            ahead: &[usize],
+        ) {
             let (rows, hd) = tile_shape(acc.len(), w.len(), offsets);
             for r0 in (0..rows).step_by(ROWS_PER_PASS) {
                 let n = (rows - r0).min(ROWS_PER_PASS);
                 let (acc, w) = (&mut acc[r0 * hd..(r0 + n) * hd], &w[r0 * KEY_TILE..]);
+                // The first pass prefetches.
+                let ahead = if r0 == 0 { ahead } else { &[] };
                 // SAFETY (each arm): guaranteed by the caller; `acc` and `w` hold these rows.
                 // Rows times columns of eight stay within 12 of the 16 vector registers.
                 match n {
-                    1 => unsafe { accumulate_pass::<1, 4>(acc, hd, w, v, offsets) },
-                    2 => unsafe { accumulate_pass::<2, 4>(acc, hd, w, v, offsets) },
-                    3 => unsafe { accumulate_pass::<3, 4>(acc, hd, w, v, offsets) },
-                    _ => unsafe { accumulate_pass::<4, 2>(acc, hd, w, v, offsets) },
+                    1 => unsafe { accumulate_pass::<1, 4>(acc, hd, w, v, offsets, ahead) },
+                    2 => unsafe { accumulate_pass::<2, 4>(acc, hd, w, v, offsets, ahead) },
+                    3 => unsafe { accumulate_pass::<3, 4>(acc, hd, w, v, offsets, ahead) },
+                    _ => unsafe { accumulate_pass::<4, 2>(acc, hd, w, v, offsets, ahead) },
                 }
             }
         }
 
-        /// [`accumulate`] for `R` rows, `C` columns of eight at a time while they fit.
+        /// [`accumulate`] for `R` rows, `C` columns of eight at a time while they fit; the
+        /// columns starting a cache line prefetch that line of every value of `ahead`.
         ///
         /// # Safety
         /// As [`accumulate`]; `acc` holds R rows of `hd` and `w` R rows of `KEY_TILE`.
@@ -557,14 +585,26 @@ mod simd {
             w: &[f32],
             v: &[f16],
             offsets: &[usize],
+            ahead: &[usize],
         ) {
+            let prefetch = |col: usize, width: usize| {
+                // The line starts in columns col..col + width.
+                let line = col.next_multiple_of(super::LINE);
+                if line < (col + width).min(hd) {
+                    for &off in ahead {
+                        super::prefetch(v, &[off + line], super::LINE.min(hd - line));
+                    }
+                }
+            };
             let mut col = 0;
             while col + 8 * C <= hd {
+                prefetch(col, 8 * C);
                 // SAFETY: as this function's.
                 unsafe { accumulate_columns::<R, C>(acc, hd, col, w, v, offsets) };
                 col += 8 * C;
             }
             while col < hd {
+                prefetch(col, 8);
                 // SAFETY: as this function's.
                 unsafe { accumulate_columns::<R, 1>(acc, hd, col, w, v, offsets) };
                 col += 8;
@@ -891,7 +931,7 @@ mod tests {
             let k: Vec<f16> = values(seed ^ 1, store_keys * hd, 3.0).into_iter().map(f16::from_f32).collect();
             let q = values(seed, rows * hd, 2.0);
             let (mut fast, mut slow) = (vec![0.0; rows * KEY_TILE], vec![0.0; rows * KEY_TILE]);
-            simd::scores(&q, &k, &offsets, &mut fast);
+            simd::scores(&q, &k, &offsets, &mut fast, &offsets);
             simd::scalar::scores(&q, &k, &offsets, &mut slow);
             for r in 0..rows {
                 for j in 0..n_keys {
@@ -902,7 +942,7 @@ mod tests {
             let w = values(seed ^ 2, rows * KEY_TILE, 1.0);
             let mut fast = values(seed ^ 3, rows * hd, 1.0);
             let mut slow = fast.clone();
-            simd::accumulate(&mut fast, &w, &k, &offsets);
+            simd::accumulate(&mut fast, &w, &k, &offsets, &offsets);
             simd::scalar::accumulate(&mut slow, &w, &k, &offsets);
             for (a, b) in fast.iter().zip(&slow) {
                 prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "accumulate {a} vs {b}");
