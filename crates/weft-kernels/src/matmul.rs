@@ -127,7 +127,7 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
 }
 
 /// The kernel layouts of one weight matrix, built from its file blocks on first use (the file
-/// stays the source of truth): packed for batches of [`packed::worth_packing`] tokens,
+/// stays the source of truth): packed for batches that are [`packed::worth_packing`],
 /// interleaved otherwise, each `None` when the type has no such layout.
 #[derive(Clone, Default)]
 pub struct Layouts {
@@ -146,7 +146,7 @@ impl Layouts {
     /// The layout a product of `w` (whose layouts these are) over `n_tokens` tokens reads,
     /// building it if this is its first use.
     pub fn plan(&self, pool: &ThreadPool, w: &QMatrix<'_>, n_tokens: usize) -> Plan<'_> {
-        if packed::worth_packing(n_tokens) {
+        if packed::worth_packing(w.ty, n_tokens) {
             if let Some(p) = self.packed.get_or_init(|| PackedMatrix::pack(pool, w)) {
                 return Plan::Packed(p);
             }
