@@ -49,15 +49,28 @@ fn golden() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("json")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-audio-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A test's own directory for the audio files it makes, removed when the test ends (also
+/// when it fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("weft-audio-test-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
 }
 
-/// Speaks the golden entry's text with its espeak-ng voice and speed.
-fn speak(entry: &serde_json::Value, name: &str) -> PathBuf {
-    let out = scratch(&format!("{name}.wav"));
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Speaks the golden entry's text with its espeak-ng voice and speed into `dir`.
+fn speak(entry: &serde_json::Value, dir: &Scratch, name: &str) -> PathBuf {
+    let out = dir.0.join(format!("{name}.wav"));
     let status = Command::new("espeak-ng")
         .args(["-v", entry["voice"].as_str().unwrap()])
         .args(["-s", &entry["wpm"].to_string()])
@@ -119,7 +132,8 @@ fn english(beam: usize) -> TranscribeOptions {
 fn greedy_and_beam_match_faster_whisper() {
     let Some(t) = transcriber() else { return };
     let g = &golden()["kitchen"];
-    let bytes = std::fs::read(speak(g, "kitchen")).unwrap();
+    let dir = Scratch::new("greedy");
+    let bytes = std::fs::read(speak(g, &dir, "kitchen")).unwrap();
     for beam in [1, 5] {
         let want = &g[format!("beam{beam}")];
         let got = t.transcribe_bytes(&bytes, &english(beam)).unwrap();
@@ -143,7 +157,8 @@ fn greedy_and_beam_match_faster_whisper() {
 fn long_audio_is_transcribed_across_windows() {
     let Some(t) = transcriber() else { return };
     let g = &golden()["long"];
-    let bytes = std::fs::read(speak(g, "long")).unwrap();
+    let dir = Scratch::new("long");
+    let bytes = std::fs::read(speak(g, &dir, "long")).unwrap();
     let got = t.transcribe_bytes(&bytes, &english(1)).unwrap();
     assert!(got.duration > 30.0, "{} s", got.duration);
     assert!(
@@ -171,7 +186,8 @@ fn long_audio_is_transcribed_across_windows() {
 fn compressed_containers_transcribe_like_wav() {
     let Some(t) = transcriber() else { return };
     let g = &golden()["kitchen"];
-    let wav = speak(g, "formats");
+    let dir = Scratch::new("formats");
+    let wav = speak(g, &dir, "formats");
     let reference = g["text"].as_str().unwrap();
     let wav_len = weft_audio::audio::decode(&std::fs::read(&wav).unwrap(), 60.0)
         .unwrap()
@@ -207,7 +223,8 @@ fn detects_the_spoken_language_and_translates() {
         "voice": "de", "wpm": 150,
         "text": "Guten Morgen. Heute ist das Wetter schön, und wir gehen zusammen in den Park."
     });
-    let bytes = std::fs::read(speak(&german, "german")).unwrap();
+    let dir = Scratch::new("language");
+    let bytes = std::fs::read(speak(&german, &dir, "german")).unwrap();
     let samples = weft_audio::audio::decode(&bytes, 60.0).unwrap();
     let probs = t.detect_language(&samples).unwrap();
     assert_eq!(probs[0].0, "de", "{:?}", &probs[..3]);
@@ -239,7 +256,8 @@ fn bad_input_is_a_clear_error() {
         err(b"{\"not\": \"audio\"}", &opts),
         TranscribeError::Audio(AudioError::NotAudio(_))
     ));
-    let wav = std::fs::read(speak(&golden()["kitchen"], "bad")).unwrap();
+    let dir = Scratch::new("bad");
+    let wav = std::fs::read(speak(&golden()["kitchen"], &dir, "bad")).unwrap();
     // Cut inside the header: not audio. Cut inside the data: what is there is transcribed.
     assert!(matches!(
         err(&wav[..30], &opts),

@@ -54,13 +54,14 @@ fn golden() -> &'static Value {
     })
 }
 
-/// WAV bytes of `text` spoken by espeak-ng with `voice` at `wpm` words per minute.
+/// WAV bytes of `text` spoken by espeak-ng with `voice` at `wpm` words per minute. The file
+/// goes through a directory of this call's own, removed afterwards.
 fn speak(text: &str, voice: &str, wpm: u64) -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("weft-audio-http-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out = dir.join(format!("speech{n}.wav"));
+    let dir = std::env::temp_dir().join(format!("weft-audio-http-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("speech.wav");
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-s", &wpm.to_string(), "-w"])
         .arg(&out)
@@ -68,7 +69,9 @@ fn speak(text: &str, voice: &str, wpm: u64) -> Vec<u8> {
         .status()
         .unwrap();
     assert!(status.success());
-    std::fs::read(out).unwrap()
+    let wav = std::fs::read(&out).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    wav
 }
 
 /// The golden "kitchen" sentence as faster-whisper heard it.
