@@ -395,6 +395,7 @@ mod simd {
         use half::f16;
 
         use super::{tile_shape, C, EXP_MIN, KEY_TILE, LN2_HI, LN2_LO};
+        use crate::quant::{hmax_ps, hsum_ps};
 
         /// Query rows one pass of `scores` over a tile's keys serves: one accumulator each,
         /// in registers, with the converted key.
@@ -690,20 +691,17 @@ mod simd {
                     _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), s, inside),
                 );
             }
-            let m = _mm256_max_ps(m, _mm256_permute2f128_ps::<1>(m, m));
-            let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b01_00_11_10>(m, m));
-            let m = _mm256_max_ps(m, _mm256_shuffle_ps::<0b10_11_00_01>(m, m));
+            // SAFETY (the reductions): the CPU has AVX2 (the caller's promise).
+            let m = unsafe { hmax_ps(m) };
+            let mv = _mm256_set1_ps(m);
             let mut sum = _mm256_setzero_ps();
             for (g, (&s, &inside)) in s.iter().zip(&inside).enumerate() {
                 // SAFETY: the CPU has AVX2 and FMA (the caller's promise).
-                let w = _mm256_and_ps(unsafe { exp8(_mm256_sub_ps(s, m)) }, inside);
+                let w = _mm256_and_ps(unsafe { exp8(_mm256_sub_ps(s, mv)) }, inside);
                 sum = _mm256_add_ps(sum, w);
                 unsafe { store(row, 8 * g, w) };
             }
-            let sum = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
-            let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-            let sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
-            (_mm256_cvtss_f32(m), _mm_cvtss_f32(sum))
+            (m, unsafe { hsum_ps(sum) })
         }
 
         /// [`super::scalar::exp`] on 8 lanes.

@@ -102,7 +102,7 @@ unsafe fn f16x2_times(b: &[u8], off: usize, y: f32) -> __m128 {
 /// The CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -113,7 +113,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// The CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hmax_ps(v: __m256) -> f32 {
+pub(crate) unsafe fn hmax_ps(v: __m256) -> f32 {
     let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_max_ss(s, _mm_movehdup_ps(s));

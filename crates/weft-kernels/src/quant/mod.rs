@@ -35,7 +35,7 @@ pub mod scalar;
 
 pub use affine::{affine_groups, AffineGroup, AFFINE_MAX_U};
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::available as avx2_available;
+pub(crate) use avx2::{available as avx2_available, hmax_ps, hsum_ps};
 pub use layout::{Q8_1_BYTES, QK};
 #[cfg(test)]
 mod tests;
