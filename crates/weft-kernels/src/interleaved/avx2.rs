@@ -319,13 +319,16 @@ unsafe fn q4_k<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
                 scales8(block.add(q + 2 * GROUP_ROWS)),
             )
         };
+        let mins: [__m256i; K4_SUBS] = std::array::from_fn(|j| {
+            let m = unsafe { row_bytes::<false>(block.add(K4_MINS + GROUP_ROWS * j)) };
+            pair16(m, m)
+        });
         for (t, acc) in acc.iter_mut().enumerate() {
             // Σ min_j (bsum_2j + bsum_2j+1): each min against the pair of 16-element sums.
             let mut msum = _mm256_setzero_si256();
-            for j in 0..K4_SUBS {
-                let m = unsafe { row_bytes::<false>(block.add(K4_MINS + GROUP_ROWS * j)) };
+            for (j, &m) in mins.iter().enumerate() {
                 let bsums = _mm256_set1_epi32(acts.bsum_pair(t, b, j));
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(pair16(m, m), bsums));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(m, bsums));
             }
             let xd = _mm256_set1_ps(acts.xs[t * acts.blocks + b].d);
             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, xd), *acc);
@@ -410,11 +413,12 @@ unsafe fn q6_k<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; G
             }
         }
         let d = unsafe { scales8(block.add(q)) };
+        let scale_pairs: [__m256i; QK_K / 32] =
+            std::array::from_fn(|i| pair16(scale(2 * i), scale(2 * i + 1)));
         for (t, acc) in acc.iter_mut().enumerate() {
             // Σ (q - 32)·x·scale = Σ q·x·scale - 32 Σ scale·bsum, exactly.
             let mut offset = _mm256_setzero_si256();
-            for i in 0..QK_K / 32 {
-                let sc = pair16(scale(2 * i), scale(2 * i + 1));
+            for (i, &sc) in scale_pairs.iter().enumerate() {
                 let bsums = _mm256_set1_epi32(acts.bsum_pair(t, b, i));
                 offset = _mm256_add_epi32(offset, _mm256_madd_epi16(sc, bsums));
             }
