@@ -126,8 +126,22 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
     });
 }
 
+/// Whether a product of weights of type `ty` over `n_tokens` tokens should read the packed
+/// layout. Against the file's blocks that is [`packed::worth_packing`]; the interleaved
+/// kernels re-decode a block for every three tokens, so where they exist the packed layout
+/// pays only for larger batches, and Q5_0's fifth bits make that re-decoding dearer.
+/// Measured with two threads on AVX2, weights from memory (products of 4 to 32 tokens,
+/// SmolLM2/Gemma/Qwen shapes).
+fn packed_beats_others(ty: GgmlType, n_tokens: usize) -> bool {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_K => n_tokens >= 16,
+        GgmlType::Q5_0 => n_tokens >= 8,
+        _ => packed::worth_packing(n_tokens),
+    }
+}
+
 /// The kernel layouts of one weight matrix, built from its file blocks on first use (the file
-/// stays the source of truth): packed for batches that are [`packed::worth_packing`],
+/// stays the source of truth): packed for batches where [`packed_beats_others`],
 /// interleaved otherwise, each `None` when the type has no such layout.
 #[derive(Clone, Default)]
 pub struct Layouts {
@@ -146,7 +160,7 @@ impl Layouts {
     /// The layout a product of `w` (whose layouts these are) over `n_tokens` tokens reads,
     /// building it if this is its first use.
     pub fn plan(&self, pool: &ThreadPool, w: &QMatrix<'_>, n_tokens: usize) -> Plan<'_> {
-        if packed::worth_packing(w.ty, n_tokens) {
+        if packed_beats_others(w.ty, n_tokens) {
             if let Some(p) = self.packed.get_or_init(|| PackedMatrix::pack(pool, w)) {
                 return Plan::Packed(p);
             }

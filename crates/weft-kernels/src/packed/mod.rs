@@ -32,20 +32,14 @@ const BLOCK_BYTES: usize = GROUP_ROWS * QK + 2 * GROUP_ROWS * 4;
 /// Most tokens one kernel call multiplies by a group.
 const TOKENS_MAX: usize = 4;
 
-/// Whether a product of weights of type `ty` over `n_tokens` tokens should read the packed
-/// layout rather than the file's blocks or the interleaved encoding: from this many tokens on,
-/// arithmetic rather than weight bytes bounds it. The interleaved kernels re-decode a block
-/// for every three tokens, so where they exist the packed layout pays only for larger batches;
-/// Q5_0's fifth bits make that decoding dearer. Measured with two threads on AVX2, weights
-/// from memory (matrix products of 4 to 32 tokens, SmolLM2/Gemma/Qwen shapes).
-pub fn worth_packing(ty: GgmlType, n_tokens: usize) -> bool {
-    let min_tokens = match ty {
-        GgmlType::Q4_1 | GgmlType::Q4_K => 16,
-        GgmlType::Q5_0 => 8,
-        _ => 4,
-    };
-    n_tokens >= min_tokens
+/// Whether a product over `n_tokens` tokens should read the packed layout rather than the
+/// file's blocks: from this many tokens on, arithmetic rather than weight bytes bounds it.
+pub fn worth_packing(n_tokens: usize) -> bool {
+    n_tokens >= MIN_TOKENS
 }
+
+/// See [`worth_packing`].
+const MIN_TOKENS: usize = 4;
 
 /// A weight matrix in the interleaved layout (see the module comment).
 #[derive(Clone)]
