@@ -177,29 +177,30 @@ pub fn attend_keys(
     }
 }
 
-/// Combines the partial states of `group` query rows over disjoint key ranges (part `i` has
-/// `max[i * group..]`, `sum[i * group..]`, `acc[i * group * head_dim..]`) into the normalised
-/// output of the rows (`out`: `group * head_dim`).
+/// Combines the partial states of `rows` query rows over disjoint key ranges into their
+/// normalised output (`out`: `rows * head_dim`). Part `i` keeps its rows in slots `i * slots..`
+/// of `max` and `sum` (and `acc`, `head_dim` values per slot); slots past `rows` are ignored.
 pub fn combine(
-    group: usize,
+    rows: usize,
+    slots: usize,
     head_dim: usize,
     max: &[f32],
     sum: &[f32],
     acc: &[f32],
     out: &mut [f32],
 ) {
-    let parts = max.len() / group;
-    assert!(max.len() == parts * group && sum.len() == max.len());
+    let parts = max.len() / slots;
+    assert!(rows <= slots && max.len() == parts * slots && sum.len() == max.len());
     assert_eq!(acc.len(), max.len() * head_dim);
-    for g in 0..group {
+    for g in 0..rows {
         let m = (0..parts)
-            .map(|i| max[i * group + g])
+            .map(|i| max[i * slots + g])
             .fold(f32::NEG_INFINITY, f32::max);
         let o = &mut out[g * head_dim..(g + 1) * head_dim];
         o.fill(0.0);
         let mut total = 0.0;
         for i in 0..parts {
-            let k = i * group + g;
+            let k = i * slots + g;
             if max[k] == f32::NEG_INFINITY {
                 continue;
             }
@@ -798,7 +799,7 @@ mod tests {
             };
             attend_keys(q, rows, &kv, &shape, 0, 0..n_keys, part);
             let mut out = vec![0.0; n * hd];
-            combine(n, hd, &max, &sum, &acc, &mut out);
+            combine(n, n, hd, &max, &sum, &acc, &mut out);
             out
         };
         let both = run(&[0..n_keys, 3..9], &q);
@@ -864,13 +865,16 @@ mod tests {
         };
         let group = n_heads / n_kv;
         let mut out = vec![0.0; n_heads * hd];
-        // Keys from 1 on, in three uneven parts (one may be empty), combined.
+        // Keys from 1 on, in three uneven parts (one may be empty), combined. Each part has a
+        // spare slot past its rows, holding garbage that must not reach the output.
         let bounds = [1, 1 + n_keys / 5, 1 + n_keys / 5, n_keys];
+        let slots = group + 1;
         for h in 0..n_kv {
             let parts = bounds.len() - 1;
-            let (mut max, mut sum) = (vec![0.0; parts * group], vec![0.0; parts * group]);
-            let mut acc = vec![0.0; parts * group * hd];
+            let (mut max, mut sum) = (vec![f32::NAN; parts * slots], vec![f32::NAN; parts * slots]);
+            let mut acc = vec![f32::NAN; parts * slots * hd];
             for i in 0..parts {
+                let (at, end) = (i * slots, i * slots + group);
                 attend_keys(
                     &q[h * group * hd..(h + 1) * group * hd],
                     &vec![0..n_keys; group],
@@ -879,14 +883,14 @@ mod tests {
                     h,
                     bounds[i]..bounds[i + 1],
                     Partial {
-                        max: &mut max[i * group..(i + 1) * group],
-                        sum: &mut sum[i * group..(i + 1) * group],
-                        acc: &mut acc[i * group * hd..(i + 1) * group * hd],
+                        max: &mut max[at..end],
+                        sum: &mut sum[at..end],
+                        acc: &mut acc[at * hd..end * hd],
                     },
                 );
             }
             let out = &mut out[h * group * hd..(h + 1) * group * hd];
-            combine(group, hd, &max, &sum, &acc, out);
+            combine(group, slots, hd, &max, &sum, &acc, out);
         }
         for head in 0..n_heads {
             let g = head / (n_heads / n_kv);

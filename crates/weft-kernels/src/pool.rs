@@ -147,7 +147,8 @@ impl ThreadPool {
         grain: usize,
         f: F,
     ) {
-        self.for_each_dynamic_with(n, grain, || (), |_, r| f(r));
+        let mut states = vec![(); self.n_threads];
+        self.for_each_dynamic_with(n, grain, &mut states, |_, r| f(r));
     }
 
     /// Splits `data` (rows of `row_len` values) into one contiguous run of whole rows per
@@ -228,30 +229,34 @@ impl ThreadPool {
         });
     }
 
-    /// [`Self::for_each_dynamic`] with per-thread working state: each thread that takes part
-    /// makes its state with `init` once and passes it to every piece it runs (scratch buffers
-    /// are then allocated once per thread, not once per piece).
-    pub fn for_each_dynamic_with<S, I, F>(&self, n: usize, grain: usize, init: I, f: F)
+    /// [`Self::for_each_dynamic`] with per-thread working state that the caller keeps between
+    /// calls: the thread with index `t` passes `states[t]` to every piece it runs, so scratch
+    /// buffers are allocated once, not once per call. `states` needs one entry per thread.
+    pub fn for_each_dynamic_with<S, F>(&self, n: usize, grain: usize, states: &mut [S], f: F)
     where
-        I: Fn() -> S + Sync,
+        S: Send,
         F: Fn(&mut S, std::ops::Range<usize>) + Sync,
     {
+        assert!(states.len() >= self.n_threads, "one state per thread");
         let grain = grain.max(1);
         if self.n_threads == 1 || n <= grain {
             if n > 0 {
-                f(&mut init(), 0..n);
+                f(&mut states[0], 0..n);
             }
             return;
         }
         let next = AtomicUsize::new(0);
-        self.run(|_| {
-            let mut state = None;
+        let states = SharedMut(states.as_mut_ptr());
+        self.run(|t| {
+            // SAFETY: `run` gives each thread its own index below `n_threads`, within
+            // `states` (asserted above), so no two threads touch the same state, and the
+            // states outlive the call.
+            let state = &mut unsafe { states.slice(t, 1) }[0];
             loop {
                 let start = next.fetch_add(grain, Ordering::Relaxed);
                 if start >= n {
                     break;
                 }
-                let state = state.get_or_insert_with(&init);
                 f(state, start..(start + grain).min(n));
             }
         });
@@ -333,8 +338,14 @@ impl Drop for ThreadPool {
 }
 
 /// A raw pointer to a buffer whose elements are partitioned between threads.
-#[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// Copied whatever `T` is: only the pointer is copied (a derive would require `T: Copy`).
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
 // SAFETY: used only for disjoint accesses from the threads of one `pool.run` call.
 unsafe impl<T> Sync for SharedMut<T> {}
 unsafe impl<T> Send for SharedMut<T> {}
@@ -439,20 +450,16 @@ mod tests {
     }
 
     #[test]
-    fn dynamic_state_is_made_at_most_once_per_thread() {
+    fn dynamic_states_are_per_thread_and_kept() {
         let pool = ThreadPool::new(3);
-        let inits = AtomicU64::new(0);
-        let total = AtomicU64::new(0);
-        let init = || {
-            inits.fetch_add(1, Ordering::Relaxed);
-            0u64
-        };
-        pool.for_each_dynamic_with(1000, 3, init, |count: &mut u64, r| {
-            *count += r.len() as u64;
-            total.fetch_add(r.len() as u64, Ordering::Relaxed);
-        });
-        assert_eq!(total.load(Ordering::Relaxed), 1000);
-        assert!((1..=3).contains(&inits.load(Ordering::Relaxed)));
+        // Each state counts the indices its thread ran; they persist across calls.
+        let mut states = vec![0u64; 3];
+        for _ in 0..2 {
+            pool.for_each_dynamic_with(1000, 3, &mut states, |count: &mut u64, r| {
+                *count += r.len() as u64;
+            });
+        }
+        assert_eq!(states.iter().sum::<u64>(), 2000);
     }
 
     #[test]

@@ -371,7 +371,6 @@ impl Decoder {
         let group = shape.group();
         // Tokens of one sequence attended together: their rows share every K/V load.
         let q_tile = (MAX_ROWS / group).clamp(1, 8);
-        let rows_max = q_tile * group;
         let window = c.layers[il].window;
         let key_range =
             |index: usize| window.map_or(0, |w| (index + 1).saturating_sub(w))..index + 1;
@@ -406,18 +405,28 @@ impl Decoder {
                 }
             }
         }
+        // Rows of the largest block: one decode token's block has only `group`.
+        let rows_max = group * work.items.iter().map(|i| i.tokens).max().unwrap_or(0);
         let n_items = work.items.len();
         work.max.resize(n_items * rows_max, 0.0);
         work.sum.resize(n_items * rows_max, 0.0);
         work.acc.resize(n_items * rows_max * hd, 0.0);
+        work.threads
+            .resize_with(pool.n_threads(), AttnThread::default);
+        for t in &mut work.threads {
+            t.rows_q.resize(rows_max * hd, 0.0);
+            t.rows_out.resize(rows_max * hd, 0.0);
+        }
         let (max, sum, acc) = (
             Shared(work.max.as_mut_ptr()),
             Shared(work.sum.as_mut_ptr()),
             Shared(work.acc.as_mut_ptr()),
         );
         let items = &work.items;
-        let buffers = || (vec![0.0f32; rows_max * hd], Vec::with_capacity(rows_max));
-        pool.for_each_dynamic_with(n_items, 1, buffers, |(rows_q, row_keys), range| {
+        pool.for_each_dynamic_with(n_items, 1, &mut work.threads, |thread, range| {
+            let AttnThread {
+                rows_q, row_keys, ..
+            } = thread;
             for i in range {
                 let item = &items[i];
                 let seq = &batch.seqs[item.seq];
@@ -455,17 +464,18 @@ impl Decoder {
         });
         let out_ptr = Shared(out.as_mut_ptr());
         let (pairs, max, sum, acc) = (&work.pairs, &work.max, &work.sum, &work.acc);
-        let buffer = || vec![0.0f32; rows_max * hd];
-        pool.for_each_dynamic_with(pairs.len(), 16, buffer, |rows_out, range| {
+        pool.for_each_dynamic_with(pairs.len(), 16, &mut work.threads, |thread, range| {
             for (item, parts) in &pairs[range] {
                 // Each part has rows_max slots, of which the block's first `tokens * group` are
-                // used; the rest combine to values nobody reads.
+                // used.
                 let (m, su, a) = (
                     &max[parts.start * rows_max..parts.end * rows_max],
                     &sum[parts.start * rows_max..parts.end * rows_max],
                     &acc[parts.start * rows_max * hd..parts.end * rows_max * hd],
                 );
-                combine(rows_max, hd, m, su, a, rows_out);
+                let rows = item.tokens * group;
+                let rows_out = &mut thread.rows_out[..rows * hd];
+                combine(rows, rows_max, hd, m, su, a, rows_out);
                 let seq = &batch.seqs[item.seq];
                 for ti in 0..item.tokens {
                     let t = seq.start + item.first + ti;
@@ -507,6 +517,17 @@ struct AttnScratch {
     max: Vec<f32>,
     sum: Vec<f32>,
     acc: Vec<f32>,
+    /// Each pool thread's buffers, kept between calls.
+    threads: Vec<AttnThread>,
+}
+
+/// One thread's attention buffers: a block's query rows and their key ranges, and a pair's
+/// combined output rows.
+#[derive(Default)]
+struct AttnThread {
+    rows_q: Vec<f32>,
+    row_keys: Vec<std::ops::Range<usize>>,
+    rows_out: Vec<f32>,
 }
 
 fn rope_heads(x: &mut [f32], c: &DecoderConfig, cos: &[f32], sin: &[f32]) {
