@@ -9,10 +9,11 @@
 
 use std::sync::OnceLock;
 
-use crate::interleaved::{matmul_interleaved, InterleavedMatrix};
-use crate::packed::{self, matmul_packed, PackedMatrix};
+use crate::interleaved::{matmul_interleaved, InterleavedMatrix, InterleavedProduct};
+use crate::packed::{self, matmul_packed, PackedMatrix, PackedProduct};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::{act_scales, dot_tile, quantize_row, ActScale, GgmlType, TILE_MAX};
+use crate::row_groups::{self, GroupProduct};
 
 /// A row-major weight matrix in its on-disk block format: `rows` rows of `cols` elements.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +197,73 @@ impl Plan<'_> {
     }
 }
 
+/// One product of [`matmul_many`]: `out[t][r] = Σ_c w[r][c] * x[t][c]` read as `plan` says,
+/// `xa` holding the activations quantized to [`Plan::dot_type`].
+pub struct Product<'a> {
+    pub plan: Plan<'a>,
+    pub w: QMatrix<'a>,
+    pub xa: &'a QuantizedActs,
+    pub out: &'a mut [f32],
+}
+
+/// Several products (say Q, K and V of one input) at once: those read through a row-grouped
+/// layout share one dispatch over the pool, so the threads never wait between them; the rest
+/// run one after another.
+pub fn matmul_many(pool: &ThreadPool, products: &mut [Product<'_>]) {
+    let mut grouped: Vec<(Grouped<'_>, &mut [f32])> = Vec::with_capacity(products.len());
+    for p in products.iter_mut() {
+        let product = match p.plan {
+            Plan::Packed(w) => Grouped::Packed(PackedProduct::new(w, p.xa)),
+            Plan::Interleaved(w) => Grouped::Interleaved(InterleavedProduct::new(w, p.xa)),
+            Plan::File => {
+                matmul_quantized(pool, &p.w, p.xa, p.out);
+                continue;
+            }
+        };
+        grouped.push((product, &mut *p.out));
+    }
+    if grouped.is_empty() {
+        return;
+    }
+    let mut dyns: Vec<(&dyn GroupProduct, &mut [f32])> = grouped
+        .iter_mut()
+        .map(|(p, out)| (&*p as &dyn GroupProduct, &mut **out))
+        .collect();
+    row_groups::matmul(pool, &mut dyns);
+}
+
+/// A product [`matmul_many`] runs through [`row_groups::matmul`].
+enum Grouped<'a> {
+    Packed(PackedProduct<'a>),
+    Interleaved(InterleavedProduct<'a>),
+}
+
+impl GroupProduct for Grouped<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Grouped::Packed(p) => p.rows(),
+            Grouped::Interleaved(p) => p.rows(),
+        }
+    }
+
+    fn n_tokens(&self) -> usize {
+        match self {
+            Grouped::Packed(p) => p.n_tokens(),
+            Grouped::Interleaved(p) => p.n_tokens(),
+        }
+    }
+
+    unsafe fn run(&self, gs: std::ops::Range<usize>, out: SharedMut<f32>) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            match self {
+                Grouped::Packed(p) => p.run(gs, out),
+                Grouped::Interleaved(p) => p.run(gs, out),
+            }
+        }
+    }
+}
+
 /// Quantizes `x` (`n_tokens` rows) into `xa` and multiplies: [`matmul_quantized`] for an
 /// input that only one matrix reads.
 pub fn matmul(
@@ -215,6 +283,84 @@ pub fn matmul(
 mod tests {
     use super::*;
     use crate::quant::dequantize_row;
+    use crate::test_util::{random_activations, random_matrix, Rng};
+
+    /// Products run together give each one's own result bit for bit, whatever their layouts
+    /// (interleaved, packed, the file's) and shapes, with rows that end mid-group and pieces
+    /// of the shared range that straddle two products.
+    #[test]
+    fn many_products_match_one_at_a_time() {
+        let pool = ThreadPool::new(3);
+        let mut rng = Rng(21);
+        // (type, rows, tokens): Q4_K over 20 tokens reads the packed layout, Q5_K the file's.
+        let shapes = [
+            (GgmlType::Q5_0, 37, 1),
+            (GgmlType::Q4_K, 9, 1),
+            (GgmlType::Q6_K, 70, 1),
+            (GgmlType::Q4_K, 45, 20),
+            (GgmlType::Q5_K, 11, 2),
+            (GgmlType::Q8_0, 3, 5),
+        ];
+        let cols = 512;
+        let weights: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|&(ty, rows, _)| random_matrix(ty, rows, cols, &mut rng))
+            .collect();
+        let layouts = vec![Layouts::default(); shapes.len()];
+        let mats: Vec<QMatrix<'_>> = shapes
+            .iter()
+            .zip(&weights)
+            .map(|(&(ty, rows, _), data)| QMatrix {
+                ty,
+                rows,
+                cols,
+                data,
+            })
+            .collect();
+        let acts: Vec<QuantizedActs> = shapes
+            .iter()
+            .zip(&mats)
+            .zip(&layouts)
+            .map(|((&(_, _, n), w), l)| {
+                let mut xa = QuantizedActs::default();
+                let plan = l.plan(&pool, w, n);
+                xa.quantize(
+                    &pool,
+                    plan.dot_type(w),
+                    &random_activations(n * cols, &mut rng),
+                    cols,
+                );
+                xa
+            })
+            .collect();
+        let mut want: Vec<Vec<f32>> = Vec::new();
+        for ((w, l), xa) in mats.iter().zip(&layouts).zip(&acts) {
+            let mut out = vec![0.0; xa.n_tokens() * w.rows];
+            l.plan(&pool, w, xa.n_tokens())
+                .matmul(&pool, w, xa, &mut out);
+            want.push(out);
+        }
+        let mut got: Vec<Vec<f32>> = want.iter().map(|o| vec![f32::NAN; o.len()]).collect();
+        let mut products: Vec<Product<'_>> = mats
+            .iter()
+            .zip(&layouts)
+            .zip(&acts)
+            .zip(got.iter_mut())
+            .map(|(((w, l), xa), out)| Product {
+                plan: l.plan(&pool, w, xa.n_tokens()),
+                w: *w,
+                xa,
+                out,
+            })
+            .collect();
+        assert!(matches!(products[3].plan, Plan::Packed(_)));
+        assert!(matches!(products[4].plan, Plan::File));
+        matmul_many(&pool, &mut products);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(w), "product {i}");
+        }
+    }
 
     #[test]
     fn matches_dequantized_product() {

@@ -2,6 +2,8 @@
 //! rows taken eight at a time (a *group*, the last padded), built group by group over the pool,
 //! and products computed as one group by a few tokens at a time.
 
+use std::ops::Range;
+
 use crate::pool::{SharedMut, ThreadPool};
 
 /// Rows interleaved in one group.
@@ -40,31 +42,74 @@ pub(crate) fn build(
     data
 }
 
-/// `out[t * rows + r]` for every token and row, where `tile(g, tokens, sums)` computes
-/// `sums[i][j]` = row `8g + j` times token `tokens.start + i` for at most `TOKENS` tokens.
-pub(crate) fn matmul<const TOKENS: usize>(
-    pool: &ThreadPool,
+/// A product of a row-grouped matrix with a few tokens' activations, as [`matmul`] runs it.
+pub(crate) trait GroupProduct: Sync {
+    /// Rows of the matrix: the output holds this many values per token.
+    fn rows(&self) -> usize;
+
+    fn n_tokens(&self) -> usize;
+
+    /// Computes groups `gs` for every token into `out` (token-major, [`Self::rows`] per
+    /// token), through [`run_tiles`].
+    ///
+    /// # Safety
+    /// `out` points to `n_tokens() * rows()` floats, and no other thread accesses these
+    /// groups' elements while this runs.
+    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>);
+}
+
+/// The body of a [`GroupProduct::run`] whose kernel, `tile(g, tokens, sums)`, computes
+/// `sums[i][j]` = row `8g + j` times token `tokens.start + i` for at most `TOKENS` tokens:
+/// every token tile of `gs`, the groups inner so their weights stay in cache across tokens.
+///
+/// # Safety
+/// As [`GroupProduct::run`], for a product of `rows` rows and `n_tokens` tokens.
+pub(crate) unsafe fn run_tiles<const TOKENS: usize>(
+    gs: Range<usize>,
     rows: usize,
     n_tokens: usize,
-    out: &mut [f32],
-    tile: impl Fn(usize, std::ops::Range<usize>, &mut [[f32; GROUP_ROWS]]) + Sync,
+    out: SharedMut<f32>,
+    tile: impl Fn(usize, Range<usize>, &mut [[f32; GROUP_ROWS]]),
 ) {
-    assert_eq!(out.len(), n_tokens * rows, "output shape");
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    pool.for_each_stealing(groups(rows), GROUPS_PER_CHUNK, |gs| {
-        let mut sums = [[0.0f32; GROUP_ROWS]; TOKENS];
-        for t0 in (0..n_tokens).step_by(TOKENS) {
-            let nt = (n_tokens - t0).min(TOKENS);
-            for g in gs.clone() {
-                tile(g, t0..t0 + nt, &mut sums[..nt]);
-                let rows_g = group_rows(g, rows);
-                for (t, s) in sums[..nt].iter().enumerate() {
-                    // SAFETY: groups are handed to one thread each, so each (token, row)
-                    // element is written by exactly one thread, and `out` outlives the call.
-                    let dst =
-                        unsafe { out_ptr.slice((t0 + t) * rows + rows_g.start, rows_g.len()) };
-                    dst.copy_from_slice(&s[..rows_g.len()]);
-                }
+    let mut sums = [[0.0f32; GROUP_ROWS]; TOKENS];
+    for t0 in (0..n_tokens).step_by(TOKENS) {
+        let nt = (n_tokens - t0).min(TOKENS);
+        for g in gs.clone() {
+            tile(g, t0..t0 + nt, &mut sums[..nt]);
+            let rows_g = group_rows(g, rows);
+            for (t, s) in sums[..nt].iter().enumerate() {
+                // SAFETY: in bounds and this thread's alone, by the caller's promise.
+                let dst = unsafe { out.slice((t0 + t) * rows + rows_g.start, rows_g.len()) };
+                dst.copy_from_slice(&s[..rows_g.len()]);
+            }
+        }
+    }
+}
+
+/// Computes several products, each into its output, in one dispatch over the pool: their
+/// groups form one range that the threads share out, so products of a few groups each (Q, K
+/// and V of a decode step) neither wait for each other nor leave threads idle in between.
+pub(crate) fn matmul(pool: &ThreadPool, products: &mut [(&dyn GroupProduct, &mut [f32])]) {
+    // Each product's first group in the shared range, and the end.
+    let mut starts = Vec::with_capacity(products.len() + 1);
+    starts.push(0);
+    for (p, out) in products.iter() {
+        assert_eq!(out.len(), p.n_tokens() * p.rows(), "output shape");
+        starts.push(starts.last().copied().unwrap_or(0) + groups(p.rows()));
+    }
+    let outs: Vec<(&dyn GroupProduct, SharedMut<f32>)> = products
+        .iter_mut()
+        .map(|(p, out)| (*p, SharedMut(out.as_mut_ptr())))
+        .collect();
+    let total = starts[products.len()];
+    pool.for_each_stealing(total, GROUPS_PER_CHUNK, |piece| {
+        for (i, &(p, out)) in outs.iter().enumerate() {
+            let gs = piece.start.max(starts[i])..piece.end.min(starts[i + 1]);
+            if !gs.is_empty() {
+                // SAFETY: pieces are handed to one thread each, so each group of each product
+                // is computed by exactly one thread; `out` holds the product's output (checked
+                // above) and outlives the call.
+                unsafe { p.run(gs.start - starts[i]..gs.end - starts[i], out) };
             }
         }
     });

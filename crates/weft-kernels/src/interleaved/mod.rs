@@ -33,11 +33,13 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+use std::ops::Range;
+
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::ThreadPool;
+use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::layout::{k4_scales_mins, Q8_K_BSUMS, Q8_K_QS, QK_K};
 use crate::quant::{ActScale, GgmlType, QK};
-use crate::row_groups::{self, GROUP_ROWS};
+use crate::row_groups::{self, GroupProduct, GROUP_ROWS};
 
 /// Most tokens one kernel call multiplies by a group.
 pub const TOKENS_MAX: usize = 3;
@@ -268,25 +270,55 @@ pub fn matmul_interleaved(
     xa: &QuantizedActs,
     out: &mut [f32],
 ) {
-    assert!(
-        xa.is(w.dot_type(), w.cols),
-        "activations quantized for this matrix"
-    );
-    let blocks = w.cols / w.encoding.block_len();
-    let xblock = w.dot_type().block_bytes();
-    let xrow = blocks * xblock;
-    let quants = quants_offset(w.dot_type());
-    let (x, xs) = (xa.data(), xa.scales());
-    row_groups::matmul::<TOKENS_MAX>(pool, w.rows, xa.n_tokens(), out, |g, tokens, sums| {
-        let acts = Acts {
-            x: &x[tokens.start * xrow..tokens.end * xrow],
-            xs: &xs[tokens.start * blocks..tokens.end * blocks],
-            blocks,
-            xblock,
-            quants,
+    row_groups::matmul(pool, &mut [(&InterleavedProduct::new(w, xa), out)]);
+}
+
+/// The product of an interleaved matrix with activations in its dot type, for
+/// [`row_groups::matmul`].
+pub(crate) struct InterleavedProduct<'a> {
+    w: &'a InterleavedMatrix,
+    xa: &'a QuantizedActs,
+}
+
+impl<'a> InterleavedProduct<'a> {
+    pub(crate) fn new(w: &'a InterleavedMatrix, xa: &'a QuantizedActs) -> InterleavedProduct<'a> {
+        assert!(
+            xa.is(w.dot_type(), w.cols),
+            "activations quantized for this matrix"
+        );
+        InterleavedProduct { w, xa }
+    }
+}
+
+impl GroupProduct for InterleavedProduct<'_> {
+    fn rows(&self) -> usize {
+        self.w.rows
+    }
+
+    fn n_tokens(&self) -> usize {
+        self.xa.n_tokens()
+    }
+
+    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>) {
+        let w = self.w;
+        let blocks = w.cols / w.encoding.block_len();
+        let xblock = w.dot_type().block_bytes();
+        let xrow = blocks * xblock;
+        let quants = quants_offset(w.dot_type());
+        let (x, xs) = (self.xa.data(), self.xa.scales());
+        let tile = |g: usize, tokens: Range<usize>, sums: &mut [[f32; GROUP_ROWS]]| {
+            let acts = Acts {
+                x: &x[tokens.start * xrow..tokens.end * xrow],
+                xs: &xs[tokens.start * blocks..tokens.end * blocks],
+                blocks,
+                xblock,
+                quants,
+            };
+            group_tile(w.encoding, w.group(g), &acts, sums);
         };
-        group_tile(w.encoding, w.group(g), &acts, sums);
-    });
+        // SAFETY: the caller's promise, for this product's shape.
+        unsafe { row_groups::run_tiles::<TOKENS_MAX>(gs, w.rows, self.n_tokens(), out, tile) };
+    }
 }
 
 /// Where the quants of a block of activation type `dot` start: Q8_0 and Q8_1 end with their

@@ -22,10 +22,12 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+use std::ops::Range;
+
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::ThreadPool;
+use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::{affine_groups, ActScale, AffineGroup, GgmlType, Q8_1_BYTES, QK};
-use crate::row_groups::{self, GROUP_ROWS};
+use crate::row_groups::{self, GroupProduct, GROUP_ROWS};
 
 /// Bytes of one group's 32-element block: the quants, then `d` and `m` for each row.
 const BLOCK_BYTES: usize = GROUP_ROWS * QK + 2 * GROUP_ROWS * 4;
@@ -126,22 +128,52 @@ fn place(block: &mut [u8], r: usize, group: &AffineGroup) {
 /// `out[t][r] = Σ_c w[r][c] * x[t][c]` for every token of `xa`, which must hold the
 /// activations quantized to Q8_1 with `w.cols()` columns.
 pub fn matmul_packed(pool: &ThreadPool, w: &PackedMatrix, xa: &QuantizedActs, out: &mut [f32]) {
-    assert!(
-        xa.is(GgmlType::Q8_1, w.cols),
-        "activations quantized to Q8_1 for this matrix"
-    );
-    let blocks = w.cols / QK;
-    let xrow = blocks * Q8_1_BYTES;
-    let (x, xs) = (xa.data(), xa.scales());
-    row_groups::matmul::<TOKENS_MAX>(pool, w.rows, xa.n_tokens(), out, |g, tokens, sums| {
-        let acts = Acts {
-            x: &x[tokens.start * xrow..tokens.end * xrow],
-            xs: &xs[tokens.start * blocks..tokens.end * blocks],
-            blocks,
-            exact_sums: w.exact_sums,
+    row_groups::matmul(pool, &mut [(&PackedProduct::new(w, xa), out)]);
+}
+
+/// The product of a packed matrix with activations quantized to Q8_1, for
+/// [`row_groups::matmul`].
+pub(crate) struct PackedProduct<'a> {
+    w: &'a PackedMatrix,
+    xa: &'a QuantizedActs,
+}
+
+impl<'a> PackedProduct<'a> {
+    pub(crate) fn new(w: &'a PackedMatrix, xa: &'a QuantizedActs) -> PackedProduct<'a> {
+        assert!(
+            xa.is(GgmlType::Q8_1, w.cols),
+            "activations quantized to Q8_1 for this matrix"
+        );
+        PackedProduct { w, xa }
+    }
+}
+
+impl GroupProduct for PackedProduct<'_> {
+    fn rows(&self) -> usize {
+        self.w.rows
+    }
+
+    fn n_tokens(&self) -> usize {
+        self.xa.n_tokens()
+    }
+
+    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>) {
+        let w = self.w;
+        let blocks = w.cols / QK;
+        let xrow = blocks * Q8_1_BYTES;
+        let (x, xs) = (self.xa.data(), self.xa.scales());
+        let tile = |g: usize, tokens: Range<usize>, sums: &mut [[f32; GROUP_ROWS]]| {
+            let acts = Acts {
+                x: &x[tokens.start * xrow..tokens.end * xrow],
+                xs: &xs[tokens.start * blocks..tokens.end * blocks],
+                blocks,
+                exact_sums: w.exact_sums,
+            };
+            group_tile(w.group(g), &acts, sums);
         };
-        group_tile(w.group(g), &acts, sums);
-    });
+        // SAFETY: the caller's promise, for this product's shape.
+        unsafe { row_groups::run_tiles::<TOKENS_MAX>(gs, w.rows, self.n_tokens(), out, tile) };
+    }
 }
 
 /// Up to [`TOKENS_MAX`] tokens' Q8_1 activation rows of `blocks` blocks, with their scales.

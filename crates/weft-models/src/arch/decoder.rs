@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use weft_kernels::attention::{attend_keys, combine, AttnShape, Partial, MAX_ROWS};
-use weft_kernels::matmul::{Layouts, QMatrix, QuantizedActs};
+use weft_kernels::matmul::{matmul_many, Layouts, Product, QMatrix, QuantizedActs};
 use weft_kernels::ops;
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
@@ -224,9 +224,16 @@ impl Decoder {
             self.rope_tables(batch, la.rope_base, la.rope_scale, s);
             ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.h);
             s.hq.invalidate();
-            self.project(pool, &layer.wq, &s.h, &mut s.hq, &mut s.q);
-            self.project(pool, &layer.wk, &s.h, &mut s.hq, &mut s.k);
-            self.project(pool, &layer.wv, &s.h, &mut s.hq, &mut s.v);
+            self.project_many(
+                pool,
+                [
+                    (&layer.wq, &mut s.q[..]),
+                    (&layer.wk, &mut s.k[..]),
+                    (&layer.wv, &mut s.v[..]),
+                ],
+                &s.h,
+                &mut s.hq,
+            );
             if let Some(b) = &layer.bq {
                 ops::add_bias_rows(&mut s.q, b);
             }
@@ -273,8 +280,15 @@ impl Decoder {
 
             ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.h);
             s.hq.invalidate();
-            self.project(pool, &layer.w_gate, &s.h, &mut s.hq, &mut s.gate);
-            self.project(pool, &layer.w_up, &s.h, &mut s.hq, &mut s.up);
+            self.project_many(
+                pool,
+                [
+                    (&layer.w_gate, &mut s.gate[..]),
+                    (&layer.w_up, &mut s.up[..]),
+                ],
+                &s.h,
+                &mut s.hq,
+            );
             // One token's row stays on this thread; a prompt's rows are shared out.
             let (up, width) = (&s.up, c.n_ff);
             pool.for_each_rows_mut(&mut s.gate, width, |first, gate| {
@@ -322,10 +336,29 @@ impl Decoder {
         xq: &mut QuantizedInput,
         out: &mut [f32],
     ) {
-        let w = self.mat(m);
-        let plan = m.layouts.plan(pool, &w, x.len() / m.cols);
-        let acts = xq.get(pool, plan.dot_type(&w), x, m.cols);
-        plan.matmul(pool, &w, acts, out);
+        self.project_many(pool, [(m, out)], x, xq);
+    }
+
+    /// [`Self::project`] for several matrices reading the same `x`, in one pool dispatch.
+    fn project_many<const N: usize>(
+        &self,
+        pool: &ThreadPool,
+        products: [(&Mat, &mut [f32]); N],
+        x: &[f32],
+        xq: &mut QuantizedInput,
+    ) {
+        let planned = products.map(|(m, out)| {
+            let w = self.mat(m);
+            let plan = m.layouts.plan(pool, &w, x.len() / m.cols);
+            xq.prepare(pool, plan.dot_type(&w), x, m.cols);
+            (w, plan, out)
+        });
+        let xq = &*xq;
+        let mut products = planned.map(|(w, plan, out)| {
+            let xa = xq.form(plan.dot_type(&w), w.cols).expect("prepared above");
+            Product { plan, w, xa, out }
+        });
+        matmul_many(pool, &mut products);
     }
 
     /// Fills cos/sin tables for every token of the batch for one RoPE base.
@@ -561,21 +594,20 @@ impl QuantizedInput {
         self.valid = 0;
     }
 
-    /// `x` (rows of `cols`) quantized to `ty`.
-    fn get(&mut self, pool: &ThreadPool, ty: GgmlType, x: &[f32], cols: usize) -> &QuantizedActs {
-        let found = self.forms[..self.valid].iter().position(|f| f.is(ty, cols));
-        let i = match found {
-            Some(i) => i,
-            None => {
-                if self.forms.len() == self.valid {
-                    self.forms.push(QuantizedActs::default());
-                }
-                self.forms[self.valid].quantize(pool, ty, x, cols);
-                self.valid += 1;
-                self.valid - 1
+    /// Makes sure `x` (rows of `cols`) is held quantized to `ty`.
+    fn prepare(&mut self, pool: &ThreadPool, ty: GgmlType, x: &[f32], cols: usize) {
+        if self.form(ty, cols).is_none() {
+            if self.forms.len() == self.valid {
+                self.forms.push(QuantizedActs::default());
             }
-        };
-        &self.forms[i]
+            self.forms[self.valid].quantize(pool, ty, x, cols);
+            self.valid += 1;
+        }
+    }
+
+    /// The input quantized to `ty`, if [`Self::prepare`] made it.
+    fn form(&self, ty: GgmlType, cols: usize) -> Option<&QuantizedActs> {
+        self.forms[..self.valid].iter().find(|f| f.is(ty, cols))
     }
 }
 
