@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod interleaved;
+mod math;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
