@@ -54,8 +54,11 @@ pub struct ServeArgs {
     /// Longest sequence, prompt plus output (default: the model's context, at most 4096).
     #[arg(long)]
     max_model_len: Option<usize>,
-    /// Token budget of one step: decodes first, then prefill chunks.
-    #[arg(long, default_value_t = 256)]
+    /// Token budget of one step: decodes first, then prefill chunks. Large enough (as
+    /// vLLM's and llama.cpp's 2048) that prompts arriving together are prefilled in one step
+    /// instead of stalling each other's decodes one chunk at a time; smaller values bound the
+    /// stall a new prompt causes running streams, at some cost in throughput.
+    #[arg(long, default_value_t = 2048)]
     max_num_batched_tokens: usize,
     /// KV cache size in tokens shared by all sequences (default: max(max-model-len, 16384)).
     #[arg(long)]
