@@ -314,13 +314,20 @@ mod simd {
         scalar::softmax_tile(row, keys, scale, max)
     }
 
+    /// ln 2 split in a part exact in f32 and a remainder (Cody-Waite reduction).
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    /// Below this, exp is clamped (e^-87.3 is the smallest normal f32's order).
+    const EXP_MIN: f32 = -87.3;
+    /// Taylor coefficients 1/k! for k = 6 down to 2; |r| <= ln2 / 2 keeps the error < 2e-7.
+    const C: [f32; 5] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
+
     pub mod scalar {
         use std::ops::Range;
 
         use half::f16;
 
-        use super::{tile_shape, KEY_TILE};
-        use crate::math::exp;
+        use super::{tile_shape, C, EXP_MIN, KEY_TILE, LN2_HI, LN2_LO};
 
         pub fn scores(q: &[f32], k: &[f16], offsets: &[usize], out: &mut [f32]) {
             let (_, hd) = tile_shape(q.len(), out.len(), offsets);
@@ -366,6 +373,19 @@ mod simd {
             row[hi..].fill(0.0);
             (m, sum)
         }
+
+        /// The same steps as the SIMD version, one lane.
+        pub fn exp(x: f32) -> f32 {
+            let x = x.max(EXP_MIN);
+            let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+            let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+            let mut p = C[0];
+            for c in &C[1..] {
+                p = p.mul_add(r, *c);
+            }
+            let p = p.mul_add(r, 1.0).mul_add(r, 1.0);
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -375,8 +395,7 @@ mod simd {
 
         use half::f16;
 
-        use super::{tile_shape, KEY_TILE};
-        use crate::math::x86::exp8;
+        use super::{tile_shape, C, EXP_MIN, KEY_TILE, LN2_HI, LN2_LO};
         use crate::quant::{hmax_ps, hsum_ps};
 
         /// Query rows one pass of `scores` over a tile's keys serves: one accumulator each,
@@ -684,6 +703,32 @@ mod simd {
                 unsafe { store(row, 8 * g, w) };
             }
             (m, unsafe { hsum_ps(sum) })
+        }
+
+        /// [`super::scalar::exp`] on 8 lanes.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn exp8(x: __m256) -> __m256 {
+            let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let mut p = _mm256_set1_ps(C[0]);
+            for c in &C[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+            }
+            let one = _mm256_set1_ps(1.0);
+            let p = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, one), r, one);
+            let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
         }
     }
 }

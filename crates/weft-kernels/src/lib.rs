@@ -4,7 +4,6 @@
 
 pub mod attention;
 pub mod interleaved;
-mod math;
 pub mod matmul;
 pub mod ops;
 pub mod packed;

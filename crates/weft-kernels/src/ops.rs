@@ -7,8 +7,6 @@
 use half::f16;
 use std::sync::OnceLock;
 
-use crate::math::exp;
-
 /// RMS norm of each `dim`-long row of `x` into `out`, times `weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
@@ -86,19 +84,8 @@ pub fn rope_apply(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32],
 
 /// SiLU(gate) * up, in place into `gate`.
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len(), "gate and up rows");
-    #[cfg(target_arch = "x86_64")]
-    if crate::quant::avx2_available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { x86::swiglu_inplace(gate, up) };
-    }
-    swiglu_scalar(gate, up);
-}
-
-/// The portable [`swiglu_inplace`], which the SIMD version must match bit for bit.
-fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + exp(-*g)) * u;
+        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
 
@@ -160,29 +147,6 @@ mod x86 {
     use half::f16;
 
     use super::GELU_FLAT;
-    use crate::math::x86::exp8;
-
-    /// [`super::swiglu_inplace`], eight at a time.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `up` is as long as `gate`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
-        assert_eq!(up.len(), gate.len());
-        let one = _mm256_set1_ps(1.0);
-        let mut gates = gate.chunks_exact_mut(8);
-        let mut ups = up.chunks_exact(8);
-        for (g, u) in (&mut gates).zip(&mut ups) {
-            // SAFETY (loads, store, exp8): both chunks hold 8 floats, no alignment is
-            // required, and the CPU has AVX2 and FMA (the caller's promise).
-            let x = unsafe { _mm256_loadu_ps(g.as_ptr()) };
-            let e = unsafe { exp8(_mm256_sub_ps(_mm256_setzero_ps(), x)) };
-            let silu = _mm256_div_ps(x, _mm256_add_ps(one, e));
-            let u = unsafe { _mm256_loadu_ps(u.as_ptr()) };
-            unsafe { _mm256_storeu_ps(g.as_mut_ptr(), _mm256_mul_ps(silu, u)) };
-        }
-        super::swiglu_scalar(gates.into_remainder(), ups.remainder());
-    }
 
     /// [`super::geglu_inplace`]: eight inputs at a time are rounded to f16 with one
     /// instruction (to nearest even, as `f16::from_f32`), looked up, and widened back.
@@ -292,27 +256,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The SIMD SwiGLU gives the portable one's bits, which stay close to the formula with
-        /// libm's exp.
-        #[test]
-        fn swiglu_matches_scalar(
-            pairs in proptest::collection::vec((-100.0f32..100.0, -4.0f32..4.0), 0..70),
-        ) {
-            let (gate, up): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
-            let mut want = gate.clone();
-            swiglu_scalar(&mut want, &up);
-            let mut got = gate.clone();
-            swiglu_inplace(&mut got, &up);
-            proptest::prop_assert_eq!(
-                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            );
-            for ((g, u), w) in gate.iter().zip(&up).zip(&want) {
-                let exact = g / (1.0 + (-g).exp()) * u;
-                proptest::prop_assert!((w - exact).abs() <= 1e-6 * exact.abs() + 1e-30);
-            }
-        }
-
         /// The SIMD GEGLU gives the portable one's bits, over the table's range and past its
         /// flat ends, with a ragged tail.
         #[test]
