@@ -222,14 +222,9 @@ pub fn matmul_many(pool: &ThreadPool, products: &mut [Product<'_>]) {
         };
         grouped.push((product, &mut *p.out));
     }
-    if grouped.is_empty() {
-        return;
+    if !grouped.is_empty() {
+        row_groups::matmul(pool, &mut grouped);
     }
-    let mut dyns: Vec<(&dyn GroupProduct, &mut [f32])> = grouped
-        .iter_mut()
-        .map(|(p, out)| (&*p as &dyn GroupProduct, &mut **out))
-        .collect();
-    row_groups::matmul(pool, &mut dyns);
 }
 
 /// A product [`matmul_many`] runs through [`row_groups::matmul`].

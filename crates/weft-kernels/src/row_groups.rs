@@ -89,27 +89,26 @@ pub(crate) unsafe fn run_tiles<const TOKENS: usize>(
 /// Computes several products, each into its output, in one dispatch over the pool: their
 /// groups form one range that the threads share out, so products of a few groups each (Q, K
 /// and V of a decode step) neither wait for each other nor leave threads idle in between.
-pub(crate) fn matmul(pool: &ThreadPool, products: &mut [(&dyn GroupProduct, &mut [f32])]) {
-    // Each product's first group in the shared range, and the end.
-    let mut starts = Vec::with_capacity(products.len() + 1);
-    starts.push(0);
-    for (p, out) in products.iter() {
-        assert_eq!(out.len(), p.n_tokens() * p.rows(), "output shape");
-        starts.push(starts.last().copied().unwrap_or(0) + groups(p.rows()));
-    }
-    let outs: Vec<(&dyn GroupProduct, SharedMut<f32>)> = products
+pub(crate) fn matmul<P: GroupProduct>(pool: &ThreadPool, products: &mut [(P, &mut [f32])]) {
+    // Each product with its output and its groups' place in the shared range.
+    let mut end = 0;
+    let parts: Vec<(&P, SharedMut<f32>, Range<usize>)> = products
         .iter_mut()
-        .map(|(p, out)| (*p, SharedMut(out.as_mut_ptr())))
+        .map(|(p, out)| {
+            assert_eq!(out.len(), p.n_tokens() * p.rows(), "output shape");
+            let start = end;
+            end += groups(p.rows());
+            (&*p, SharedMut(out.as_mut_ptr()), start..end)
+        })
         .collect();
-    let total = starts[products.len()];
-    pool.for_each_stealing(total, GROUPS_PER_CHUNK, |piece| {
-        for (i, &(p, out)) in outs.iter().enumerate() {
-            let gs = piece.start.max(starts[i])..piece.end.min(starts[i + 1]);
+    pool.for_each_stealing(end, GROUPS_PER_CHUNK, |piece| {
+        for (p, out, range) in &parts {
+            let gs = piece.start.max(range.start)..piece.end.min(range.end);
             if !gs.is_empty() {
                 // SAFETY: pieces are handed to one thread each, so each group of each product
                 // is computed by exactly one thread; `out` holds the product's output (checked
                 // above) and outlives the call.
-                unsafe { p.run(gs.start - starts[i]..gs.end - starts[i], out) };
+                unsafe { p.run(gs.start - range.start..gs.end - range.start, *out) };
             }
         }
     });

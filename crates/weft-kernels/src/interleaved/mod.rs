@@ -270,7 +270,7 @@ pub fn matmul_interleaved(
     xa: &QuantizedActs,
     out: &mut [f32],
 ) {
-    row_groups::matmul(pool, &mut [(&InterleavedProduct::new(w, xa), out)]);
+    row_groups::matmul(pool, &mut [(InterleavedProduct::new(w, xa), out)]);
 }
 
 /// The product of an interleaved matrix with activations in its dot type, for

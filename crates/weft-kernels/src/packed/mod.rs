@@ -128,7 +128,7 @@ fn place(block: &mut [u8], r: usize, group: &AffineGroup) {
 /// `out[t][r] = Σ_c w[r][c] * x[t][c]` for every token of `xa`, which must hold the
 /// activations quantized to Q8_1 with `w.cols()` columns.
 pub fn matmul_packed(pool: &ThreadPool, w: &PackedMatrix, xa: &QuantizedActs, out: &mut [f32]) {
-    row_groups::matmul(pool, &mut [(&PackedProduct::new(w, xa), out)]);
+    row_groups::matmul(pool, &mut [(PackedProduct::new(w, xa), out)]);
 }
 
 /// The product of a packed matrix with activations quantized to Q8_1, for
