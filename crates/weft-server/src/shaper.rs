@@ -12,16 +12,52 @@ pub enum ToolMode {
     Off,
     /// `auto`: the model may write `<tool_call>` blocks.
     Auto,
-    /// `required` or a named function: the whole output is one call's JSON object,
+    /// `required`: the whole output is one call's `{"name": ..., "arguments": ...}` object,
     /// enforced by constrained decoding.
-    Forced,
+    Required,
+    /// A named function: the whole output is that function's arguments object, enforced by
+    /// constrained decoding (as in vLLM; the model does not spend tokens on the name).
+    Named(String),
 }
 
 pub struct Shaper {
     reasoning: Option<ReasoningSplitter>,
     detector: Option<ToolCallDetector>,
     /// Output of a forced call, parsed at the end.
-    forced: Option<String>,
+    forced: Option<Forced>,
+}
+
+/// A call the grammar forces, collected until the end.
+struct Forced {
+    /// The function's name when `tool_choice` named it (the output is then the arguments).
+    name: Option<String>,
+    output: String,
+}
+
+impl Forced {
+    fn new(name: Option<String>) -> Forced {
+        Forced {
+            name,
+            output: String::new(),
+        }
+    }
+
+    /// The call, also when `max_tokens` cut it off: then the arguments are as far as they
+    /// were written, as OpenAI and vLLM return them. `Err` gives the output back as content
+    /// when not even a `required` call's name was complete.
+    fn into_call(self) -> Result<ToolCall, String> {
+        if let Some(name) = self.name {
+            let output = self.output.trim();
+            let arguments = serde_json::from_str::<serde_json::Value>(output)
+                .map_or_else(|_| output.to_owned(), |v| v.to_string());
+            return Ok(ToolCall { name, arguments });
+        }
+        serde_json::from_str(self.output.trim())
+            .ok()
+            .and_then(|v| ToolCall::from_json(&v))
+            .or_else(|| ToolCall::from_truncated(&self.output))
+            .ok_or(self.output)
+    }
 }
 
 impl Shaper {
@@ -29,13 +65,17 @@ impl Shaper {
         Shaper {
             reasoning: parser.map(ReasoningSplitter::new),
             detector: (*tools == ToolMode::Auto).then(ToolCallDetector::default),
-            forced: (*tools == ToolMode::Forced).then(String::new),
+            forced: match tools {
+                ToolMode::Off | ToolMode::Auto => None,
+                ToolMode::Required => Some(Forced::new(None)),
+                ToolMode::Named(name) => Some(Forced::new(Some(name.clone()))),
+            },
         }
     }
 
     fn route_content(&mut self, content: String) -> String {
-        if let Some(buf) = &mut self.forced {
-            buf.push_str(&content);
+        if let Some(forced) = &mut self.forced {
+            forced.output.push_str(&content);
             return String::new();
         }
         match &mut self.detector {
@@ -72,14 +112,10 @@ impl Shaper {
             content.push_str(&rest);
             calls = found;
         }
-        if let Some(buf) = self.forced.take() {
-            match serde_json::from_str(buf.trim())
-                .ok()
-                .and_then(|v| ToolCall::from_json(&v))
-            {
-                Some(call) => calls.push(call),
-                // Cut off (length) before the call was complete: return what there is.
-                None => content.push_str(&buf),
+        if let Some(forced) = self.forced.take() {
+            match forced.into_call() {
+                Ok(call) => calls.push(call),
+                Err(output) => content.push_str(&output),
             }
         }
         (

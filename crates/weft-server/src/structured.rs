@@ -82,7 +82,7 @@ impl Tools {
                 };
                 let schema = call_schema(json!({"enum": names}), arguments);
                 Ok(Tools {
-                    mode: ToolMode::Forced,
+                    mode: ToolMode::Required,
                     render: rendered,
                     grammar: Some(compile(&schema, "tools")?),
                 })
@@ -102,11 +102,10 @@ impl Tools {
                     .ok_or_else(|| {
                         ApiError::invalid("tool_choice", format!("no tool named `{name}` in tools"))
                     })?;
-                let schema = call_schema(json!({"const": name}), parameters(tool));
                 Ok(Tools {
-                    mode: ToolMode::Forced,
+                    mode: ToolMode::Named(name.to_owned()),
                     render: rendered,
-                    grammar: Some(compile(&schema, "tools")?),
+                    grammar: Some(compile(&parameters(tool), "tools")?),
                 })
             }
         }

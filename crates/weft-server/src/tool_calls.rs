@@ -43,6 +43,29 @@ impl ToolCall {
         };
         Some(ToolCall { name, arguments })
     }
+
+    /// A forced call (`{"name": ..., "arguments": ...}`, keys in that order) that was cut
+    /// off by `max_tokens`: its name, and its arguments as far as they were written. OpenAI
+    /// and vLLM return such a call with `finish_reason: length` rather than dropping it.
+    /// `None` when the output stopped before the name was complete.
+    pub fn from_truncated(text: &str) -> Option<ToolCall> {
+        let rest = text.trim_start().strip_prefix('{')?;
+        let rest = after_key(rest, "name")?;
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let name = values.next()?.ok()?.as_str()?.to_owned();
+        let rest = rest[values.byte_offset()..].trim_start();
+        let arguments = rest
+            .strip_prefix(',')
+            .and_then(|r| after_key(r, "arguments"))
+            .map_or_else(String::new, |a| a.trim().to_owned());
+        Some(ToolCall { name, arguments })
+    }
+}
+
+/// The text after `"key":` at the start of `text` (whitespace allowed around both).
+fn after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let quoted = text.trim_start().strip_prefix('"')?.strip_prefix(key)?;
+    quoted.strip_prefix('"')?.trim_start().strip_prefix(':')
 }
 
 /// Text before the first call (if any), and the calls. `None` when the output holds no
@@ -125,6 +148,27 @@ mod tests {
         assert_eq!(calls[1].arguments, "{}");
         assert!(parse("no calls here").is_none());
         assert!(parse("<tool_call>{not json}</tool_call>").is_none());
+    }
+
+    #[test]
+    fn truncated_calls_keep_name_and_partial_arguments() {
+        let cut = ToolCall::from_truncated(
+            "{\"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Par",
+        );
+        assert_eq!(
+            cut,
+            Some(ToolCall {
+                name: "get_weather".into(),
+                arguments: "{\"city\": \"Par".into()
+            })
+        );
+        let no_arguments = ToolCall::from_truncated("{ \"name\" : \"f\" ").unwrap();
+        assert_eq!(
+            (no_arguments.name.as_str(), no_arguments.arguments.as_str()),
+            ("f", "")
+        );
+        assert_eq!(ToolCall::from_truncated("{\"name\": \"get_wea"), None);
+        assert_eq!(ToolCall::from_truncated("{\"na"), None);
     }
 
     #[test]

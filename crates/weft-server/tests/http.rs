@@ -298,6 +298,33 @@ async fn json_schema_and_forced_tool_calls_are_valid() {
         serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string());
 
+    // A named function: the output is its arguments, also when max_tokens cuts them off.
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    for (max_tokens, finish) in [(40, "tool_calls"), (4, "length")] {
+        let (status, r) = s
+            .post(
+                "/v1/chat/completions",
+                chat(
+                    "What is the weather in Paris?",
+                    json!({"max_tokens": max_tokens, "temperature": 0, "tools": tools, "tool_choice": named}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], finish, "{r}");
+        assert_eq!(choice["message"]["content"], Value::Null, "{r}");
+        let call = &choice["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather", "{r}");
+        let arguments = call["arguments"].as_str().unwrap();
+        if finish == "tool_calls" {
+            let args: Value = serde_json::from_str(arguments).unwrap();
+            assert!(args["city"].is_string(), "{r}");
+        } else {
+            assert!(arguments.starts_with('{'), "{r}");
+        }
+    }
+
     let (status, r) = s
         .post(
             "/v1/chat/completions",
