@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the llama.cpp peer used for reference outputs and side-by-side benchmarks: the
 # llama.cpp source shipped in the llama-cpp-python source package (pinned below), CPU only,
-# -march=native. Prints the folder holding llama-server, llama-perplexity, llama-tokenize,
-# llama-completion and llama-bench on its last line. First build: ~10 minutes on 2 cores.
+# -march=native without AMX (the pinned ggml's AMX Q4_1 kernel dies with SIGILL on Xeons whose
+# AMX runs fine otherwise; weft has no AMX kernels either). Prints the folder holding
+# llama-server, llama-perplexity, llama-tokenize, llama-completion and llama-bench on its last
+# line. First build: ~10 minutes on 2 cores.
 # Usage: bench/peers/build-llama-cpp.sh [DEST]   (default ~/.cache/weft-peers/llama.cpp-$VERSION)
 set -euo pipefail
 VERSION=0.3.36
@@ -17,7 +19,9 @@ mkdir -p "$(dirname "$dest")"
 rm -rf "$dest"
 mv "$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp" "$dest"
 cd "$dest"
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_OPENSSL=OFF \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >build-configure.log 2>&1 \
   || { tail -n 30 build-configure.log >&2; exit 1; }
 cmake --build build -j"$(nproc)" --target llama-bench llama-server llama-perplexity llama-tokenize llama-completion \
