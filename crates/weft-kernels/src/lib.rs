@@ -3,6 +3,8 @@
 //! they run on. Nothing here knows about models.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod byte_dot;
 pub mod interleaved;
 pub mod matmul;
 pub mod ops;

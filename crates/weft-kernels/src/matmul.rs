@@ -7,13 +7,14 @@
 //! Work is split over weight rows, so each thread streams its own slice of the weights once for
 //! all tokens of the batch.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
-use crate::interleaved::{matmul_interleaved, InterleavedMatrix, InterleavedProduct};
-use crate::packed::{self, matmul_packed, PackedMatrix, PackedProduct};
+use crate::interleaved::{matmul_interleaved, InterleavedMatrix};
+use crate::packed::{self, matmul_packed, PackedMatrix};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::quant::{act_scales, dot_tile, quantize_row, ActScale, GgmlType, TILE_MAX};
-use crate::row_groups::{self, GroupProduct};
+use crate::row_groups::{self, GroupedMatrix};
 
 /// A row-major weight matrix in its on-disk block format: `rows` rows of `cols` elements.
 #[derive(Clone, Copy, Debug)]
@@ -71,14 +72,15 @@ impl QuantizedActs {
         self.n_tokens
     }
 
-    /// The quantized rows, one after another.
-    pub(crate) fn data(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// Every row's block scales ([`act_scales`]), one row after another.
-    pub(crate) fn scales(&self) -> &[ActScale] {
-        &self.scales
+    /// The quantized rows of `tokens`, and their block scales.
+    pub(crate) fn tokens(&self, tokens: Range<usize>) -> (&[u8], &[ActScale]) {
+        let ty = self.ty.expect("quantized activations");
+        let row = ty.row_bytes(self.cols).expect("whole blocks");
+        let blocks = self.cols / ty.block_len();
+        (
+            &self.data[tokens.start * row..tokens.end * row],
+            &self.scales[tokens.start * blocks..tokens.end * blocks],
+        )
     }
 
     /// Whether these are `x`'s rows in `ty` (for reuse across matrices).
@@ -98,8 +100,6 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
     let n_tokens = xa.n_tokens;
     assert_eq!(out.len(), n_tokens * w.rows, "output shape");
     let wrow = w.ty.row_bytes(w.cols).expect("weight row bytes");
-    let xrow = dot_ty.row_bytes(w.cols).expect("activation row bytes");
-    let nb = w.cols / w.ty.block_len();
     assert_eq!(w.data.len(), wrow * w.rows, "weight data size");
 
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -107,8 +107,7 @@ pub fn matmul_quantized(pool: &ThreadPool, w: &QMatrix<'_>, xa: &QuantizedActs, 
         let mut tile = [0.0f32; TILE_MAX * TILE_MAX];
         for t0 in (0..n_tokens).step_by(TILE_MAX) {
             let nt = (n_tokens - t0).min(TILE_MAX);
-            let x = &xa.data[t0 * xrow..(t0 + nt) * xrow];
-            let xs = &xa.scales[t0 * nb..(t0 + nt) * nb];
+            let (x, xs) = xa.tokens(t0..t0 + nt);
             for r0 in rows.clone().step_by(TILE_MAX) {
                 let nr = (rows.end - r0).min(TILE_MAX);
                 let wt = &w.data[r0 * wrow..(r0 + nr) * wrow];
@@ -210,52 +209,21 @@ pub struct Product<'a> {
 /// layout share one dispatch over the pool, so the threads never wait between them; the rest
 /// run one after another.
 pub fn matmul_many(pool: &ThreadPool, products: &mut [Product<'_>]) {
-    let mut grouped: Vec<(Grouped<'_>, &mut [f32])> = Vec::with_capacity(products.len());
+    let mut grouped: Vec<(&dyn GroupedMatrix, &QuantizedActs, &mut [f32])> =
+        Vec::with_capacity(products.len());
     for p in products.iter_mut() {
-        let product = match p.plan {
-            Plan::Packed(w) => Grouped::Packed(PackedProduct::new(w, p.xa)),
-            Plan::Interleaved(w) => Grouped::Interleaved(InterleavedProduct::new(w, p.xa)),
+        let w: &dyn GroupedMatrix = match p.plan {
+            Plan::Packed(w) => w,
+            Plan::Interleaved(w) => w,
             Plan::File => {
                 matmul_quantized(pool, &p.w, p.xa, p.out);
                 continue;
             }
         };
-        grouped.push((product, &mut *p.out));
+        grouped.push((w, p.xa, &mut *p.out));
     }
     if !grouped.is_empty() {
         row_groups::matmul(pool, &mut grouped);
-    }
-}
-
-/// A product [`matmul_many`] runs through [`row_groups::matmul`].
-enum Grouped<'a> {
-    Packed(PackedProduct<'a>),
-    Interleaved(InterleavedProduct<'a>),
-}
-
-impl GroupProduct for Grouped<'_> {
-    fn rows(&self) -> usize {
-        match self {
-            Grouped::Packed(p) => p.rows(),
-            Grouped::Interleaved(p) => p.rows(),
-        }
-    }
-
-    fn n_tokens(&self) -> usize {
-        match self {
-            Grouped::Packed(p) => p.n_tokens(),
-            Grouped::Interleaved(p) => p.n_tokens(),
-        }
-    }
-
-    unsafe fn run(&self, gs: std::ops::Range<usize>, out: SharedMut<f32>) {
-        // SAFETY: the caller's promise, passed on.
-        unsafe {
-            match self {
-                Grouped::Packed(p) => p.run(gs, out),
-                Grouped::Interleaved(p) => p.run(gs, out),
-            }
-        }
     }
 }
 

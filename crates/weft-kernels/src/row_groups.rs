@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 
+use crate::matmul::QuantizedActs;
 use crate::pool::{SharedMut, ThreadPool};
+use crate::quant::GgmlType;
 
 /// Rows interleaved in one group.
 pub const GROUP_ROWS: usize = 8;
@@ -42,40 +44,53 @@ pub(crate) fn build(
     data
 }
 
-/// A product of a row-grouped matrix with a few tokens' activations, as [`matmul`] runs it.
-pub(crate) trait GroupProduct: Sync {
-    /// Rows of the matrix: the output holds this many values per token.
+/// A weight matrix in a row-grouped layout, as [`matmul`] multiplies it.
+pub(crate) trait GroupedMatrix: Sync {
+    /// Rows of the matrix: a product holds this many values per token.
     fn rows(&self) -> usize;
 
-    fn n_tokens(&self) -> usize;
+    fn cols(&self) -> usize;
 
-    /// Computes groups `gs` for every token into `out` (token-major, [`Self::rows`] per
-    /// token), through [`run_tiles`].
-    ///
-    /// # Safety
-    /// `out` points to `n_tokens() * rows()` floats, and no other thread accesses these
-    /// groups' elements while this runs.
-    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>);
+    /// The activation format the kernel reads ([`QuantizedActs`] must hold it).
+    fn dot_type(&self) -> GgmlType;
+
+    /// Most tokens one [`Self::tile`] call takes: at most [`TILE_TOKENS_MAX`].
+    fn tile_tokens(&self) -> usize;
+
+    /// `sums[i][j]` = row `8g + j` times token `tokens.start + i` of `xa`, for
+    /// `tokens.len()` in 1..=[`Self::tile_tokens`].
+    fn tile(
+        &self,
+        xa: &QuantizedActs,
+        g: usize,
+        tokens: Range<usize>,
+        sums: &mut [[f32; GROUP_ROWS]],
+    );
 }
 
-/// The body of a [`GroupProduct::run`] whose kernel, `tile(g, tokens, sums)`, computes
-/// `sums[i][j]` = row `8g + j` times token `tokens.start + i` for at most `TOKENS` tokens:
-/// every token tile of `gs`, the groups inner so their weights stay in cache across tokens.
+/// The largest [`GroupedMatrix::tile_tokens`] of any layout.
+pub(crate) const TILE_TOKENS_MAX: usize = 4;
+
+/// Computes groups `gs` of `w` times every token of `xa` into `out` (token-major, `w.rows()`
+/// per token): every token tile of `gs`, the groups inner so their weights stay in cache
+/// across tokens.
 ///
 /// # Safety
-/// As [`GroupProduct::run`], for a product of `rows` rows and `n_tokens` tokens.
-pub(crate) unsafe fn run_tiles<const TOKENS: usize>(
+/// `out` points to `xa.n_tokens() * w.rows()` floats, and no other thread accesses these
+/// groups' elements while this runs.
+unsafe fn run_groups<M: GroupedMatrix + ?Sized>(
+    w: &M,
+    xa: &QuantizedActs,
     gs: Range<usize>,
-    rows: usize,
-    n_tokens: usize,
     out: SharedMut<f32>,
-    tile: impl Fn(usize, Range<usize>, &mut [[f32; GROUP_ROWS]]),
 ) {
-    let mut sums = [[0.0f32; GROUP_ROWS]; TOKENS];
-    for t0 in (0..n_tokens).step_by(TOKENS) {
-        let nt = (n_tokens - t0).min(TOKENS);
+    let (rows, n_tokens, step) = (w.rows(), xa.n_tokens(), w.tile_tokens());
+    assert!((1..=TILE_TOKENS_MAX).contains(&step), "tile size");
+    let mut sums = [[0.0f32; GROUP_ROWS]; TILE_TOKENS_MAX];
+    for t0 in (0..n_tokens).step_by(step) {
+        let nt = (n_tokens - t0).min(step);
         for g in gs.clone() {
-            tile(g, t0..t0 + nt, &mut sums[..nt]);
+            w.tile(xa, g, t0..t0 + nt, &mut sums[..nt]);
             let rows_g = group_rows(g, rows);
             for (t, s) in sums[..nt].iter().enumerate() {
                 // SAFETY: in bounds and this thread's alone, by the caller's promise.
@@ -86,29 +101,36 @@ pub(crate) unsafe fn run_tiles<const TOKENS: usize>(
     }
 }
 
-/// Computes several products, each into its output, in one dispatch over the pool: their
+/// Several products `out = w · xa`, each into its output, in one dispatch over the pool: their
 /// groups form one range that the threads share out, so products of a few groups each (Q, K
 /// and V of a decode step) neither wait for each other nor leave threads idle in between.
-pub(crate) fn matmul<P: GroupProduct>(pool: &ThreadPool, products: &mut [(P, &mut [f32])]) {
+pub(crate) fn matmul<M: GroupedMatrix + ?Sized>(
+    pool: &ThreadPool,
+    products: &mut [(&M, &QuantizedActs, &mut [f32])],
+) {
     // Each product with its output and its groups' place in the shared range.
     let mut end = 0;
-    let parts: Vec<(&P, SharedMut<f32>, Range<usize>)> = products
+    let parts: Vec<(&M, &QuantizedActs, SharedMut<f32>, Range<usize>)> = products
         .iter_mut()
-        .map(|(p, out)| {
-            assert_eq!(out.len(), p.n_tokens() * p.rows(), "output shape");
+        .map(|(w, xa, out)| {
+            assert!(
+                xa.is(w.dot_type(), w.cols()),
+                "activations quantized for this matrix"
+            );
+            assert_eq!(out.len(), xa.n_tokens() * w.rows(), "output shape");
             let start = end;
-            end += groups(p.rows());
-            (&*p, SharedMut(out.as_mut_ptr()), start..end)
+            end += groups(w.rows());
+            (*w, *xa, SharedMut(out.as_mut_ptr()), start..end)
         })
         .collect();
     pool.for_each_stealing(end, GROUPS_PER_CHUNK, |piece| {
-        for (p, out, range) in &parts {
+        for &(w, xa, out, ref range) in &parts {
             let gs = piece.start.max(range.start)..piece.end.min(range.end);
             if !gs.is_empty() {
                 // SAFETY: pieces are handed to one thread each, so each group of each product
                 // is computed by exactly one thread; `out` holds the product's output (checked
                 // above) and outlives the call.
-                unsafe { p.run(gs.start - range.start..gs.end - range.start, *out) };
+                unsafe { run_groups(w, xa, gs.start - range.start..gs.end - range.start, out) };
             }
         }
     });

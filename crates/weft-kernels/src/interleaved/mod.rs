@@ -36,10 +36,10 @@ mod avx2;
 use std::ops::Range;
 
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::{SharedMut, ThreadPool};
+use crate::pool::ThreadPool;
 use crate::quant::layout::{k4_scales_mins, Q8_K_BSUMS, Q8_K_QS, QK_K};
 use crate::quant::{ActScale, GgmlType, QK};
-use crate::row_groups::{self, GroupProduct, GROUP_ROWS};
+use crate::row_groups::{self, GroupedMatrix, GROUP_ROWS};
 
 /// Most tokens one kernel call multiplies by a group.
 pub const TOKENS_MAX: usize = 3;
@@ -270,54 +270,43 @@ pub fn matmul_interleaved(
     xa: &QuantizedActs,
     out: &mut [f32],
 ) {
-    row_groups::matmul(pool, &mut [(InterleavedProduct::new(w, xa), out)]);
+    row_groups::matmul(pool, &mut [(w, xa, out)]);
 }
 
-/// The product of an interleaved matrix with activations in its dot type, for
-/// [`row_groups::matmul`].
-pub(crate) struct InterleavedProduct<'a> {
-    w: &'a InterleavedMatrix,
-    xa: &'a QuantizedActs,
-}
-
-impl<'a> InterleavedProduct<'a> {
-    pub(crate) fn new(w: &'a InterleavedMatrix, xa: &'a QuantizedActs) -> InterleavedProduct<'a> {
-        assert!(
-            xa.is(w.dot_type(), w.cols),
-            "activations quantized for this matrix"
-        );
-        InterleavedProduct { w, xa }
-    }
-}
-
-impl GroupProduct for InterleavedProduct<'_> {
+impl GroupedMatrix for InterleavedMatrix {
     fn rows(&self) -> usize {
-        self.w.rows
+        self.rows
     }
 
-    fn n_tokens(&self) -> usize {
-        self.xa.n_tokens()
+    fn cols(&self) -> usize {
+        self.cols
     }
 
-    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>) {
-        let w = self.w;
-        let blocks = w.cols / w.encoding.block_len();
-        let xblock = w.dot_type().block_bytes();
-        let xrow = blocks * xblock;
-        let quants = quants_offset(w.dot_type());
-        let (x, xs) = (self.xa.data(), self.xa.scales());
-        let tile = |g: usize, tokens: Range<usize>, sums: &mut [[f32; GROUP_ROWS]]| {
-            let acts = Acts {
-                x: &x[tokens.start * xrow..tokens.end * xrow],
-                xs: &xs[tokens.start * blocks..tokens.end * blocks],
-                blocks,
-                xblock,
-                quants,
-            };
-            group_tile(w.encoding, w.group(g), &acts, sums);
+    fn dot_type(&self) -> GgmlType {
+        self.encoding.dot_type()
+    }
+
+    fn tile_tokens(&self) -> usize {
+        TOKENS_MAX
+    }
+
+    fn tile(
+        &self,
+        xa: &QuantizedActs,
+        g: usize,
+        tokens: Range<usize>,
+        sums: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let (x, xs) = xa.tokens(tokens);
+        let dot = self.encoding.dot_type();
+        let acts = Acts {
+            x,
+            xs,
+            blocks: self.cols / self.encoding.block_len(),
+            xblock: dot.block_bytes(),
+            quants: quants_offset(dot),
         };
-        // SAFETY: the caller's promise, for this product's shape.
-        unsafe { row_groups::run_tiles::<TOKENS_MAX>(gs, w.rows, self.n_tokens(), out, tile) };
+        group_tile(self.encoding, self.group(g), &acts, sums);
     }
 }
 

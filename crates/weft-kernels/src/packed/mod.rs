@@ -25,9 +25,9 @@ mod avx2;
 use std::ops::Range;
 
 use crate::matmul::{QMatrix, QuantizedActs};
-use crate::pool::{SharedMut, ThreadPool};
+use crate::pool::ThreadPool;
 use crate::quant::{affine_groups, ActScale, AffineGroup, GgmlType, Q8_1_BYTES, QK};
-use crate::row_groups::{self, GroupProduct, GROUP_ROWS};
+use crate::row_groups::{self, GroupedMatrix, GROUP_ROWS};
 
 /// Bytes of one group's 32-element block: the quants, then `d` and `m` for each row.
 const BLOCK_BYTES: usize = GROUP_ROWS * QK + 2 * GROUP_ROWS * 4;
@@ -128,51 +128,41 @@ fn place(block: &mut [u8], r: usize, group: &AffineGroup) {
 /// `out[t][r] = Σ_c w[r][c] * x[t][c]` for every token of `xa`, which must hold the
 /// activations quantized to Q8_1 with `w.cols()` columns.
 pub fn matmul_packed(pool: &ThreadPool, w: &PackedMatrix, xa: &QuantizedActs, out: &mut [f32]) {
-    row_groups::matmul(pool, &mut [(PackedProduct::new(w, xa), out)]);
+    row_groups::matmul(pool, &mut [(w, xa, out)]);
 }
 
-/// The product of a packed matrix with activations quantized to Q8_1, for
-/// [`row_groups::matmul`].
-pub(crate) struct PackedProduct<'a> {
-    w: &'a PackedMatrix,
-    xa: &'a QuantizedActs,
-}
-
-impl<'a> PackedProduct<'a> {
-    pub(crate) fn new(w: &'a PackedMatrix, xa: &'a QuantizedActs) -> PackedProduct<'a> {
-        assert!(
-            xa.is(GgmlType::Q8_1, w.cols),
-            "activations quantized to Q8_1 for this matrix"
-        );
-        PackedProduct { w, xa }
-    }
-}
-
-impl GroupProduct for PackedProduct<'_> {
+impl GroupedMatrix for PackedMatrix {
     fn rows(&self) -> usize {
-        self.w.rows
+        self.rows
     }
 
-    fn n_tokens(&self) -> usize {
-        self.xa.n_tokens()
+    fn cols(&self) -> usize {
+        self.cols
     }
 
-    unsafe fn run(&self, gs: Range<usize>, out: SharedMut<f32>) {
-        let w = self.w;
-        let blocks = w.cols / QK;
-        let xrow = blocks * Q8_1_BYTES;
-        let (x, xs) = (self.xa.data(), self.xa.scales());
-        let tile = |g: usize, tokens: Range<usize>, sums: &mut [[f32; GROUP_ROWS]]| {
-            let acts = Acts {
-                x: &x[tokens.start * xrow..tokens.end * xrow],
-                xs: &xs[tokens.start * blocks..tokens.end * blocks],
-                blocks,
-                exact_sums: w.exact_sums,
-            };
-            group_tile(w.group(g), &acts, sums);
+    fn dot_type(&self) -> GgmlType {
+        GgmlType::Q8_1
+    }
+
+    fn tile_tokens(&self) -> usize {
+        TOKENS_MAX
+    }
+
+    fn tile(
+        &self,
+        xa: &QuantizedActs,
+        g: usize,
+        tokens: Range<usize>,
+        sums: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let (x, xs) = xa.tokens(tokens);
+        let acts = Acts {
+            x,
+            xs,
+            blocks: self.cols / QK,
+            exact_sums: self.exact_sums,
         };
-        // SAFETY: the caller's promise, for this product's shape.
-        unsafe { row_groups::run_tiles::<TOKENS_MAX>(gs, w.rows, self.n_tokens(), out, tile) };
+        group_tile(self.group(g), &acts, sums);
     }
 }
 
@@ -209,9 +199,10 @@ fn group_tile(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
     debug_assert_eq!(group.len(), acts.blocks * BLOCK_BYTES);
     debug_assert_eq!(acts.x.len(), out.len() * acts.blocks * Q8_1_BYTES);
     #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: the CPU supports AVX2/FMA, and the shapes were checked by the caller.
-        unsafe { avx2::group_tile(group, acts, out) };
+    if let Some(dot) = crate::byte_dot::ByteDot::detect() {
+        // SAFETY: the CPU supports AVX2/FMA and `dot`'s instructions, and the shapes were
+        // checked by the caller.
+        unsafe { avx2::group_tile(dot, group, acts, out) };
         return;
     }
     group_tile_scalar(group, acts, out);

@@ -89,7 +89,8 @@ fn matches_dequantized_product() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// The SIMD group kernel gives the scalar one's results bit for bit.
+    /// The SIMD group kernel, with each kind of byte products this CPU has, gives the scalar
+    /// one's results bit for bit.
     #[test]
     fn group_tile_matches_scalar(seed in any::<u64>(), blocks in 1usize..5, tokens in 1usize..=TOKENS_MAX) {
         let pool = ThreadPool::new(1);
@@ -101,12 +102,17 @@ proptest! {
             let packed = PackedMatrix::pack(&pool, &w).expect("affine type");
             let x: Vec<f32> = (0..tokens).flat_map(|_| random_activations(cols, &mut rng)).collect();
             let xa = acts(&pool, &x, cols);
-            let acts = Acts { x: xa.data(), xs: xa.scales(), blocks: cols / QK, exact_sums: packed.exact_sums };
-            let mut fast = vec![[0.0f32; GROUP_ROWS]; tokens];
-            let mut slow = fast.clone();
-            group_tile(packed.group(0), &acts, &mut fast);
+            let (x, xs) = xa.tokens(0..tokens);
+            let acts = Acts { x, xs, blocks: cols / QK, exact_sums: packed.exact_sums };
+            let mut slow = vec![[0.0f32; GROUP_ROWS]; tokens];
             group_tile_scalar(packed.group(0), &acts, &mut slow);
-            prop_assert_eq!(fast, slow, "{}", ty.name());
+            #[cfg(target_arch = "x86_64")]
+            for dot in crate::byte_dot::ByteDot::all_available() {
+                let mut fast = vec![[0.0f32; GROUP_ROWS]; tokens];
+                // SAFETY: `dot`'s instructions run on this CPU; the shapes match.
+                unsafe { super::avx2::group_tile(dot, packed.group(0), &acts, &mut fast) };
+                prop_assert_eq!(&fast, &slow, "{} {:?}", ty.name(), dot);
+            }
         }
     }
 }
