@@ -46,8 +46,8 @@ impl ByteDot {
     }
 }
 
-/// One way of summing byte products, for kernels generic over [`ByteDot`]: each is inlined
-/// into a kernel compiled with the features it needs.
+/// One way of summing byte products, for kernels defined by [`byte_dot_kernel`]: each is
+/// inlined into a kernel compiled with the features it needs.
 pub(crate) trait U8I8Dot {
     /// `acc` plus, in each i32 lane, the lane's `4 * N` products `u[k]` (unsigned) times
     /// `x[k]` (signed) bytes.
@@ -57,6 +57,14 @@ pub(crate) trait U8I8Dot {
     /// products that meet in each i16 lane must sum to under 2^15 in magnitude ([`Avx2`] sums
     /// them there; the bound makes the result exact either way).
     unsafe fn dot<const N: usize>(acc: __m256i, u: &[__m256i; N], x: &[__m256i; N]) -> __m256i;
+
+    /// As [`U8I8Dot::dot`] where only each vector's own product pairs are bounded (by 2^15):
+    /// [`Avx2`] widens each vector's to i32 before adding.
+    ///
+    /// # Safety
+    /// As [`U8I8Dot::dot`], for the two products that meet in an i16 lane of one vector.
+    unsafe fn dot_each<const N: usize>(acc: __m256i, u: &[__m256i; N], x: &[__m256i; N])
+        -> __m256i;
 }
 
 /// `vpmaddubsw` per pair of vectors, summed in i16, then `vpmaddwd` into i32.
@@ -75,6 +83,24 @@ impl U8I8Dot for Avx2 {
                 p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[k], x[k]));
             }
             _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_each<const N: usize>(
+        acc: __m256i,
+        u: &[__m256i; N],
+        x: &[__m256i; N],
+    ) -> __m256i {
+        // SAFETY: the caller guarantees AVX2 and the i16 bound of each vector.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = acc;
+            for k in 0..N {
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u[k], x[k]), ones);
+                acc = _mm256_add_epi32(acc, p);
+            }
+            acc
         }
     }
 }
@@ -97,4 +123,41 @@ impl U8I8Dot for Vnni {
             _mm256_add_epi32(a, b)
         }
     }
+
+    #[inline(always)]
+    unsafe fn dot_each<const N: usize>(
+        acc: __m256i,
+        u: &[__m256i; N],
+        x: &[__m256i; N],
+    ) -> __m256i {
+        // SAFETY: the caller guarantees AVX-VNNI; `vpdpbusd` has no i16 step.
+        unsafe { Vnni::dot(acc, u, x) }
+    }
 }
+
+/// Defines a kernel twice from one body: `$avx2` with AVX2's byte products and `$vnni` with
+/// AVX-VNNI's, each a `#[target_feature]` function with the features its products need, which
+/// the body's closures inherit (a generic `#[inline(always)]` body would leave its closures
+/// without them, and their intrinsics as calls). The body names the products `D`.
+macro_rules! byte_dot_kernel {
+    (
+        $(#[$attr:meta])*
+        $avx2:ident, $vnni:ident<$(const $g:ident: $gt:ty),*>($($arg:ident: $ty:ty),* $(,)?)
+        $body:block
+    ) => {
+        $(#[$attr])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $avx2<$(const $g: $gt),*>($($arg: $ty),*) {
+            type D = $crate::byte_dot::Avx2;
+            $body
+        }
+
+        $(#[$attr])*
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        unsafe fn $vnni<$(const $g: $gt),*>($($arg: $ty),*) {
+            type D = $crate::byte_dot::Vnni;
+            $body
+        }
+    };
+}
+pub(crate) use byte_dot_kernel;

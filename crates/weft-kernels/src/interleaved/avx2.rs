@@ -6,17 +6,21 @@ use std::arch::x86_64::*;
 use super::{
     k4_quants, k6_vector, Acts, Encoding, GROUP_ROWS, K4_MINS, K4_SCALES, K4_SUBS, K6_SCALES,
 };
+use crate::byte_dot::{byte_dot_kernel, ByteDot, U8I8Dot};
 use crate::quant::layout::QK_K;
 use crate::quant::QK;
 
 /// How far ahead of the current block the kernels prefetch: decode streams the weights once.
 const PREFETCH_AHEAD: usize = 4096;
 
-/// [`super::group_tile`] for `out.len()` in 1..=[`super::TOKENS_MAX`].
+/// [`super::group_tile`] for `out.len()` in 1..=[`super::TOKENS_MAX`]: Q8_0, Q4_1 and Q5_0
+/// sum their byte products with `dot`; Q4_K and Q6_K scale 16-bit partial sums, which
+/// AVX-VNNI does not shorten, so they always use AVX2's.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C, and AVX-VNNI for [`ByteDot::Vnni`].
 pub(super) unsafe fn group_tile(
+    dot: ByteDot,
     encoding: Encoding,
     group: &[u8],
     acts: &Acts<'_>,
@@ -38,12 +42,15 @@ pub(super) unsafe fn group_tile(
             }
         };
     }
-    match encoding {
-        Encoding::Q8_0 => run!(q8_0),
-        Encoding::Q4_1 => run!(q4_1),
-        Encoding::Q5_0 => run!(q5_0),
-        Encoding::Q4K => run!(q4_k),
-        Encoding::Q6K => run!(q6_k),
+    match (encoding, dot) {
+        (Encoding::Q8_0, ByteDot::Avx2) => run!(q8_0_avx2),
+        (Encoding::Q8_0, ByteDot::Vnni) => run!(q8_0_vnni),
+        (Encoding::Q4_1, ByteDot::Avx2) => run!(q4_1_avx2),
+        (Encoding::Q4_1, ByteDot::Vnni) => run!(q4_1_vnni),
+        (Encoding::Q5_0, ByteDot::Avx2) => run!(q5_0_avx2),
+        (Encoding::Q5_0, ByteDot::Vnni) => run!(q5_0_vnni),
+        (Encoding::Q4K, _) => run!(q4_k),
+        (Encoding::Q6K, _) => run!(q6_k),
     }
 }
 
@@ -83,81 +90,86 @@ unsafe fn scales8(p: *const u8) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
 }
 
-/// # Safety
-/// As [`group_tile`], with `out.len() == T` and the encoding Q8_0.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
-    let bb = Encoding::Q8_0.block_bytes();
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..acts.blocks {
-        // SAFETY: block `b` is in bounds (checked by the caller); the prefetch may point past
-        // the group, which is harmless.
-        let block = unsafe { group.as_ptr().add(b * bb) };
-        prefetch(block, bb);
-        // SAFETY: 256 quant bytes then 8 f16 scales, inside the block; no alignment needed.
-        let (w, d) = unsafe {
-            let w: [__m256i; QK / 4] =
-                std::array::from_fn(|k| _mm256_loadu_si256(block.add(32 * k).cast()));
-            (w, scales8(block.add(GROUP_ROWS * QK)))
-        };
-        let abs: [__m256i; QK / 4] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
-        for (t, acc) in acc.iter_mut().enumerate() {
-            // |w| times x with w's sign; one product pair already nears the i16 limit, so each
-            // is widened to i32 before summing.
-            let mut isum = _mm256_setzero_si256();
-            for k in 0..QK / 4 {
-                // SAFETY: as `x4` requires.
-                let x = _mm256_sign_epi8(unsafe { x4(acts, t, b, 4 * k) }, w[k]);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(abs[k], x), ones);
-                isum = _mm256_add_epi32(isum, p);
+byte_dot_kernel! {
+    /// One group by `T` tokens, Q8_0.
+    ///
+    /// # Safety
+    /// As [`group_tile`], with `out.len() == T` and the encoding Q8_0.
+    q8_0_avx2, q8_0_vnni<const T: usize>(
+        group: &[u8],
+        acts: &Acts<'_>,
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let bb = Encoding::Q8_0.block_bytes();
+        // SAFETY (the whole body): the CPU features are guaranteed by the caller.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts.blocks {
+                // SAFETY: block `b` is in bounds (checked by the caller); the prefetch may point
+                // past the group, which is harmless.
+                let block = group.as_ptr().add(b * bb);
+                prefetch(block, bb);
+                // SAFETY: 256 quant bytes then 8 f16 scales, inside the block; no alignment
+                // needed.
+                let w: [__m256i; QK / 4] =
+                    std::array::from_fn(|k| _mm256_loadu_si256(block.add(32 * k).cast()));
+                let d = scales8(block.add(GROUP_ROWS * QK));
+                let abs: [__m256i; QK / 4] = std::array::from_fn(|k| _mm256_sign_epi8(w[k], w[k]));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    // |w| times x with w's sign. One product pair already nears the i16 limit, so
+                    // each vector's products are summed on their own.
+                    // SAFETY: as `x4` requires.
+                    let x: [__m256i; QK / 4] =
+                        std::array::from_fn(|k| _mm256_sign_epi8(x4(acts, t, b, 4 * k), w[k]));
+                    let isum = D::dot_each(_mm256_setzero_si256(), &abs, &x);
+                    let xd = acts.xs[t * acts.blocks + b].d;
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xd));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+                }
             }
-            let xd = acts.xs[t * acts.blocks + b].d;
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(xd));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+            store(acc, out);
         }
     }
-    store(acc, out);
 }
 
-/// # Safety
-/// As [`group_tile`], with `out.len() == T` and the encoding Q4_1.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
-    let bb = Encoding::Q4_1.block_bytes();
-    let q = Encoding::Q4_1.int_bytes();
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..acts.blocks {
-        // SAFETY: as in `q8_0`.
-        let block = unsafe { group.as_ptr().add(b * bb) };
-        prefetch(block, bb);
-        // SAFETY: 128 quant bytes then 8 f16 d and 8 f16 m, inside the block.
-        let (w, d, m) = unsafe {
-            (
-                nibble_lanes(block),
-                scales8(block.add(q)),
-                scales8(block.add(q + 2 * GROUP_ROWS)),
-            )
-        };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            // Eight products of quants <= 15 and |x| <= 127 per i16 lane stay below 2^15.
-            let mut p = _mm256_setzero_si256();
-            for (k, &wk) in w.iter().enumerate() {
-                // SAFETY: as `x4` requires.
-                p = _mm256_add_epi16(
-                    p,
-                    _mm256_maddubs_epi16(wk, unsafe { x4(acts, t, b, 4 * k) }),
-                );
+byte_dot_kernel! {
+    /// One group by `T` tokens, Q4_1.
+    ///
+    /// # Safety
+    /// As [`group_tile`], with `out.len() == T` and the encoding Q4_1.
+    q4_1_avx2, q4_1_vnni<const T: usize>(
+        group: &[u8],
+        acts: &Acts<'_>,
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let bb = Encoding::Q4_1.block_bytes();
+        let q = Encoding::Q4_1.int_bytes();
+        // SAFETY (the whole body): the CPU features are guaranteed by the caller.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts.blocks {
+                // SAFETY: as in `q8_0`.
+                let block = group.as_ptr().add(b * bb);
+                prefetch(block, bb);
+                // SAFETY: 128 quant bytes then 8 f16 d and 8 f16 m, inside the block.
+                let w = nibble_lanes(block);
+                let d = scales8(block.add(q));
+                let m = scales8(block.add(q + 2 * GROUP_ROWS));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as `x4` requires.
+                    let x: [__m256i; QK / 4] = std::array::from_fn(|k| x4(acts, t, b, 4 * k));
+                    // Eight product pairs of quants <= 15 and |x| <= 127 per i16 lane stay below
+                    // 2^15.
+                    let isum = D::dot(_mm256_setzero_si256(), &w, &x);
+                    let s = acts.xs[t * acts.blocks + b];
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+                    *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(s.s), *acc);
+                }
             }
-            let isum = _mm256_madd_epi16(p, ones);
-            let s = acts.xs[t * acts.blocks + b];
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
-            *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(s.s), *acc);
+            store(acc, out);
         }
     }
-    store(acc, out);
 }
 
 /// The eight quant lanes of a Q4_1 / Q5_0 block from its 128 nibble bytes: lanes 0..4 from the
@@ -181,65 +193,66 @@ unsafe fn nibble_lanes(block: *const u8) -> [__m256i; QK / 4] {
     })
 }
 
-/// # Safety
-/// As [`group_tile`], with `out.len() == T` and the encoding Q5_0.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0<const T: usize>(group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
-    let bb = Encoding::Q5_0.block_bytes();
-    let q = Encoding::Q5_0.int_bytes();
-    let ones = _mm256_set1_epi16(1);
-    let bit4 = _mm256_set1_epi8(0x10);
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..acts.blocks {
-        // SAFETY: as in `q8_0`.
-        let block = unsafe { group.as_ptr().add(b * bb) };
-        prefetch(block, bb);
-        // SAFETY: 128 nibble bytes, 32 bytes of fifth bits, 8 f16 d, inside the block.
-        let (nibbles, bits, d) = unsafe {
-            (
-                nibble_lanes(block),
-                _mm256_loadu_si256(block.add(GROUP_ROWS * QK / 2).cast()),
-                scales8(block.add(q)),
-            )
-        };
-        // Bit k of each byte moved to bit 4. The 16-bit shifts cannot carry another byte's bit
-        // there: that would need a shift of at least 5 left or 4 right.
-        let high = |k: usize| {
-            let moved = match k {
-                0 => _mm256_slli_epi16::<4>(bits),
-                1 => _mm256_slli_epi16::<3>(bits),
-                2 => _mm256_slli_epi16::<2>(bits),
-                3 => _mm256_slli_epi16::<1>(bits),
-                4 => bits,
-                5 => _mm256_srli_epi16::<1>(bits),
-                6 => _mm256_srli_epi16::<2>(bits),
-                _ => _mm256_srli_epi16::<3>(bits),
-            };
-            _mm256_and_si256(moved, bit4)
-        };
-        let w: [__m256i; QK / 4] = std::array::from_fn(|k| _mm256_or_si256(nibbles[k], high(k)));
-        for (t, acc) in acc.iter_mut().enumerate() {
-            // Quants <= 31 times |x| <= 127: four product pairs per i16 lane stay below 2^15.
-            let half = |h: usize| {
-                // SAFETY: as `x4` requires.
-                let p = |k: usize| {
-                    _mm256_maddubs_epi16(w[4 * h + k], unsafe { x4(acts, t, b, 4 * (4 * h + k)) })
+byte_dot_kernel! {
+    /// One group by `T` tokens, Q5_0.
+    ///
+    /// # Safety
+    /// As [`group_tile`], with `out.len() == T` and the encoding Q5_0.
+    q5_0_avx2, q5_0_vnni<const T: usize>(
+        group: &[u8],
+        acts: &Acts<'_>,
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let bb = Encoding::Q5_0.block_bytes();
+        let q = Encoding::Q5_0.int_bytes();
+        // SAFETY (the whole body): the CPU features are guaranteed by the caller.
+        unsafe {
+            let bit4 = _mm256_set1_epi8(0x10);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts.blocks {
+                // SAFETY: as in `q8_0`.
+                let block = group.as_ptr().add(b * bb);
+                prefetch(block, bb);
+                // SAFETY: 128 nibble bytes, 32 bytes of fifth bits, 8 f16 d, inside the block.
+                let nibbles = nibble_lanes(block);
+                let bits = _mm256_loadu_si256(block.add(GROUP_ROWS * QK / 2).cast());
+                let d = scales8(block.add(q));
+                // Bit k of each byte moved to bit 4. The 16-bit shifts cannot carry another byte's
+                // bit there: that would need a shift of at least 5 left or 4 right.
+                let high = |k: usize| {
+                    let moved = match k {
+                        0 => _mm256_slli_epi16::<4>(bits),
+                        1 => _mm256_slli_epi16::<3>(bits),
+                        2 => _mm256_slli_epi16::<2>(bits),
+                        3 => _mm256_slli_epi16::<1>(bits),
+                        4 => bits,
+                        5 => _mm256_srli_epi16::<1>(bits),
+                        6 => _mm256_srli_epi16::<2>(bits),
+                        _ => _mm256_srli_epi16::<3>(bits),
+                    };
+                    _mm256_and_si256(moved, bit4)
                 };
-                let s =
-                    _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
-                _mm256_madd_epi16(s, ones)
-            };
-            let s = acts.xs[t * acts.blocks + b];
-            // Σ (u - 16) x = Σ u x - 16 Σ x, exactly.
-            let isum = _mm256_sub_epi32(
-                _mm256_add_epi32(half(0), half(1)),
-                _mm256_set1_epi32(16 * s.qsum),
-            );
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+                let w: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+                    std::array::from_fn(|k| _mm256_or_si256(nibbles[4 * h + k], high(4 * h + k)))
+                });
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as `x4` requires.
+                    let x: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+                        std::array::from_fn(|k| x4(acts, t, b, 4 * (4 * h + k)))
+                    });
+                    // Quants <= 31 times |x| <= 127: four product pairs per i16 lane stay below
+                    // 2^15, so the halves are summed apart.
+                    let isum = D::dot(D::dot(_mm256_setzero_si256(), &w[0], &x[0]), &w[1], &x[1]);
+                    let s = acts.xs[t * acts.blocks + b];
+                    // Σ (u - 16) x = Σ u x - 16 Σ x, exactly.
+                    let isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(16 * s.qsum));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+                }
+            }
+            store(acc, out);
         }
     }
-    store(acc, out);
 }
 
 /// Eight per-row bytes at `p` (one per row of the group), as i32 lanes: zero-extended, or

@@ -353,9 +353,10 @@ impl Acts<'_> {
 fn group_tile(encoding: Encoding, group: &[u8], acts: &Acts<'_>, out: &mut [[f32; GROUP_ROWS]]) {
     debug_assert_eq!(group.len(), acts.blocks * encoding.block_bytes());
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::avx2_available() {
-        // SAFETY: the CPU supports AVX2/FMA/F16C; shapes are checked inside.
-        unsafe { avx2::group_tile(encoding, group, acts, out) };
+    if let Some(dot) = crate::byte_dot::ByteDot::detect() {
+        // SAFETY: the CPU supports AVX2/FMA/F16C and `dot`'s instructions; shapes are checked
+        // inside.
+        unsafe { avx2::group_tile(dot, encoding, group, acts, out) };
         return;
     }
     group_tile_scalar(encoding, group, acts, out);

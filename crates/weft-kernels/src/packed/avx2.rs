@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{offset_sum, Acts, BLOCK_BYTES, GROUP_ROWS};
-use crate::byte_dot::{Avx2, ByteDot, U8I8Dot, Vnni};
+use crate::byte_dot::{byte_dot_kernel, ByteDot, U8I8Dot};
 use crate::quant::{Q8_1_BYTES, QK};
 
 /// [`super::group_tile`] for `out.len()` in 1..=4, summing byte products with `dot`.
@@ -44,88 +44,61 @@ pub(super) unsafe fn group_tile(
     }
 }
 
-/// [`tile`] with AVX2's byte products.
-///
-/// # Safety
-/// As [`tile`], on a CPU with AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const T: usize, const EXACT: bool>(
-    group: &[u8],
-    acts: &Acts<'_>,
-    out: &mut [[f32; GROUP_ROWS]],
-) {
-    // SAFETY: the caller's promise.
-    unsafe { tile::<Avx2, T, EXACT>(group, acts, out) }
-}
-
-/// [`tile`] with AVX-VNNI's byte products.
-///
-/// # Safety
-/// As [`tile`], on a CPU with AVX2, FMA and AVX-VNNI.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn tile_vnni<const T: usize, const EXACT: bool>(
-    group: &[u8],
-    acts: &Acts<'_>,
-    out: &mut [[f32; GROUP_ROWS]],
-) {
-    // SAFETY: the caller's promise.
-    unsafe { tile::<Vnni, T, EXACT>(group, acts, out) }
-}
-
-/// One group by `T` tokens. The block's quants are read one half (four lanes) at a time and
-/// multiplied into every token before the next half is loaded: four weight vectors, `T`
-/// integer sums and `T` accumulators are live instead of eight weight vectors, which all but
-/// removes the register spills of the four-token tile (SmolLM2 pp32 went from 427 to 601 t/s).
-/// Inlined into a caller compiled with `D`'s instructions.
-///
-/// # Safety
-/// As [`group_tile`], with `out.len() == T`, `EXACT == acts.exact_sums` and the CPU features
-/// of `D`.
-#[inline(always)]
-unsafe fn tile<D: U8I8Dot, const T: usize, const EXACT: bool>(
-    group: &[u8],
-    acts: &Acts<'_>,
-    out: &mut [[f32; GROUP_ROWS]],
-) {
-    let xrow = acts.blocks * Q8_1_BYTES;
-    // SAFETY (the whole body): AVX2/FMA (and `D`'s features) are guaranteed by the caller.
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); T];
-        for b in 0..acts.blocks {
-            // SAFETY: block `b` of the group is in bounds (checked by the caller).
-            let block = group.as_ptr().add(b * BLOCK_BYTES);
-            let mut isum = [_mm256_setzero_si256(); T];
-            for h in 0..2 {
-                // SAFETY: lanes 4h..4h + 4 of the block's 256 quant bytes; unaligned loads.
-                let w: [__m256i; 4] =
-                    std::array::from_fn(|k| _mm256_loadu_si256(block.add(32 * (4 * h + k)).cast()));
-                for (t, isum) in isum.iter_mut().enumerate() {
-                    // SAFETY: the block's 32 quants of token t are in bounds (checked by the
-                    // caller); this half reads 16 of them, four bytes at a time, each
-                    // broadcast to every row's lane.
-                    let xq = acts.x.as_ptr().add(t * xrow + b * Q8_1_BYTES + 4 + 16 * h);
-                    let x: [__m256i; 4] = std::array::from_fn(|k| {
-                        _mm256_set1_epi32(std::ptr::read_unaligned(xq.add(4 * k).cast::<i32>()))
+byte_dot_kernel! {
+    /// One group by `T` tokens. The block's quants are read one half (four lanes) at a time
+    /// and multiplied into every token before the next half is loaded: four weight vectors,
+    /// `T` integer sums and `T` accumulators are live instead of eight weight vectors, which
+    /// all but removes the register spills of the four-token tile (SmolLM2 pp32 went from 427
+    /// to 601 t/s).
+    ///
+    /// # Safety
+    /// As [`group_tile`], with `out.len() == T` and `EXACT == acts.exact_sums`.
+    tile_avx2, tile_vnni<const T: usize, const EXACT: bool>(
+        group: &[u8],
+        acts: &Acts<'_>,
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        let xrow = acts.blocks * Q8_1_BYTES;
+        // SAFETY (the whole body): AVX2/FMA (and `D`'s features) are guaranteed by the caller.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..acts.blocks {
+                // SAFETY: block `b` of the group is in bounds (checked by the caller).
+                let block = group.as_ptr().add(b * BLOCK_BYTES);
+                let mut isum = [_mm256_setzero_si256(); T];
+                for h in 0..2 {
+                    // SAFETY: lanes 4h..4h + 4 of the block's 256 quant bytes; unaligned loads.
+                    let w: [__m256i; 4] = std::array::from_fn(|k| {
+                        _mm256_loadu_si256(block.add(32 * (4 * h + k)).cast())
                     });
-                    // Four products of quants <= 31 and |x| <= 127 per i16 lane stay below
-                    // 2^15 (see AFFINE_MAX_U).
-                    *isum = D::dot(*isum, &w, &x);
+                    for (t, isum) in isum.iter_mut().enumerate() {
+                        // SAFETY: the block's 32 quants of token t are in bounds (checked by the
+                        // caller); this half reads 16 of them, four bytes at a time, each
+                        // broadcast to every row's lane.
+                        let xq = acts.x.as_ptr().add(t * xrow + b * Q8_1_BYTES + 4 + 16 * h);
+                        let x: [__m256i; 4] = std::array::from_fn(|k| {
+                            _mm256_set1_epi32(std::ptr::read_unaligned(xq.add(4 * k).cast::<i32>()))
+                        });
+                        // Four products of quants <= 31 and |x| <= 127 per i16 lane stay below
+                        // 2^15 (see AFFINE_MAX_U).
+                        *isum = D::dot(*isum, &w, &x);
+                    }
+                }
+                // SAFETY: the eight f32 `d` and eight f32 `m` after the quants, inside the block.
+                let d = _mm256_loadu_ps(block.add(GROUP_ROWS * QK).cast());
+                let m = _mm256_loadu_ps(block.add(GROUP_ROWS * QK + 4 * GROUP_ROWS).cast());
+                for (t, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
+                    // SAFETY: token t's scale of block b is in bounds (checked by the caller).
+                    let s = *acts.xs.get_unchecked(t * acts.blocks + b);
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
+                    *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(offset_sum(&s, EXACT)), *acc);
                 }
             }
-            // SAFETY: the eight f32 `d` and eight f32 `m` after the quants, inside the block.
-            let d = _mm256_loadu_ps(block.add(GROUP_ROWS * QK).cast());
-            let m = _mm256_loadu_ps(block.add(GROUP_ROWS * QK + 4 * GROUP_ROWS).cast());
-            for (t, (acc, isum)) in acc.iter_mut().zip(isum).enumerate() {
-                // SAFETY: token t's scale of block b is in bounds (checked by the caller).
-                let s = *acts.xs.get_unchecked(t * acts.blocks + b);
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(s.d));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *acc);
-                *acc = _mm256_fmadd_ps(m, _mm256_set1_ps(offset_sum(&s, EXACT)), *acc);
+            for (o, acc) in out.iter_mut().zip(acc) {
+                // SAFETY: `o` is 8 writable floats; no alignment requirement.
+                _mm256_storeu_ps(o.as_mut_ptr(), acc);
             }
-        }
-        for (o, acc) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` is 8 writable floats; no alignment requirement.
-            _mm256_storeu_ps(o.as_mut_ptr(), acc);
         }
     }
 }
