@@ -350,12 +350,13 @@ impl Decoder {
         let planned = products.map(|(m, out)| {
             let w = self.mat(m);
             let plan = m.layouts.plan(pool, &w, x.len() / m.cols);
-            xq.prepare(pool, plan.dot_type(&w), x, m.cols);
-            (w, plan, out)
+            let dot = plan.dot_type(&w);
+            xq.prepare(pool, dot, x, m.cols);
+            (w, plan, dot, out)
         });
         let xq = &*xq;
-        let mut products = planned.map(|(w, plan, out)| {
-            let xa = xq.form(plan.dot_type(&w), w.cols).expect("prepared above");
+        let mut products = planned.map(|(w, plan, dot, out)| {
+            let xa = xq.form(dot, w.cols).expect("prepared above");
             Product { plan, w, xa, out }
         });
         matmul_many(pool, &mut products);
