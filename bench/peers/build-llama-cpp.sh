@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the llama.cpp peer used for reference outputs and side-by-side benchmarks: the
 # llama.cpp source shipped in the llama-cpp-python source package (pinned below), CPU only,
-# -march=native without AMX (the pinned ggml's AMX Q4_1 kernel dies with SIGILL on Xeons whose
-# AMX runs fine otherwise; weft has no AMX kernels either). Prints the folder holding
-# llama-server, llama-perplexity, llama-tokenize, llama-completion and llama-bench on its last
-# line. First build: ~10 minutes on 2 cores.
+# -march=native without AMX (the pinned ggml's AMX kernels crash, invalid-opcode and
+# protection traps, on a Xeon VM whose AMX runs a small test program; weft has none either).
+# Prints the folder holding llama-server, llama-perplexity, llama-tokenize, llama-completion
+# and llama-bench on its last line. First build: ~10 minutes on 2 cores.
 # Usage: bench/peers/build-llama-cpp.sh [DEST]   (default ~/.cache/weft-peers/llama.cpp-$VERSION)
 set -euo pipefail
 VERSION=0.3.36
