@@ -20,29 +20,26 @@ impl ByteDot {
     pub(crate) fn detect() -> Option<ByteDot> {
         static DETECTED: OnceLock<Option<ByteDot>> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            if !crate::quant::avx2_available() {
-                None
-            } else if std::env::var_os("WEFT_NO_VNNI").is_none()
-                && is_x86_feature_detected!("avxvnni")
-            {
-                Some(ByteDot::Vnni)
-            } else {
-                Some(ByteDot::Avx2)
-            }
+            let no_vnni = std::env::var_os("WEFT_NO_VNNI").is_some();
+            [ByteDot::Vnni, ByteDot::Avx2]
+                .into_iter()
+                .find(|d| d.runs_here() && !(no_vnni && *d == ByteDot::Vnni))
         })
     }
 
     /// Every kind this CPU can run (for tests that check each against the scalar kernels).
     #[cfg(test)]
     pub(crate) fn all_available() -> Vec<ByteDot> {
-        let mut all = Vec::new();
-        if crate::quant::avx2_available() {
-            all.push(ByteDot::Avx2);
-            if is_x86_feature_detected!("avxvnni") {
-                all.push(ByteDot::Vnni);
-            }
-        }
-        all
+        [ByteDot::Avx2, ByteDot::Vnni]
+            .into_iter()
+            .filter(|d| d.runs_here())
+            .collect()
+    }
+
+    /// Whether the CPU has this kind's instructions (and the kernels' AVX2/FMA/F16C).
+    fn runs_here(self) -> bool {
+        crate::quant::avx2_available()
+            && (self == ByteDot::Avx2 || is_x86_feature_detected!("avxvnni"))
     }
 }
 

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use crate::matmul::QuantizedActs;
 use crate::pool::{SharedMut, ThreadPool};
-use crate::quant::GgmlType;
+use crate::quant::{ActScale, GgmlType};
 
 /// Rows interleaved in one group.
 pub const GROUP_ROWS: usize = 8;
@@ -57,15 +57,10 @@ pub(crate) trait GroupedMatrix: Sync {
     /// Most tokens one [`Self::tile`] call takes: at most [`TILE_TOKENS_MAX`].
     fn tile_tokens(&self) -> usize;
 
-    /// `sums[i][j]` = row `8g + j` times token `tokens.start + i` of `xa`, for
-    /// `tokens.len()` in 1..=[`Self::tile_tokens`].
-    fn tile(
-        &self,
-        xa: &QuantizedActs,
-        g: usize,
-        tokens: Range<usize>,
-        sums: &mut [[f32; GROUP_ROWS]],
-    );
+    /// `sums[i][j]` = row `8g + j` times token `i` of `x` (quantized rows in
+    /// [`Self::dot_type`], with their block scales `xs`), for `sums.len()` in
+    /// 1..=[`Self::tile_tokens`] tokens.
+    fn tile(&self, x: &[u8], xs: &[ActScale], g: usize, sums: &mut [[f32; GROUP_ROWS]]);
 }
 
 /// The largest [`GroupedMatrix::tile_tokens`] of any layout.
@@ -89,8 +84,9 @@ unsafe fn run_groups<M: GroupedMatrix + ?Sized>(
     let mut sums = [[0.0f32; GROUP_ROWS]; TILE_TOKENS_MAX];
     for t0 in (0..n_tokens).step_by(step) {
         let nt = (n_tokens - t0).min(step);
+        let (x, xs) = xa.tokens(t0..t0 + nt);
         for g in gs.clone() {
-            w.tile(xa, g, t0..t0 + nt, &mut sums[..nt]);
+            w.tile(x, xs, g, &mut sums[..nt]);
             let rows_g = group_rows(g, rows);
             for (t, s) in sums[..nt].iter().enumerate() {
                 // SAFETY: in bounds and this thread's alone, by the caller's promise.

@@ -33,8 +33,6 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-use std::ops::Range;
-
 use crate::matmul::{QMatrix, QuantizedActs};
 use crate::pool::ThreadPool;
 use crate::quant::layout::{k4_scales_mins, Q8_K_BSUMS, Q8_K_QS, QK_K};
@@ -290,14 +288,7 @@ impl GroupedMatrix for InterleavedMatrix {
         TOKENS_MAX
     }
 
-    fn tile(
-        &self,
-        xa: &QuantizedActs,
-        g: usize,
-        tokens: Range<usize>,
-        sums: &mut [[f32; GROUP_ROWS]],
-    ) {
-        let (x, xs) = xa.tokens(tokens);
+    fn tile(&self, x: &[u8], xs: &[ActScale], g: usize, sums: &mut [[f32; GROUP_ROWS]]) {
         let dot = self.encoding.dot_type();
         let acts = Acts {
             x,

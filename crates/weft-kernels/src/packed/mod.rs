@@ -22,8 +22,6 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-use std::ops::Range;
-
 use crate::matmul::{QMatrix, QuantizedActs};
 use crate::pool::ThreadPool;
 use crate::quant::{affine_groups, ActScale, AffineGroup, GgmlType, Q8_1_BYTES, QK};
@@ -148,14 +146,7 @@ impl GroupedMatrix for PackedMatrix {
         TOKENS_MAX
     }
 
-    fn tile(
-        &self,
-        xa: &QuantizedActs,
-        g: usize,
-        tokens: Range<usize>,
-        sums: &mut [[f32; GROUP_ROWS]],
-    ) {
-        let (x, xs) = xa.tokens(tokens);
+    fn tile(&self, x: &[u8], xs: &[ActScale], g: usize, sums: &mut [[f32; GROUP_ROWS]]) {
         let acts = Acts {
             x,
             xs,
