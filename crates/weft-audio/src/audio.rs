@@ -4,7 +4,7 @@
 use std::io::Cursor;
 
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
-use rubato::{Fft, FixedSync, Resampler};
+use rubato::{Fft, FixedSync, Indexing, Resampler};
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
@@ -16,20 +16,13 @@ use crate::error::AudioError;
 use crate::mel::SAMPLE_RATE;
 
 /// Decodes a whole file held in memory to 16 kHz mono samples, refusing recordings longer
-/// than `max_seconds` (checked on the decoded length, before resampling).
+/// than `max_seconds`. Samples are resampled to 16 kHz as they are decoded, so memory holds
+/// the 16 kHz result, not the recording at its own (often three times higher) rate, and the
+/// length is checked as decoding goes.
 pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<Vec<f32>, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
-    let (samples, rate) = decode_native(bytes, max_seconds)?;
-    if samples.is_empty() {
-        return Err(AudioError::NoSamples);
-    }
-    resample(&samples, rate)
-}
-
-/// Decoded mono samples at the file's own rate.
-fn decode_native(bytes: &[u8], max_seconds: f64) -> Result<(Vec<f32>, u32), AudioError> {
     let source = MediaSourceStream::new(
         Box::new(Cursor::new(bytes.to_vec())),
         MediaSourceStreamOptions::default(),
@@ -55,9 +48,9 @@ fn decode_native(bytes: &[u8], max_seconds: f64) -> Result<(Vec<f32>, u32), Audi
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| AudioError::NotAudio(format!("unsupported codec: {e}")))?;
-    let mut rate = params.sample_rate.unwrap_or(0);
-    let mut mono = Vec::new();
+    let mut out: Option<Resampling> = None;
     let mut planes: Vec<Vec<f32>> = Vec::new();
+    let mut mono = Vec::new();
     loop {
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
@@ -75,39 +68,175 @@ fn decode_native(bytes: &[u8], max_seconds: f64) -> Result<(Vec<f32>, u32), Audi
             Err(SymError::DecodeError(_)) => continue,
             Err(e) => return Err(AudioError::Corrupt(e.to_string())),
         };
-        rate = buf.spec().rate();
+        let rate = buf.spec().rate();
+        let resampling = match &mut out {
+            Some(r) if r.rate == rate => r,
+            Some(r) => {
+                return Err(AudioError::Corrupt(format!(
+                    "the sample rate changes from {} to {rate} Hz",
+                    r.rate
+                )))
+            }
+            None if rate == 0 => {
+                return Err(AudioError::NotAudio("the sample rate is unknown".into()))
+            }
+            None => out.insert(Resampling::new(rate)?),
+        };
         buf.copy_to_vecs_planar::<f32>(&mut planes);
         let channels = planes.len().max(1) as f32;
         let frames = planes.first().map_or(0, |p| p.len());
+        mono.clear();
         mono.extend((0..frames).map(|i| planes.iter().map(|p| p[i]).sum::<f32>() / channels));
-        if rate > 0 && mono.len() as f64 / rate as f64 > max_seconds {
+        resampling.push(&mono)?;
+        let seconds = resampling.input_seconds();
+        if seconds > max_seconds {
             return Err(AudioError::TooLong {
-                seconds: mono.len() as f64 / rate as f64,
+                seconds,
                 limit: max_seconds,
             });
         }
     }
-    if rate == 0 {
-        return Err(AudioError::NotAudio("the sample rate is unknown".into()));
+    let samples = match out {
+        Some(r) => r.finish()?,
+        None => Vec::new(),
+    };
+    if samples.is_empty() {
+        return Err(AudioError::NoSamples);
     }
-    Ok((mono, rate))
+    Ok(samples)
 }
 
 /// Resamples mono audio to 16 kHz (a copy when it already is).
 pub fn resample(samples: &[f32], rate: u32) -> Result<Vec<f32>, AudioError> {
-    if rate as usize == SAMPLE_RATE {
-        return Ok(samples.to_vec());
+    let mut r = Resampling::new(rate)?;
+    r.push(samples)?;
+    r.finish()
+}
+
+/// The chunk size rubato's FFT resampler is built with (the input it takes per call follows
+/// from it and the ratio).
+const CHUNK: usize = 1024;
+
+/// Mono samples at `rate` in, 16 kHz out, a chunk at a time. The result is the one rubato's
+/// `process_all` gives for the whole input at once: the same calls in the same order (full
+/// chunks, the last partial chunk, then silence until the output is long enough), with the
+/// resampler's startup delay cut from the front and the output cut to `ceil(ratio * input)`.
+struct Resampling {
+    rate: u32,
+    /// `None` at 16 kHz already: samples pass through.
+    fft: Option<Fft<f32>>,
+    /// Input frames per call.
+    chunk: usize,
+    /// Input not yet resampled (less than a chunk).
+    pending: Vec<f32>,
+    input_len: usize,
+    /// Output frames still to drop at the front (the resampler's delay).
+    to_trim: usize,
+    out: Vec<f32>,
+    /// One call's output.
+    scratch: Vec<Vec<f32>>,
+}
+
+impl Resampling {
+    fn new(rate: u32) -> Result<Resampling, AudioError> {
+        let fft = if rate as usize == SAMPLE_RATE {
+            None
+        } else {
+            Some(
+                Fft::<f32>::new(rate as usize, SAMPLE_RATE, CHUNK, 1, FixedSync::Both)
+                    .map_err(|e| resample_error(rate, e))?,
+            )
+        };
+        let (chunk, to_trim, scratch) = fft.as_ref().map_or((0, 0, Vec::new()), |f| {
+            (
+                f.input_frames_next(),
+                f.output_delay(),
+                vec![vec![0.0; f.output_frames_max()]],
+            )
+        });
+        Ok(Resampling {
+            rate,
+            fft,
+            chunk,
+            pending: Vec::new(),
+            input_len: 0,
+            to_trim,
+            out: Vec::new(),
+            scratch,
+        })
     }
-    let err = |msg: String| AudioError::Resample { from: rate, msg };
-    let mut resampler = Fft::<f32>::new(rate as usize, SAMPLE_RATE, 1024, 1, FixedSync::Both)
-        .map_err(|e| err(e.to_string()))?;
-    let input = [samples.to_vec()];
-    let adapter =
-        SequentialSliceOfVecs::new(&input, 1, samples.len()).map_err(|e| err(e.to_string()))?;
-    let out = resampler
-        .process_all(&adapter, samples.len(), None)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(out.take_data())
+
+    /// Seconds of input so far.
+    fn input_seconds(&self) -> f64 {
+        self.input_len as f64 / f64::from(self.rate)
+    }
+
+    fn push(&mut self, samples: &[f32]) -> Result<(), AudioError> {
+        self.input_len += samples.len();
+        if self.fft.is_none() {
+            self.out.extend_from_slice(samples);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(samples);
+        let mut used = 0;
+        while self.pending.len() - used >= self.chunk {
+            let chunk = self.pending[used..used + self.chunk].to_vec();
+            self.process(&chunk, None)?;
+            used += self.chunk;
+        }
+        self.pending.drain(..used);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<f32>, AudioError> {
+        let Some(fft) = &self.fft else {
+            return Ok(self.out);
+        };
+        let expected = (fft.resample_ratio() * self.input_len as f64).ceil() as usize;
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            let mut chunk = rest.clone();
+            chunk.resize(self.chunk, 0.0);
+            self.process(&chunk, Some(rest.len()))?;
+        }
+        let silence = vec![0.0; self.chunk];
+        while self.out.len() < expected {
+            self.process(&silence, Some(0))?;
+        }
+        self.out.truncate(expected);
+        Ok(self.out)
+    }
+
+    /// Resamples one chunk (`valid` frames of it when partial) and appends the output,
+    /// less what is still to trim.
+    fn process(&mut self, chunk: &[f32], valid: Option<usize>) -> Result<(), AudioError> {
+        let rate = self.rate;
+        let fft = self.fft.as_mut().expect("resampling");
+        let input = [chunk.to_vec()];
+        let adapter =
+            SequentialSliceOfVecs::new(&input, 1, chunk.len()).map_err(|e| resample_error(rate, e))?;
+        let frames = self.scratch[0].len();
+        let mut output = SequentialSliceOfVecs::new_mut(&mut self.scratch, 1, frames)
+            .map_err(|e| resample_error(rate, e))?;
+        let indexing = Indexing {
+            partial_len: valid,
+            ..Indexing::default()
+        };
+        let (_, produced) = fft
+            .process_into_buffer(&adapter, &mut output, Some(&indexing))
+            .map_err(|e| resample_error(rate, e))?;
+        let trim = self.to_trim.min(produced);
+        self.to_trim -= trim;
+        self.out.extend_from_slice(&self.scratch[0][trim..produced]);
+        Ok(())
+    }
+}
+
+fn resample_error(from: u32, e: impl std::fmt::Display) -> AudioError {
+    AudioError::Resample {
+        from,
+        msg: e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +277,42 @@ mod tests {
         );
         let mid = out[8_000];
         assert!((mid - 0.125).abs() < 1e-3, "{mid}");
+    }
+
+    /// rubato's whole-clip resampling, which the streaming version must reproduce.
+    fn resample_at_once(samples: &[f32], rate: u32) -> Vec<f32> {
+        let mut fft =
+            Fft::<f32>::new(rate as usize, SAMPLE_RATE, CHUNK, 1, FixedSync::Both).unwrap();
+        let input = [samples.to_vec()];
+        let adapter = SequentialSliceOfVecs::new(&input, 1, samples.len()).unwrap();
+        fft.process_all(&adapter, samples.len(), None)
+            .unwrap()
+            .take_data()
+    }
+
+    #[test]
+    fn streamed_resampling_equals_resampling_the_whole_clip() {
+        let mut seed = 7u32;
+        let mut noise = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for rate in [8_000, 22_050, 44_100, 48_000] {
+            for len in [1, 500, 1323, 1324, 5 * CHUNK + 77, 48_000] {
+                let samples: Vec<f32> = (0..len).map(|_| noise()).collect();
+                let mut streamed = Resampling::new(rate).unwrap();
+                // Uneven pieces, as codec packets come.
+                for piece in samples.chunks(333) {
+                    streamed.push(piece).unwrap();
+                }
+                let streamed = streamed.finish().unwrap();
+                assert_eq!(
+                    streamed,
+                    resample_at_once(&samples, rate),
+                    "{rate} Hz, {len}"
+                );
+            }
+        }
     }
 
     #[test]

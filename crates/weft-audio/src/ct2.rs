@@ -133,8 +133,10 @@ impl Ct2Model {
             let dtype =
                 DType::from_id(id).ok_or_else(|| bad(format!("{name}: unknown dtype id {id}")))?;
             let len = c.u32().map_err(bad)? as usize;
-            let count: usize = shape.iter().product();
-            if count * dtype.size() != len {
+            let bytes = shape
+                .iter()
+                .try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+            if bytes != Some(len) {
                 return Err(bad(format!(
                     "{name}: {len} bytes for shape {shape:?} of {dtype:?}"
                 )));

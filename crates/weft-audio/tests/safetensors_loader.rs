@@ -5,7 +5,7 @@
 //! a package; this derives one from the same weights, so both loaders see the same numbers.)
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use safetensors::tensor::TensorView;
@@ -136,28 +136,23 @@ fn write_hf_copy(ct2_dir: &Path, out: &Path) {
 
 #[test]
 fn safetensors_model_transcribes_like_the_ctranslate2_one() {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-        eprintln!("WEFT_TEST_MODELS is unset: skipping (scripts/test.sh sets it)");
+    let Some(model_bin) = weft_test_support::model_path("whisper-base/model.bin") else {
         return;
     };
-    let ct2_dir = PathBuf::from(dir).join("whisper-base");
-    if !ct2_dir.join("model.bin").is_file() {
-        eprintln!("no whisper-base in WEFT_TEST_MODELS: skipping");
+    if !weft_test_support::commands(&["espeak-ng"]) {
         return;
     }
+    let ct2_dir = model_bin.parent().expect("model.bin is in a folder");
     let scratch = std::env::temp_dir().join(format!("weft-hf-whisper-{}", std::process::id()));
     let hf_dir = scratch.join("hf");
-    write_hf_copy(&ct2_dir, &hf_dir);
+    write_hf_copy(ct2_dir, &hf_dir);
     let wav = scratch.join("speech.wav");
     let spoke = Command::new("espeak-ng")
         .args(["-v", "en-us", "-s", "150", "-w"])
         .arg(&wav)
         .arg("Two loaders read the same weights and must hear the same words.")
         .status();
-    if !spoke.is_ok_and(|s| s.success()) {
-        eprintln!("espeak-ng missing: skipping (scripts/test.sh installs it)");
-        return;
-    }
+    assert!(spoke.is_ok_and(|s| s.success()), "espeak-ng speaks");
     let bytes = std::fs::read(&wav).unwrap();
     let opts = TranscribeOptions {
         language: Some("en".into()),
@@ -165,7 +160,7 @@ fn safetensors_model_transcribes_like_the_ctranslate2_one() {
         ..TranscribeOptions::default()
     };
     let hf = Whisper::load(&hf_dir).expect("the safetensors copy loads");
-    let ct2 = Whisper::load(&ct2_dir).unwrap();
+    let ct2 = Whisper::load(ct2_dir).unwrap();
     assert_eq!(hf.config, ct2.config);
     assert_eq!(hf.tokens.suppress, ct2.tokens.suppress);
     let a = Transcriber::new(hf, 2)

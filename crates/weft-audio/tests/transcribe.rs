@@ -13,17 +13,12 @@ use weft_audio::{AudioError, Task, TranscribeError, TranscribeOptions, Transcrib
 fn transcriber() -> Option<&'static Transcriber> {
     static T: OnceLock<Option<Transcriber>> = OnceLock::new();
     T.get_or_init(|| {
-        let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-            eprintln!("WEFT_TEST_MODELS is unset: skipping (scripts/test.sh sets it)");
-            return None;
-        };
-        let path = PathBuf::from(dir).join("whisper-base");
-        if !path.join("model.bin").is_file() {
-            eprintln!("{} has no model.bin: skipping", path.display());
-            return None;
-        }
-        if !tool("espeak-ng", "--version") || !tool("ffmpeg", "-version") {
-            eprintln!("espeak-ng or ffmpeg missing: skipping (scripts/test.sh installs them)");
+        let path = weft_test_support::model_path("whisper-base/model.bin")?;
+        let path = path
+            .parent()
+            .expect("model.bin is in a folder")
+            .to_path_buf();
+        if !weft_test_support::commands(&["espeak-ng", "ffmpeg"]) {
             return None;
         }
         Some(Transcriber::new(
@@ -32,13 +27,6 @@ fn transcriber() -> Option<&'static Transcriber> {
         ))
     })
     .as_ref()
-}
-
-fn tool(name: &str, version_flag: &str) -> bool {
-    Command::new(name)
-        .arg(version_flag)
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn golden() -> serde_json::Value {

@@ -1,24 +1,48 @@
 //! Ownership of KV cache blocks: which sequence holds which block, and which full blocks can
 //! be shared by a later sequence with the same prefix.
 //!
-//! A full block is keyed by a hash of (parent block's hash, its token ids), so a key names a
-//! whole prefix, not just 16 tokens. A block is reference counted: several sequences may hold
+//! A full block is keyed by a [`BlockHash`] of (parent block's hash, its token ids), so a key
+//! names a whole prefix, not just 16 tokens. A block is reference counted: several sequences may hold
 //! the same prefix block. When its last holder lets go, a block that has a key stays in the
 //! cache (free, but findable) until an allocation needs it; such blocks are evicted least
 //! recently freed first. Blocks without a key are reused before any cached one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+
+use xxhash_rust::xxh3::Xxh3Default;
 
 /// Tokens per KV cache block.
 pub const BLOCK_SIZE: usize = 16;
+
+/// The content hash that names a full block and, through its parent's, the whole prefix
+/// before it: XXH3-128 over the parent's hash (16 bytes, little-endian) followed by the
+/// block's token ids (4 bytes each, little-endian). The algorithm and byte order are fixed,
+/// so a prefix has the same hash in every process and build of weft, which KV transfer
+/// between workers and a KV cache kept on disk rely on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockHash(pub u128);
+
+impl BlockHash {
+    /// The parent of a sequence's first block.
+    pub const ROOT: BlockHash = BlockHash(0);
+
+    /// The hash of a block holding `tokens` after the prefix named by `parent`.
+    pub fn chain(parent: BlockHash, tokens: &[u32]) -> BlockHash {
+        let mut h = Xxh3Default::new();
+        h.update(&parent.0.to_le_bytes());
+        for t in tokens {
+            h.update(&t.to_le_bytes());
+        }
+        BlockHash(h.digest128())
+    }
+}
 
 /// The blocks one sequence holds, in order, and the keys of its leading full blocks.
 #[derive(Debug, Default, Clone)]
 pub struct SeqBlocks {
     table: Vec<u32>,
     /// Keys of `table[..keys.len()]` (full blocks whose contents are committed).
-    keys: Vec<u64>,
+    keys: Vec<BlockHash>,
 }
 
 impl SeqBlocks {
@@ -35,7 +59,7 @@ impl SeqBlocks {
 #[derive(Debug, Clone, Copy, Default)]
 struct BlockState {
     refs: u32,
-    key: Option<u64>,
+    key: Option<BlockHash>,
     /// Position in the eviction order while free and cached.
     freed_at: u64,
 }
@@ -55,7 +79,7 @@ pub struct BlockManager {
     /// Free blocks with a key, by the time they were freed (oldest evicted first).
     evictable: BTreeMap<u64, u32>,
     /// Key -> block holding that prefix, with the block's tokens to rule out hash collisions.
-    cached: HashMap<u64, (u32, [u32; BLOCK_SIZE])>,
+    cached: HashMap<BlockHash, (u32, [u32; BLOCK_SIZE])>,
     clock: u64,
     prefix_caching: bool,
     stats: PrefixStats,
@@ -110,9 +134,9 @@ impl BlockManager {
             return 0;
         }
         let full = tokens.len().saturating_sub(1) / BLOCK_SIZE;
-        let mut parent = 0u64;
+        let mut parent = BlockHash::ROOT;
         for chunk in tokens.chunks_exact(BLOCK_SIZE).take(full) {
-            let key = block_key(parent, chunk);
+            let key = BlockHash::chain(parent, chunk);
             let Some(&(block, ref held)) = self.cached.get(&key) else {
                 break;
             };
@@ -161,9 +185,9 @@ impl BlockManager {
         let full = (computed / BLOCK_SIZE).min(seq.table.len());
         while seq.keys.len() < full {
             let i = seq.keys.len();
-            let parent = seq.keys.last().copied().unwrap_or(0);
+            let parent = seq.keys.last().copied().unwrap_or(BlockHash::ROOT);
             let chunk = &tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
-            let key = block_key(parent, chunk);
+            let key = BlockHash::chain(parent, chunk);
             let block = seq.table[i];
             // The first block to hold a prefix stays its cached copy; a duplicate computed
             // concurrently is simply freed as an empty block later.
@@ -225,18 +249,23 @@ impl BlockManager {
     }
 }
 
-/// The key of a full block: its tokens chained onto its parent's key.
-fn block_key(parent: u64, tokens: &[u32]) -> u64 {
-    // SipHash with fixed keys: stable within the process, well mixed.
-    let mut h = std::hash::DefaultHasher::new();
-    parent.hash(&mut h);
-    tokens.hash(&mut h);
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Block hashes are a format, not an implementation detail: these values come from the
+    /// Python `xxhash` package (`xxh3_128_intdigest` of the same bytes) and must never change.
+    #[test]
+    fn block_hashes_match_xxh3_128_of_the_documented_bytes() {
+        let tokens: Vec<u32> = (1..=16).collect();
+        let first = BlockHash::chain(BlockHash::ROOT, &tokens);
+        assert_eq!(first, BlockHash(0xa2cb463757413304e4a9852f2e6f0836));
+        let later: Vec<u32> = tokens.iter().map(|t| t * 1000).collect();
+        assert_eq!(
+            BlockHash::chain(first, &later),
+            BlockHash(0xa90e4b4b53492e421b3fa10b4daa92e4)
+        );
+    }
 
     fn toks(n: usize, salt: u32) -> Vec<u32> {
         (0..n as u32).map(|i| i * 7 + salt).collect()

@@ -2,8 +2,14 @@
 //! scheduler steps, each one batched forward pass over every scheduled token of every
 //! sequence. Callers talk to it through [`EngineHandle`]: requests go in over a channel,
 //! results come back through each request's [`EventSink`].
+//!
+//! A panic on the engine thread never takes the server down: one in the forward pass fails
+//! the requests of that step, one while sampling a request fails that request, and one
+//! anywhere else fails every request in flight and restarts the scheduler from empty. Each
+//! failed request gets [`Event::Failed`]; the rest go on.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use std::thread::JoinHandle;
 
 use weft_kernels::pool::ThreadPool;
 use weft_models::arch::ForwardScratch;
-use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice};
+use weft_models::batch::{Batch, BatchError, LogitsWanted, Position, SeqSlice};
 use weft_models::kv_cache::KvCache;
 use weft_models::TextModel;
 
@@ -72,6 +78,8 @@ pub enum Event {
     },
     /// The request is over; nothing follows.
     Finished(Finished),
+    /// The engine could not finish the request (an internal error, logged); nothing follows.
+    Failed(String),
 }
 
 #[derive(Clone, Debug)]
@@ -100,12 +108,18 @@ pub struct EngineStats {
     pub preemptions: AtomicU64,
     pub steps: AtomicU64,
     pub aborted: AtomicU64,
+    /// Internal errors (caught panics, refused batches) that failed requests.
+    pub failures: AtomicU64,
+    /// Times the scheduler was rebuilt from empty after an error outside a forward pass.
+    pub restarts: AtomicU64,
 }
 
 enum Command {
     Add(SeqId, Request),
     Abort(SeqId),
     AbortAll,
+    #[cfg(feature = "fault-injection")]
+    FailPoolShare(usize),
     Shutdown,
 }
 
@@ -143,16 +157,23 @@ impl EngineHandle {
         stats.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let vocab_size = model.decoder.vocab_size();
+        let new_scheduler = {
+            let config = config.clone();
+            Box::new(move || {
+                Scheduler::new(
+                    SchedulerConfig {
+                        max_num_seqs: config.max_num_seqs,
+                        max_num_batched_tokens: config.max_num_batched_tokens,
+                    },
+                    BlockManager::new(n_blocks, config.prefix_caching),
+                )
+            })
+        };
         let worker = Worker {
             kv: KvCache::new(model.decoder.kv_shape(), BLOCK_SIZE, n_blocks),
             pool: ThreadPool::new(config.n_threads),
-            scheduler: Scheduler::new(
-                SchedulerConfig {
-                    max_num_seqs: config.max_num_seqs,
-                    max_num_batched_tokens: config.max_num_batched_tokens,
-                },
-                BlockManager::new(n_blocks, config.prefix_caching),
-            ),
+            scheduler: new_scheduler(),
+            new_scheduler,
             model,
             max_model_len: config.max_model_len,
             requests: HashMap::new(),
@@ -185,18 +206,38 @@ impl EngineHandle {
 
     /// Checks `request` and queues it; the result says its id for [`EngineHandle::abort`].
     pub fn submit(&self, request: Request) -> Result<SeqId, EngineError> {
-        self.validate(&request)?;
+        Ok(self.submit_all(vec![request])?[0])
+    }
+
+    /// Checks `requests` and queues all of them or none: the choices of one HTTP request
+    /// either all get a place in the queue or the request is refused whole, so that a
+    /// request never ties up places it cannot use. More requests than the queue can ever
+    /// hold is [`EngineError::TooManyRequests`]; more than it has free now is
+    /// [`EngineError::QueueFull`].
+    pub fn submit_all(&self, requests: Vec<Request>) -> Result<Vec<SeqId>, EngineError> {
+        for request in &requests {
+            self.validate(request)?;
+        }
         let limit = self.config.max_num_seqs + self.config.max_waiting;
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= limit {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::QueueFull { limit });
+        let count = requests.len();
+        if count > limit {
+            return Err(EngineError::TooManyRequests { count, limit });
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Command::Add(id, request)).is_err() {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::Stopped);
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + count <= limit).then_some(n + count)
+            })
+            .map_err(|_| EngineError::QueueFull { limit })?;
+        let mut ids = Vec::with_capacity(count);
+        for (sent, request) in requests.into_iter().enumerate() {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if self.tx.send(Command::Add(id, request)).is_err() {
+                self.in_flight.fetch_sub(count - sent, Ordering::SeqCst);
+                return Err(EngineError::Stopped);
+            }
+            ids.push(id);
         }
-        Ok(id)
+        Ok(ids)
     }
 
     fn validate(&self, request: &Request) -> Result<(), EngineError> {
@@ -210,9 +251,11 @@ impl EngineHandle {
                 ctx_size: self.config.max_model_len,
             });
         }
+        let biased = request.params.sampling.logit_bias.iter().map(|(t, _)| t);
         if let Some(&bad) = request
             .prompt
             .iter()
+            .chain(biased)
             .find(|&&t| t as usize >= self.vocab_size)
         {
             return Err(EngineError::TokenOutOfRange {
@@ -241,6 +284,19 @@ impl EngineHandle {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
+
+    /// Whether the engine thread is still running (it stops only when the handle drops).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Makes share `index` of the engine's next thread-pool job panic (0 runs on the engine
+    /// thread itself, inside the forward pass): tests use it to show that such a panic fails
+    /// only the requests of that step.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_pool_job(&self, index: usize) {
+        let _ = self.tx.send(Command::FailPoolShare(index));
+    }
 }
 
 impl Drop for EngineHandle {
@@ -263,6 +319,8 @@ struct Worker {
     kv: KvCache,
     pool: ThreadPool,
     scheduler: Scheduler,
+    /// Builds an empty scheduler (at start, and to restart after an internal error).
+    new_scheduler: Box<dyn Fn() -> Scheduler + Send>,
     max_model_len: usize,
     requests: HashMap<SeqId, Active>,
     scratch: ForwardScratch,
@@ -274,25 +332,53 @@ impl Worker {
     fn run(mut self, rx: Receiver<Command>) {
         let mut stop = false;
         while !stop {
-            // Block only when there is nothing to do.
-            if self.scheduler.is_idle() {
-                match rx.recv() {
-                    Ok(cmd) => stop = self.handle(cmd),
-                    Err(_) => break,
+            let turn = catch_unwind(AssertUnwindSafe(|| {
+                let mut stop = false;
+                // Block only when there is nothing to do.
+                if self.scheduler.is_idle() {
+                    match rx.recv() {
+                        Ok(cmd) => stop = self.handle(cmd),
+                        Err(_) => return true,
+                    }
                 }
-            }
-            while let Ok(cmd) = rx.try_recv() {
-                stop |= self.handle(cmd);
-            }
-            if !stop {
-                self.step();
-            }
+                while let Ok(cmd) = rx.try_recv() {
+                    stop |= self.handle(cmd);
+                }
+                if !stop {
+                    self.step();
+                }
+                stop
+            }));
+            stop = match turn {
+                Ok(stop) => stop,
+                Err(panic) => {
+                    self.restart(&panic_message(panic.as_ref()));
+                    false
+                }
+            };
             self.publish_stats();
         }
         for id in self.scheduler.ids() {
             self.end(id, FinishReason::Cancelled);
         }
         self.publish_stats();
+    }
+
+    /// Fails every request in flight and starts over with an empty scheduler: after a panic
+    /// outside the forward pass, the scheduler's bookkeeping cannot be trusted. The KV cache
+    /// memory is kept; no block of it is in use any more.
+    fn restart(&mut self, message: &str) {
+        tracing::error!(
+            "engine error, failing {} requests and restarting the scheduler: {message}",
+            self.requests.len()
+        );
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        self.scheduler = (self.new_scheduler)();
+        for (_, mut active) in self.requests.drain() {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            active.sink.send(Event::Failed(internal_error(message)));
+        }
     }
 
     /// Applies a command; true when it asks the engine to stop.
@@ -311,6 +397,8 @@ impl Worker {
                     self.end(id, FinishReason::Cancelled);
                 }
             }
+            #[cfg(feature = "fault-injection")]
+            Command::FailPoolShare(index) => self.pool.fail_next_job(index),
             Command::Shutdown => return true,
         }
         false
@@ -346,11 +434,30 @@ impl Worker {
             return;
         }
         let vocab = self.model.decoder.vocab_size();
-        let mut rows = self.forward(&plan);
+        let forward = match catch_unwind(AssertUnwindSafe(|| self.forward(&plan))) {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(refused)) => Err(refused.to_string()),
+            Err(panic) => Err(panic_message(panic.as_ref())),
+        };
+        let mut rows = match forward {
+            Ok(rows) => rows,
+            Err(message) => {
+                tracing::error!(
+                    "forward pass failed, failing its {} requests: {message}",
+                    plan.chunks.len()
+                );
+                // Nothing of this step is committed: the blocks it wrote go back unkeyed.
+                for c in &plan.chunks {
+                    self.fail(c.id, &message);
+                }
+                return;
+            }
+        };
         self.scheduler.complete(&plan);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let tokenizer = &self.model.tokenizer;
         let mut ended = Vec::new();
+        let mut failed = Vec::new();
         for (c, row) in plan
             .chunks
             .iter()
@@ -359,7 +466,16 @@ impl Worker {
         {
             let seq = self.scheduler.get(c.id).expect("scheduled sequence");
             let active = self.requests.get_mut(&c.id).expect("active request");
-            let mut step = active.generation.step(tokenizer, row, &seq.tokens);
+            let sampled = catch_unwind(AssertUnwindSafe(|| {
+                active.generation.step(tokenizer, row, &seq.tokens)
+            }));
+            let mut step = match sampled {
+                Ok(step) => step,
+                Err(panic) => {
+                    failed.push((c.id, panic_message(panic.as_ref())));
+                    continue;
+                }
+            };
             // The new token is evaluated next step; it needs a place in the context.
             if step.finish.is_none() && seq.tokens.len() + 1 >= self.max_model_len {
                 let end = active
@@ -393,13 +509,17 @@ impl Worker {
                 ended.push((c.id, FinishReason::Cancelled, String::new()));
             }
         }
+        for (id, message) in failed {
+            tracing::error!("sampling failed, failing request {id}: {message}");
+            self.fail(id, &message);
+        }
         for (id, reason, text) in ended {
             self.end_with_text(id, reason, text);
         }
     }
 
     /// Evaluates the plan's chunks in one forward pass and returns the sampled rows' logits.
-    fn forward(&mut self, plan: &Plan) -> Vec<f32> {
+    fn forward(&mut self, plan: &Plan) -> Result<Vec<f32>, BatchError> {
         let mut tokens = Vec::with_capacity(plan.num_tokens());
         let mut positions = Vec::with_capacity(plan.num_tokens());
         for c in &plan.chunks {
@@ -436,7 +556,7 @@ impl Worker {
         self.model
             .decoder
             .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch)
-            .to_vec()
+            .map(<[f32]>::to_vec)
     }
 
     fn end(&mut self, id: SeqId, reason: FinishReason) {
@@ -445,6 +565,18 @@ impl Worker {
             None => String::new(),
         };
         self.end_with_text(id, reason, text);
+    }
+
+    /// Removes a request that hit an internal error and tells its listener.
+    fn fail(&mut self, id: SeqId, message: &str) {
+        let Some(mut active) = self.requests.remove(&id) else {
+            return;
+        };
+        self.scheduler.remove(id);
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.publish_stats();
+        active.sink.send(Event::Failed(internal_error(message)));
     }
 
     /// Removes a request and sends its final event.
@@ -486,4 +618,18 @@ impl Worker {
         s.preemptions
             .store(self.scheduler.preemptions(), Ordering::Relaxed);
     }
+}
+
+/// The text of a caught panic's payload (a `&str` or `String` for `panic!` with a message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// What a failed request's listener is told.
+fn internal_error(message: &str) -> String {
+    format!("internal error in the engine, the request was dropped: {message}")
 }

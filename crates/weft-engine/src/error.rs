@@ -1,3 +1,5 @@
+use weft_models::batch::BatchError;
+
 use crate::sampler::SamplingError;
 
 #[derive(thiserror::Error, Debug)]
@@ -8,6 +10,8 @@ pub enum EngineError {
     TokenOutOfRange { token: u32, vocab_size: usize },
     #[error("the request queue is full ({limit} requests in flight); retry later")]
     QueueFull { limit: usize },
+    #[error("{count} sequences were asked for at once but the queue holds at most {limit}")]
+    TooManyRequests { count: usize, limit: usize },
     #[error("the engine has stopped")]
     Stopped,
     #[error("invalid engine configuration: {0}")]
@@ -16,6 +20,8 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("invalid sampling parameters: {0}")]
     Sampling(SamplingError),
+    #[error("the engine built a batch the model refuses: {0}")]
+    Batch(#[from] BatchError),
     #[error("perplexity needs at least {needed} tokens (2 x ctx {ctx}); the text has {have}")]
     TextTooShort {
         needed: usize,

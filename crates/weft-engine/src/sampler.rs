@@ -45,6 +45,9 @@ pub struct SamplingParams {
     pub penalty_last_n: usize,
     /// Seed of the random generator; `None` seeds from the clock.
     pub seed: Option<u64>,
+    /// Added to the logits of these tokens before anything else (OpenAI's `logit_bias`:
+    /// -100 bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -59,6 +62,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -117,6 +121,13 @@ impl SamplingParams {
                 self.frequency_penalty,
                 "a finite number (0 means off)",
             ));
+        }
+        if let Some(&(_, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(bad("logit_bias", bias, "values from -100 to 100"));
         }
         Ok(())
     }
@@ -452,6 +463,11 @@ impl Sampler {
         }
         for l in logits.iter_mut() {
             *l = clean(*l);
+        }
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
         }
         if self.params.penalties_active() {
             self.apply_penalties(logits, history);

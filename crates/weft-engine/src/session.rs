@@ -150,7 +150,7 @@ impl<'m> Session<'m> {
             let out =
                 self.model
                     .decoder
-                    .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch);
+                    .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch)?;
             on_chunk(cached, out);
             self.tokens.extend_from_slice(chunk);
         }

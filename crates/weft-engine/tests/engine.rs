@@ -2,23 +2,18 @@
 //! prefill mixed with decodes, prefix sharing, preemption) must give the tokens each
 //! sequence gets alone; aborts free their blocks.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use weft_engine::engine::{EngineConfig, EngineHandle, Event, Finished, Request};
-use weft_engine::generation::{FinishReason, GenerateParams, OutputOptions};
+use weft_engine::generation::{FinishReason, GenerateParams, OutputOptions, TokenConstraint};
 use weft_engine::sampler::SamplingParams;
 use weft_models::TextModel;
 
 fn model() -> Option<Arc<TextModel>> {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-        eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
-        return None;
-    };
-    let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = weft_test_support::model_path("SmolLM2-135M-Instruct.Q4_1.gguf")?;
     Some(Arc::new(TextModel::load(&path).unwrap()))
 }
 
@@ -74,6 +69,7 @@ fn collect(rx: &mpsc::Receiver<Event>) -> (Vec<u32>, Finished) {
         {
             Event::Token { token, .. } => tokens.push(token),
             Event::Finished(f) => return (tokens, f),
+            Event::Failed(message) => panic!("the request failed: {message}"),
         }
     }
 }
@@ -210,4 +206,49 @@ fn requests_beyond_the_context_or_queue_are_refused() {
         .to_string();
     assert!(err.contains("queue is full"), "{err}");
     collect(&running);
+}
+
+/// A constraint whose mask panics, as a bug in constrained decoding would.
+struct PanickingConstraint;
+
+impl TokenConstraint for PanickingConstraint {
+    fn mask(&mut self, _logits: &mut [f32]) {
+        panic!("constraint bug");
+    }
+    fn accept(&mut self, _token: u32) {}
+    fn is_complete(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_panic_while_sampling_fails_only_that_request() {
+    let Some(model) = model() else { return };
+    let engine = EngineHandle::start(Arc::clone(&model), config(4, 512, 1024)).unwrap();
+    let prompt = prompts(&model).remove(1);
+    let alone = one_at_a_time(&model, std::slice::from_ref(&prompt), 12).remove(0);
+    // A polite request is already decoding when the faulty one arrives.
+    let (_, polite) = submit(&engine, prompt.clone(), greedy(12));
+    let (tx, faulty) = mpsc::channel();
+    engine
+        .submit(Request {
+            prompt: prompt.clone(),
+            params: greedy(12),
+            options: OutputOptions::default(),
+            constraint: Some(Box::new(PanickingConstraint)),
+            sink: Box::new(move |e| tx.send(e).is_ok()),
+        })
+        .unwrap();
+    match faulty.recv_timeout(Duration::from_secs(120)).unwrap() {
+        Event::Failed(message) => assert!(message.contains("constraint bug"), "{message}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(collect(&polite).0, alone);
+    // The engine goes on serving, with every block back.
+    let (_, after) = submit(&engine, prompt, greedy(12));
+    assert_eq!(collect(&after).0, alone);
+    assert_eq!(engine.stats().failures.load(Ordering::Relaxed), 1);
+    assert_eq!(engine.stats().restarts.load(Ordering::Relaxed), 0);
+    assert_eq!(engine.in_flight(), 0);
+    assert_eq!(engine.stats().kv_blocks_used.load(Ordering::Relaxed), 0);
 }

@@ -22,13 +22,7 @@ use weft_models::TextModel;
 const NEAR_TIE_NATS: f64 = 0.6;
 
 fn models_dir() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_TEST_MODELS") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
-            None
-        }
-    }
+    weft_test_support::models_dir()
 }
 
 fn check(model_name: &str) {

@@ -4,7 +4,14 @@
 //! going through a general-purpose work-stealing runtime) per call costs more than the work.
 //! The pool keeps `n - 1` workers alive; the calling thread is worker 0. A job is published by
 //! bumping an epoch counter; workers spin briefly on it, then park on a condvar.
+//!
+//! A panic in any thread's share does not escape while other threads may still be running
+//! the job: it is caught, `run` waits for every share to end, and then re-raises the first
+//! panic on the calling thread (as `std::thread::scope` does). The workers survive it, so the
+//! pool stays usable, and a caller that catches the panic (the serving engine does) carries on.
 
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +37,11 @@ struct Shared {
     /// costs a futex wake only when someone sleeps.
     sleepers: AtomicUsize,
     shutdown: std::sync::atomic::AtomicBool,
+    /// The first panic a worker caught in the current job, re-raised by `run`.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Test hook: the thread whose share of the next job panics (`usize::MAX`: none).
+    #[cfg(feature = "fault-injection")]
+    fail_share: AtomicUsize,
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +70,9 @@ impl ThreadPool {
             wake: Condvar::new(),
             sleepers: AtomicUsize::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            panic: Mutex::new(None),
+            #[cfg(feature = "fault-injection")]
+            fail_share: AtomicUsize::new(usize::MAX),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -82,16 +97,18 @@ impl ThreadPool {
     }
 
     /// Runs `job(thread_index)` once on each of the pool's threads and returns when all are
-    /// done. Index 0 runs on the calling thread.
+    /// done. Index 0 runs on the calling thread. If any share panics, the panic is re-raised
+    /// here once every share has ended.
     pub fn run<F: Fn(usize) + Sync>(&self, job: F) {
         if self.n_threads == 1 {
-            job(0);
+            self.run_share(&job, 0);
             return;
         }
         let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let job_ref: &(dyn Fn(usize) + Sync) = &job;
         // SAFETY: the lifetime is erased only for the duration of this call; we wait below
-        // until `pending` reaches zero, after which no worker touches the pointer again.
+        // until `pending` reaches zero, even when our own share panicked, after which no
+        // worker touches the pointer again.
         let job_ptr: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job_ref) };
         let sleepers = {
             let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,7 +122,7 @@ impl ThreadPool {
         if sleepers > 0 {
             self.shared.wake.notify_all();
         }
-        job(0);
+        let own = catch_unwind(AssertUnwindSafe(|| self.run_share(&job, 0)));
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
@@ -116,6 +133,33 @@ impl ThreadPool {
             }
         }
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let worker = self
+            .shared
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Err(payload) = own {
+            resume_unwind(payload);
+        }
+        if let Some(payload) = worker {
+            resume_unwind(payload);
+        }
+    }
+
+    /// Runs share `index` of `job` (where the fault-injection hook can make it panic).
+    fn run_share(&self, job: &(dyn Fn(usize) + Sync), index: usize) {
+        #[cfg(feature = "fault-injection")]
+        self.shared.maybe_fail(index);
+        job(index);
+    }
+
+    /// Makes share `index` of the next job panic (index 0 is the calling thread), so that
+    /// tests can show a panic in a kernel is survived. Only with the `fault-injection`
+    /// feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_job(&self, index: usize) {
+        self.shared.fail_share.store(index, Ordering::SeqCst);
     }
 
     /// Splits `0..n` into contiguous chunks, one per thread, and runs `f(range)` on each
@@ -283,6 +327,19 @@ pub fn chunk_range(n: usize, parts: usize, t: usize) -> std::ops::Range<usize> {
     start..start + len
 }
 
+#[cfg(feature = "fault-injection")]
+impl Shared {
+    fn maybe_fail(&self, index: usize) {
+        if self
+            .fail_share
+            .compare_exchange(index, usize::MAX, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            panic!("fault injection: share {index} of a pool job panics");
+        }
+    }
+}
+
 fn worker_loop(shared: &Shared, index: usize) {
     let mut seen = 0usize;
     loop {
@@ -317,9 +374,20 @@ fn worker_loop(shared: &Shared, index: usize) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .expect("a published job");
-        // SAFETY: `run` keeps the closure alive until `pending` drops to zero, which happens
-        // only after this call returns.
-        unsafe { (*job.0)(index) };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            shared.maybe_fail(index);
+            // SAFETY: `run` keeps the closure alive until `pending` drops to zero, which
+            // happens only after this call returns (or unwinds into `catch_unwind`).
+            unsafe { (*job.0)(index) }
+        }));
+        if let Err(payload) = result {
+            shared
+                .panic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(payload);
+        }
         shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -380,6 +448,40 @@ mod tests {
                 hits.fetch_add(1 << (8 * t), Ordering::Relaxed);
             });
             assert_eq!(hits.load(Ordering::Relaxed), 0x01010101);
+        }
+    }
+
+    /// A panic in any share reaches the caller only after every share has ended (the
+    /// others still use the job's borrowed state), and the pool keeps working afterwards.
+    #[test]
+    fn a_panicking_share_is_reraised_after_the_others_end() {
+        let pool = ThreadPool::new(3);
+        for panicking in 0..3 {
+            let finished = AtomicU64::new(0);
+            let caught = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(|t| {
+                    if t == panicking {
+                        panic!("share {t} fails");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            }));
+            let message = caught.expect_err("the panic reaches the caller");
+            assert_eq!(
+                message.downcast_ref::<String>().map(String::as_str),
+                Some(format!("share {panicking} fails").as_str())
+            );
+            assert_eq!(
+                finished.load(Ordering::SeqCst),
+                2,
+                "the other shares ended first"
+            );
+            let hits = AtomicU64::new(0);
+            pool.for_each_chunk(300, |r| {
+                hits.fetch_add(r.len() as u64, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 300);
         }
     }
 

@@ -66,9 +66,155 @@ pub struct Batch<'a> {
     pub seqs: &'a [SeqSlice<'a>],
 }
 
+/// Why a batch cannot be evaluated.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("the batch has {tokens} tokens but {positions} positions")]
+    Positions { tokens: usize, positions: usize },
+    #[error("sequence {seq} starts at token {start}, expected {expected} (sequences must tile the tokens in order)")]
+    NotTiled {
+        seq: usize,
+        start: usize,
+        expected: usize,
+    },
+    #[error("the sequences cover {covered} of the batch's {tokens} tokens")]
+    Uncovered { covered: usize, tokens: usize },
+    #[error("sequence {seq} needs {needed} cache slots but its block table holds {held}")]
+    BlockTableShort {
+        seq: usize,
+        needed: usize,
+        held: usize,
+    },
+    #[error("sequence {seq} names KV block {block}; the cache has {n_blocks}")]
+    BlockOutOfRange {
+        seq: usize,
+        block: u32,
+        n_blocks: usize,
+    },
+    #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
+    TokenOutOfRange { token: u32, vocab_size: usize },
+}
+
 impl Batch<'_> {
     /// Total logits rows the forward pass returns, in sequence order.
     pub fn logits_rows(&self) -> usize {
         self.seqs.iter().map(|s| s.logits.rows(s.len)).sum()
+    }
+
+    /// Checks that the batch can be evaluated against a cache of `n_blocks` blocks of
+    /// `block_size` tokens and a vocabulary of `vocab_size`: one position per token, the
+    /// sequences tiling the tokens in order (so that each writes its own output rows, which
+    /// the forward pass fills from several threads), block tables that cover every cache
+    /// slot written and name only existing blocks, and token ids in the vocabulary.
+    pub fn check(
+        &self,
+        n_blocks: usize,
+        block_size: usize,
+        vocab_size: usize,
+    ) -> Result<(), BatchError> {
+        let tokens = self.tokens.len();
+        if self.positions.len() != tokens {
+            return Err(BatchError::Positions {
+                tokens,
+                positions: self.positions.len(),
+            });
+        }
+        let mut next = 0usize;
+        for (i, seq) in self.seqs.iter().enumerate() {
+            if seq.start != next {
+                return Err(BatchError::NotTiled {
+                    seq: i,
+                    start: seq.start,
+                    expected: next,
+                });
+            }
+            next = seq.start.saturating_add(seq.len);
+            let needed = seq.cached.saturating_add(seq.len);
+            let held = seq.block_table.len().saturating_mul(block_size);
+            if needed > held {
+                return Err(BatchError::BlockTableShort {
+                    seq: i,
+                    needed,
+                    held,
+                });
+            }
+            if let Some(&block) = seq.block_table.iter().find(|&&b| b as usize >= n_blocks) {
+                return Err(BatchError::BlockOutOfRange {
+                    seq: i,
+                    block,
+                    n_blocks,
+                });
+            }
+        }
+        if next != tokens {
+            return Err(BatchError::Uncovered {
+                covered: next,
+                tokens,
+            });
+        }
+        match self.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            Some(&token) => Err(BatchError::TokenOutOfRange { token, vocab_size }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(start: usize, len: usize, cached: usize, table: &[u32]) -> SeqSlice<'_> {
+        SeqSlice {
+            start,
+            len,
+            cached,
+            block_table: table,
+            logits: LogitsWanted::Last,
+        }
+    }
+
+    #[test]
+    fn check_accepts_a_tiled_batch_and_names_each_fault() {
+        let tokens = [1u32, 2, 3, 4, 5];
+        let positions: Vec<Position> = (0..5).map(Position::text).collect();
+        let (a, b) = ([0u32], [1u32, 2]);
+        let check = |seqs: &[SeqSlice<'_>], positions: &[Position], tokens: &[u32]| {
+            Batch {
+                tokens,
+                positions,
+                seqs,
+            }
+            .check(3, 16, 10)
+        };
+        let good = [seq(0, 2, 0, &a), seq(2, 3, 14, &b)];
+        assert_eq!(check(&good, &positions, &tokens), Ok(()));
+        assert!(matches!(
+            check(&good, &positions[..4], &tokens),
+            Err(BatchError::Positions { .. })
+        ));
+        let overlapping = [seq(0, 3, 0, &a), seq(2, 3, 14, &b)];
+        assert!(matches!(
+            check(&overlapping, &positions, &tokens),
+            Err(BatchError::NotTiled { seq: 1, .. })
+        ));
+        assert!(matches!(
+            check(&good[..1], &positions, &tokens),
+            Err(BatchError::Uncovered { covered: 2, .. })
+        ));
+        let short = [seq(0, 2, 0, &a), seq(2, 3, 30, &b)];
+        assert!(matches!(
+            check(&short, &positions, &tokens),
+            Err(BatchError::BlockTableShort { seq: 1, .. })
+        ));
+        let missing = [9u32];
+        let out_of_range = [seq(0, 2, 0, &missing), seq(2, 3, 14, &b)];
+        assert!(matches!(
+            check(&out_of_range, &positions, &tokens),
+            Err(BatchError::BlockOutOfRange { block: 9, .. })
+        ));
+        assert!(matches!(
+            check(&good, &positions, &[1, 2, 3, 4, 10]),
+            Err(BatchError::TokenOutOfRange { token: 10, .. })
+        ));
     }
 }

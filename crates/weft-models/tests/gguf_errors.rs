@@ -1197,16 +1197,7 @@ fn mutations_never_panic() {
 // ---------------------------------------------------------------------------------------------
 
 fn test_model(name: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-        println!("note: WEFT_TEST_MODELS is not set; skipping checks on {name}");
-        return None;
-    };
-    let path = PathBuf::from(dir).join(name);
-    if !path.exists() {
-        println!("note: {} does not exist; skipping", path.display());
-        return None;
-    }
-    Some(path)
+    weft_test_support::model_path(name)
 }
 
 #[test]

@@ -8,8 +8,7 @@ use weft_models::gguf::GgufFile;
 use weft_models::tokenizer::Tokenizer;
 
 fn check(model_name: &str) {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS").map(PathBuf::from) else {
-        eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
+    let Some(dir) = weft_test_support::models_dir() else {
         return;
     };
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

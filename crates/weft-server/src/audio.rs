@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use weft_audio::format::{render, ResponseFormat};
 use weft_audio::{Task, TranscribeError, TranscribeOptions, Transcriber};
 
+use crate::counted::Counted;
 use crate::error::ApiError;
 use crate::state::SharedState;
 
@@ -34,6 +35,8 @@ pub struct AudioConfig {
     pub max_audio_seconds: f64,
     /// Transcriptions run at once; the rest wait.
     pub max_concurrent: usize,
+    /// Transcriptions that may wait (each holding its upload in memory); beyond, 503.
+    pub max_waiting: usize,
     /// Beams of the beam search (faster-whisper's default is 5; 1 is greedy).
     pub beam_size: usize,
 }
@@ -157,6 +160,17 @@ async fn handle(
         )
     })?;
     state.check_accepting()?;
+    // A place in line is taken before the upload is read: each waiting request holds its
+    // whole file in memory.
+    let waiting = Counted::within(&audio.waiting, audio.config.max_waiting).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} transcriptions are already waiting; retry later",
+                audio.config.max_waiting
+            ),
+        )
+    })?;
     let form = form.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let form = read_form(form, audio.config.max_upload_bytes).await?;
     audio.check_model(form.model.as_deref())?;
@@ -172,14 +186,12 @@ async fn handle(
         ..TranscribeOptions::default()
     };
     let started = Instant::now();
-    let permit = {
-        let _waiting = Counted::new(&audio.waiting);
-        // Dropped here (client gone) means the job never starts.
-        Arc::clone(&audio.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?
-    };
+    // Dropped while waiting (client gone) means the job never starts.
+    let permit = Arc::clone(&audio.permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    drop(waiting);
     state.check_accepting()?;
     audio.register(&cancel);
     // From here on a dropped handler (client gone) stops the job at its next window.
@@ -345,21 +357,6 @@ fn transcribe_error(e: TranscribeError) -> ApiError {
 }
 
 /// Counts itself in `counter` while alive.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Counted(counter)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Sets the job's cancel flag when the handler goes away; after a normal end the job is
 /// already over, so setting it then changes nothing.
 struct CancelOnDrop(Arc<AtomicBool>);

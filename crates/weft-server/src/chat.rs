@@ -14,11 +14,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 
 use crate::error::ApiError;
-use crate::generate::{collect, finish_reason_name, sse_chunk, submit, usage_json, Choice};
+use crate::generate::{
+    collect, engine_stopped, error_event, failed, finish_reason_name, sse_chunk, submit,
+    usage_json, Choice, ConstraintFactory,
+};
+use crate::limits::Limits;
 use crate::logprobs_format::chat_entries;
 use crate::openai::ChatRequest;
-use crate::params::choice_params;
-use crate::prompt::chat_prompt;
+use crate::params::{choice_params, ChoiceParams};
+use crate::prompt::{content_bytes, encode_prompt, render_chat};
 use crate::shaper::{Shaper, ToolMode};
 use crate::state::{new_id, unix_now, SharedState, TextService};
 use crate::structured::{constraint, Tools};
@@ -42,39 +46,34 @@ pub async fn chat_completions(
     state.check_model(req.sampling.model.as_deref())?;
     state.check_accepting()?;
     let text = Arc::clone(state.text()?);
-    let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
-    let prompt = chat_prompt(
-        &text.model,
-        &req.messages,
-        tools.render.as_deref(),
-        req.chat_template_kwargs.as_ref(),
-        true,
-    )?;
-    if req.top_logprobs.is_some() && !req.logprobs {
-        return Err(ApiError::invalid(
-            "top_logprobs",
-            "top_logprobs needs logprobs: true",
-        ));
-    }
-    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
-    let p = choice_params(
-        &req.sampling,
-        max_tokens,
-        logprobs,
-        prompt.len(),
-        text.max_model_len(),
-    )?;
+    // What can be refused from the request's size alone is, before any work is queued.
+    let limits = &state.config.limits;
+    limits.check_messages(&req.messages)?;
+    limits.check_tools(req.tools.as_deref())?;
+    text.check_text_fits(content_bytes(&req.messages), "messages")?;
+    let prepared = state
+        .prep
+        .run({
+            let (text, limits) = (Arc::clone(&text), limits.clone());
+            move || prepare(&text, &limits, req)
+        })
+        .await?;
+    let Prepared {
+        req,
+        prompt,
+        params,
+        tools,
+        constraint,
+    } = prepared;
     let meta = Meta {
         id: new_id("chatcmpl"),
         created: unix_now(),
         model: state.model_name().to_owned(),
-        tools: tools.mode.clone(),
+        tools,
         state: Arc::clone(&state),
         text: Arc::clone(&text),
     };
-    let constraint = constraint(&text, Some(tools), req.sampling.response_format.as_ref())?;
-    let choices = submit(&state, &prompt, &p, constraint.as_ref(), 0, started)?;
+    let choices = submit(&state, &[(&prompt, &params)], constraint.as_ref(), started)?;
     if req.sampling.stream {
         let usage = req
             .sampling
@@ -84,6 +83,55 @@ pub async fn chat_completions(
         return Ok(stream(meta, choices, prompt.len(), usage).into_response());
     }
     whole(meta, choices, prompt.len()).await
+}
+
+/// A chat request turned into what the engine needs.
+struct Prepared {
+    req: ChatRequest,
+    prompt: Vec<u32>,
+    params: ChoiceParams,
+    tools: ToolMode,
+    constraint: Option<ConstraintFactory>,
+}
+
+/// The CPU-heavy part of a chat request, run off the async executor: tool and response
+/// grammars, the template, tokenization, and the parameters that depend on the prompt.
+fn prepare(text: &TextService, limits: &Limits, req: ChatRequest) -> Result<Prepared, ApiError> {
+    if req.top_logprobs.is_some() && !req.logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let rendered = render_chat(
+        &text.model,
+        &req.messages,
+        tools.render.as_deref(),
+        req.chat_template_kwargs.as_ref(),
+        true,
+    )?;
+    text.check_text_fits(rendered.len(), "messages")?;
+    let prompt = encode_prompt(&text.model, &rendered);
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let params = choice_params(
+        &req.sampling,
+        max_tokens,
+        logprobs,
+        prompt.len(),
+        text,
+        limits,
+    )?;
+    let mode = tools.mode.clone();
+    let constraint = constraint(text, Some(tools), req.sampling.response_format.as_ref())?;
+    Ok(Prepared {
+        req,
+        prompt,
+        params,
+        tools: mode,
+        constraint,
+    })
 }
 
 async fn whole(
@@ -256,15 +304,13 @@ async fn stream_choice(meta: Arc<Meta>, mut choice: Choice, tx: Tx) -> Option<(u
                     .ok()?;
                 return Some((f.completion_tokens, f.cached_tokens));
             }
+            Event::Failed(message) => {
+                let _ = tx.send(Ok(error_event(&failed(message)))).await;
+                return None;
+            }
         }
     }
-    let err = ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "the engine stopped before the request finished",
-    );
-    let _ = tx
-        .send(Ok(SseEvent::default().data(err.body().to_string())))
-        .await;
+    let _ = tx.send(Ok(error_event(&engine_stopped()))).await;
     None
 }
 

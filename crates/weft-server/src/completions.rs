@@ -14,10 +14,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 
 use crate::error::ApiError;
-use crate::generate::{collect, finish_reason_name, sse_chunk, submit, usage_json, Choice};
+use crate::generate::{
+    collect, engine_stopped, error_event, failed, finish_reason_name, sse_chunk, submit,
+    usage_json, Choice, ConstraintFactory,
+};
+use crate::limits::Limits;
 use crate::logprobs_format::completion_logprobs;
 use crate::openai::{CompletionRequest, PromptSpec};
-use crate::params::choice_params;
+use crate::params::{choice_params, ChoiceParams};
 use crate::state::{new_id, unix_now, SharedState, TextService};
 use crate::structured::constraint;
 use crate::ApiJson;
@@ -28,11 +32,16 @@ struct Prompt {
     text: String,
 }
 
+/// Tokenizes the request's prompts (run off the async executor). Text that cannot fit in
+/// the context is refused before it is tokenized.
 fn prompts(text: &TextService, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
     let tokenizer = &text.model.tokenizer;
-    let from_text = |text: String| Prompt {
-        tokens: tokenizer.encode(&text, true, false),
-        text,
+    let from_text = |prompt: String| -> Result<Prompt, ApiError> {
+        text.check_text_fits(prompt.len(), "prompt")?;
+        Ok(Prompt {
+            tokens: tokenizer.encode(&prompt, true, false),
+            text: prompt,
+        })
     };
     let from_tokens = |tokens: Vec<u32>| {
         let vocab = tokenizer.vocab_size();
@@ -48,8 +57,8 @@ fn prompts(text: &TextService, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError
         })
     };
     let list = match spec {
-        PromptSpec::Text(t) => vec![from_text(t)],
-        PromptSpec::Texts(ts) => ts.into_iter().map(from_text).collect(),
+        PromptSpec::Text(t) => vec![from_text(t)?],
+        PromptSpec::Texts(ts) => ts.into_iter().map(from_text).collect::<Result<_, _>>()?,
         PromptSpec::Tokens(t) => vec![from_tokens(t)?],
         PromptSpec::TokenLists(ls) => ls.into_iter().map(from_tokens).collect::<Result<_, _>>()?,
     };
@@ -57,6 +66,49 @@ fn prompts(text: &TextService, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError
         return Err(ApiError::invalid("prompt", "the prompt must not be empty"));
     }
     Ok(list)
+}
+
+/// How many prompts `spec` holds.
+fn prompt_count(spec: &PromptSpec) -> usize {
+    match spec {
+        PromptSpec::Text(_) | PromptSpec::Tokens(_) => 1,
+        PromptSpec::Texts(ts) => ts.len(),
+        PromptSpec::TokenLists(ls) => ls.len(),
+    }
+}
+
+/// A completion request turned into what the engine needs.
+struct Prepared {
+    prompts: Vec<Prompt>,
+    params: Vec<ChoiceParams>,
+    constraint: Option<ConstraintFactory>,
+}
+
+fn prepare(
+    text: &TextService,
+    limits: &Limits,
+    req: &CompletionRequest,
+) -> Result<Prepared, ApiError> {
+    let prompts = prompts(text, req.prompt.clone())?;
+    let params = prompts
+        .iter()
+        .map(|prompt| {
+            choice_params(
+                &req.sampling,
+                req.sampling.max_tokens.or(Some(16)),
+                req.logprobs,
+                prompt.tokens.len(),
+                text,
+                limits,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let constraint = constraint(text, None, req.sampling.response_format.as_ref())?;
+    Ok(Prepared {
+        prompts,
+        params,
+        constraint,
+    })
 }
 
 pub async fn completions(
@@ -77,38 +129,51 @@ pub async fn completions(
         ));
     }
     let text = Arc::clone(state.text()?);
-    let prompts = prompts(&text, req.prompt.clone())?;
-    let constraint = constraint(&text, None, req.sampling.response_format.as_ref())?;
-    let mut all = Vec::new();
-    let mut prompt_tokens = 0;
-    let mut echoes = Vec::new();
-    for prompt in &prompts {
-        let p = choice_params(
-            &req.sampling,
-            req.sampling.max_tokens.or(Some(16)),
-            req.logprobs,
-            prompt.tokens.len(),
-            text.max_model_len(),
-        )?;
-        prompt_tokens += prompt.tokens.len();
-        let first = all.len();
-        all.extend(submit(
-            &state,
-            &prompt.tokens,
-            &p,
-            constraint.as_ref(),
-            first,
-            started,
-        )?);
-        echoes.extend(std::iter::repeat_n(
-            if req.echo {
-                prompt.text.clone()
+    // Refuse a request for more completions than the queue holds before tokenizing it.
+    let engine = text.engine.config();
+    let queue = engine.max_num_seqs + engine.max_waiting;
+    let count = n.saturating_mul(prompt_count(&req.prompt));
+    if count > queue {
+        return Err(weft_engine::EngineError::TooManyRequests {
+            count,
+            limit: queue,
+        }
+        .into());
+    }
+    let req = Arc::new(req);
+    let Prepared {
+        prompts,
+        params,
+        constraint,
+    } = state
+        .prep
+        .run({
+            let (text, limits, req) = (
+                Arc::clone(&text),
+                state.config.limits.clone(),
+                Arc::clone(&req),
+            );
+            move || prepare(&text, &limits, &req)
+        })
+        .await?;
+    let jobs: Vec<(&[u32], &ChoiceParams)> = prompts
+        .iter()
+        .map(|p| p.tokens.as_slice())
+        .zip(&params)
+        .collect();
+    let all = submit(&state, &jobs, constraint.as_ref(), started)?;
+    let prompt_tokens = prompts.iter().map(|p| p.tokens.len()).sum();
+    let echoes: Vec<String> = prompts
+        .iter()
+        .flat_map(|p| {
+            let echo = if req.echo {
+                p.text.clone()
             } else {
                 String::new()
-            },
-            p.n,
-        ));
-    }
+            };
+            std::iter::repeat_n(echo, n)
+        })
+        .collect();
     let meta = Meta {
         id: new_id("cmpl"),
         created: unix_now(),
@@ -198,6 +263,10 @@ fn stream(
                             (text, lp, None)
                         }
                         Event::Finished(f) => (f.text.clone(), None, Some(f)),
+                        Event::Failed(message) => {
+                            let _ = tx.send(Ok(error_event(&failed(message)))).await;
+                            return None;
+                        }
                     };
                     pending_text.push_str(&text);
                     if pending_text.is_empty() && logprobs.is_none() && finish.is_none() {
@@ -216,6 +285,7 @@ fn stream(
                         return Some((f.completion_tokens, f.cached_tokens));
                     }
                 }
+                let _ = tx.send(Ok(error_event(&engine_stopped()))).await;
                 None
             })
         })

@@ -86,10 +86,17 @@ impl From<EngineError> for ApiError {
                 ),
             ),
             EngineError::Sampling(s) => ApiError::bad_request(s.to_string()),
+            EngineError::TooManyRequests { count, limit } => ApiError::invalid(
+                "n",
+                format!(
+                    "this request asks for {count} completions (n x prompts) but the server \
+                     queues at most {limit} at a time"
+                ),
+            ),
             EngineError::EmptyPrompt | EngineError::TokenOutOfRange { .. } => {
                 ApiError::invalid("prompt", e.to_string())
             }
-            EngineError::TextTooShort { .. } | EngineError::Config(_) => {
+            EngineError::TextTooShort { .. } | EngineError::Config(_) | EngineError::Batch(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }
         }

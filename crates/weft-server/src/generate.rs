@@ -43,29 +43,37 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Submits `n` choices of one prompt. `first_index` numbers them (legacy completions with
-/// several prompts number choices across prompts).
+/// Submits `n` choices of each prompt, all of them or none (see
+/// `EngineHandle::submit_all`). Choices are numbered across prompts, in order.
 pub fn submit(
     state: &Arc<AppState>,
-    prompt: &[u32],
-    p: &ChoiceParams,
+    prompts: &[(&[u32], &ChoiceParams)],
     constraint: Option<&ConstraintFactory>,
-    first_index: usize,
     started: Instant,
 ) -> Result<Vec<Choice>, ApiError> {
     let text = state.text()?;
-    let mut choices = Vec::with_capacity(p.n);
-    for i in 0..p.n {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let id = text.engine.submit(Request {
-            prompt: prompt.to_vec(),
-            params: p.for_choice(i),
-            options: p.options.clone(),
-            constraint: constraint.map(|f| f()),
-            sink: Box::new(move |e| tx.send(e).is_ok()),
-        })?;
-        choices.push(Choice {
-            index: first_index + i,
+    let mut requests = Vec::new();
+    let mut receivers = Vec::new();
+    for &(prompt, p) in prompts {
+        for i in 0..p.n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            requests.push(Request {
+                prompt: prompt.to_vec(),
+                params: p.for_choice(i),
+                options: p.options.clone(),
+                constraint: constraint.map(|f| f()),
+                sink: Box::new(move |e| tx.send(e).is_ok()),
+            });
+            receivers.push(rx);
+        }
+    }
+    let ids = text.engine.submit_all(requests)?;
+    Ok(ids
+        .into_iter()
+        .zip(receivers)
+        .enumerate()
+        .map(|(index, (id, rx))| Choice {
+            index,
             rx,
             guard: AbortOnDrop {
                 state: Arc::clone(state),
@@ -75,9 +83,8 @@ pub fn submit(
             },
             started,
             last_token: None,
-        });
-    }
-    Ok(choices)
+        })
+        .collect())
 }
 
 /// The name OpenAI uses for a finish reason.
@@ -112,10 +119,28 @@ impl Choice {
                     self.started.elapsed().as_secs_f64(),
                 );
             }
-            None => self.guard.done = true,
+            Some(Event::Failed(_)) | None => self.guard.done = true,
         }
         event
     }
+}
+
+/// A request the engine failed: 500 with the engine's message.
+pub fn failed(message: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// A choice whose events stopped without an end: the engine thread is gone.
+pub fn engine_stopped() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped before the request finished",
+    )
+}
+
+/// The SSE event that ends a stream which failed midway (as vLLM sends it).
+pub fn error_event(error: &ApiError) -> SseEvent {
+    SseEvent::default().data(error.body().to_string())
 }
 
 /// Everything one choice produced, for non-streaming responses.
@@ -148,12 +173,10 @@ pub async fn collect(mut choice: Choice) -> Result<Collected, ApiError> {
                     finished: f,
                 });
             }
+            Event::Failed(message) => return Err(failed(message)),
         }
     }
-    Err(ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "the engine stopped before the request finished",
-    ))
+    Err(engine_stopped())
 }
 
 /// OpenAI's `usage` object.

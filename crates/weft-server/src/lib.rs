@@ -6,13 +6,16 @@
 mod audio;
 mod chat;
 mod completions;
+mod counted;
 mod error;
 mod generate;
+mod limits;
 mod logprobs_format;
 mod metrics;
 mod misc;
 mod openai;
 mod params;
+mod prep;
 mod prompt;
 mod reasoning;
 mod shaper;
@@ -36,6 +39,7 @@ use serde::de::DeserializeOwned;
 
 pub use audio::{AudioConfig, AudioService};
 pub use error::ApiError;
+pub use limits::Limits;
 pub use reasoning::ReasoningParser;
 pub use state::{AppState, ServerConfig, SharedState, TextService};
 

@@ -246,4 +246,18 @@ fn render_engine(
         "Batched forward passes.",
         load64(&engine.steps),
     );
+    gauge(
+        out,
+        "weft_engine_failures_total",
+        "counter",
+        "Requests failed by an internal engine error (each is logged).",
+        load64(&engine.failures),
+    );
+    gauge(
+        out,
+        "weft_engine_restarts_total",
+        "counter",
+        "Scheduler restarts after an internal error outside a forward pass.",
+        load64(&engine.restarts),
+    );
 }

@@ -1,6 +1,7 @@
 //! The small routes: models, health, metrics, tokenize, detokenize.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,8 +11,8 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::openai::{DetokenizeRequest, TokenizeRequest};
-use crate::prompt::chat_prompt;
-use crate::state::SharedState;
+use crate::prompt::{encode_prompt, render_chat};
+use crate::state::{SharedState, TextService};
 use crate::ApiJson;
 
 /// Every served name: the text model's, then the speech model's.
@@ -43,15 +44,30 @@ pub async fn models(State(state): State<SharedState>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// 200 while the server takes requests; 503 when shutting down or when the engine thread is
+/// gone (so that a supervisor restarts the process). Internal errors the engine survived are
+/// counted in the body.
 pub async fn health(State(state): State<SharedState>) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
-        return (
+    let unavailable = |status: &str| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting down"})),
+            Json(json!({"status": status})),
         )
-            .into_response();
+            .into_response()
+    };
+    if state.draining.load(Ordering::SeqCst) {
+        return unavailable("shutting down");
     }
-    Json(json!({"status": "ok"})).into_response()
+    let mut body = json!({"status": "ok"});
+    if let Some(text) = &state.text {
+        if !text.engine.is_running() {
+            return unavailable("the engine has stopped");
+        }
+        let stats = text.engine.stats();
+        body["engine_failures"] = json!(stats.failures.load(Ordering::Relaxed));
+        body["engine_restarts"] = json!(stats.restarts.load(Ordering::Relaxed));
+    }
+    Json(body).into_response()
 }
 
 pub async fn metrics(State(state): State<SharedState>) -> Response {
@@ -76,30 +92,38 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     state.check_model(req.model.as_deref())?;
-    let model = state.text()?;
-    let tokens = match (req.prompt, req.messages) {
-        (Some(text), None) => model
-            .model
-            .tokenizer
-            .encode(&text, req.add_special_tokens, false),
-        (None, Some(messages)) => chat_prompt(
-            &model.model,
-            &messages,
-            None,
-            None,
-            req.add_generation_prompt,
-        )?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `prompt` and `messages`",
-            ))
-        }
-    };
+    let text = Arc::clone(state.text()?);
+    if let Some(messages) = &req.messages {
+        state.config.limits.check_messages(messages)?;
+    }
+    let tokens = state
+        .prep
+        .run({
+            let text = Arc::clone(&text);
+            move || tokenize_request(&text, req)
+        })
+        .await?;
     Ok(Json(json!({
         "count": tokens.len(),
-        "max_model_len": model.max_model_len(),
+        "max_model_len": text.max_model_len(),
         "tokens": tokens,
     })))
+}
+
+fn tokenize_request(text: &TextService, req: TokenizeRequest) -> Result<Vec<u32>, ApiError> {
+    let model = &text.model;
+    match (req.prompt, req.messages) {
+        (Some(prompt), None) => Ok(model
+            .tokenizer
+            .encode(&prompt, req.add_special_tokens, false)),
+        (None, Some(messages)) => {
+            let rendered = render_chat(model, &messages, None, None, req.add_generation_prompt)?;
+            Ok(encode_prompt(model, &rendered))
+        }
+        _ => Err(ApiError::bad_request(
+            "give exactly one of `prompt` and `messages`",
+        )),
+    }
 }
 
 pub async fn detokenize(

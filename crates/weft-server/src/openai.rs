@@ -49,6 +49,7 @@ pub struct SamplingFields {
     #[serde(default)]
     pub ignore_eos: bool,
     pub response_format: Option<Value>,
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
 }
 
 #[derive(Deserialize, Debug, Clone)]

@@ -5,12 +5,12 @@ use weft_engine::generation::{GenerateParams, OutputOptions};
 use weft_engine::sampler::SamplingParams;
 
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::openai::SamplingFields;
+use crate::state::TextService;
 
 /// Most choices per request (`n`), as vLLM's default limit.
 pub const MAX_N: usize = 128;
-/// Most alternatives per token in log-probabilities (vLLM's limit).
-pub const MAX_TOP_LOGPROBS: usize = 20;
 /// Recent tokens the penalties look at (llama.cpp server's default).
 const PENALTY_LAST_N: usize = 64;
 
@@ -45,14 +45,16 @@ fn range(name: &str, v: Option<f32>, lo: f32, hi: f32, default: f32) -> Result<f
 
 /// Validates the shared fields. `max_tokens` is the value the request gave (chat takes it
 /// from `max_completion_tokens` too); `prompt_len` is the prompt's token count, checked
-/// with it against `max_model_len`.
+/// with it against the model's context.
 pub fn choice_params(
     f: &SamplingFields,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
     prompt_len: usize,
-    max_model_len: usize,
+    text: &TextService,
+    limits: &Limits,
 ) -> Result<ChoiceParams, ApiError> {
+    let max_model_len = text.max_model_len();
     let temperature = range("temperature", f.temperature, 0.0, 2.0, 1.0)?;
     let top_p = range("top_p", f.top_p, 0.0, 1.0, 1.0)?;
     if top_p == 0.0 {
@@ -80,12 +82,7 @@ pub fn choice_params(
         ));
     }
     if let Some(top) = logprobs {
-        if top > MAX_TOP_LOGPROBS {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                format!("at most {MAX_TOP_LOGPROBS} log-probabilities per token, got {top}"),
-            ));
-        }
+        limits.check_logprobs(top)?;
     }
     let room = max_model_len.saturating_sub(prompt_len);
     if room == 0 {
@@ -119,9 +116,11 @@ pub fn choice_params(
         None => room,
     };
     let stop = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    limits.check_stop(&stop)?;
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
     }
+    let logit_bias = logit_bias(f, text.model.tokenizer.vocab_size(), limits)?;
     let sampling = SamplingParams {
         temperature,
         top_k,
@@ -132,6 +131,7 @@ pub fn choice_params(
         frequency_penalty,
         penalty_last_n: PENALTY_LAST_N,
         seed: f.seed.map(|s| s as u64),
+        logit_bias,
     };
     sampling
         .validate()
@@ -148,4 +148,39 @@ pub fn choice_params(
         },
         n,
     })
+}
+
+/// OpenAI's `logit_bias`: token ids (as strings) to a bias from -100 to 100.
+fn logit_bias(
+    f: &SamplingFields,
+    vocab_size: usize,
+    limits: &Limits,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = &f.logit_bias else {
+        return Ok(Vec::new());
+    };
+    limits.check_logit_bias(map.len())?;
+    map.iter()
+        .map(|(token, &bias)| {
+            let id = token
+                .parse::<u32>()
+                .ok()
+                .filter(|&id| (id as usize) < vocab_size)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "logit_bias",
+                        format!(
+                            "logit_bias keys must be token ids below {vocab_size}, got `{token}`"
+                        ),
+                    )
+                })?;
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("logit_bias values must be from -100 to 100, got {bias}"),
+                ));
+            }
+            Ok((id, bias))
+        })
+        .collect()
 }

@@ -83,14 +83,30 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
-/// Renders the conversation with the model's template and tokenizes it.
-pub fn chat_prompt(
+/// Bytes of text in the messages' contents: the prompt holds at least these.
+pub fn content_bytes(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .map(|m| match m.get("content") {
+            Some(Value::String(s)) => s.len(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Renders the conversation with the model's template (the text to [`encode_prompt`]).
+pub fn render_chat(
     model: &TextModel,
     messages: &[Value],
     tools: Option<&[Value]>,
     extra: Option<&Map<String, Value>>,
     add_generation_prompt: bool,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<String, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -108,10 +124,9 @@ pub fn chat_prompt(
         documents: None,
         extra: extra.cloned().unwrap_or_default(),
     };
-    let text = template
+    template
         .render_with(&messages, &options)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {}", e.message())))?;
-    Ok(encode_prompt(model, &text))
+        .map_err(|e| ApiError::bad_request(format!("chat template: {}", e.message())))
 }
 
 /// Tokenizes rendered template text: special-token text is parsed, and a BOS that the

@@ -14,7 +14,9 @@ use weft_models::TextModel;
 
 use crate::audio::AudioService;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::prep::PrepPool;
 use crate::reasoning::ReasoningParser;
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,7 @@ pub struct ServerConfig {
     pub reasoning_parser: Option<ReasoningParser>,
     /// How long in-flight requests may run after SIGTERM before they are aborted.
     pub shutdown_grace: Duration,
+    pub limits: Limits,
 }
 
 /// The text model and the engine thread that runs it.
@@ -37,15 +40,41 @@ pub struct TextService {
     pub model: Arc<TextModel>,
     /// The vocabulary as byte strings for constrained decoding, built on first use.
     vocab: OnceLock<Arc<VocabIndex>>,
+    /// Bytes of text the longest token stands for.
+    max_token_bytes: usize,
 }
 
 impl TextService {
     pub fn new(engine: EngineHandle, model: Arc<TextModel>) -> TextService {
+        let tokenizer = &model.tokenizer;
+        let max_token_bytes = (0..tokenizer.vocab_size() as u32)
+            .map(|id| tokenizer.token_bytes(id, true).len())
+            .max()
+            .unwrap_or(1);
         TextService {
             engine,
             model,
             vocab: OnceLock::new(),
+            max_token_bytes,
         }
+    }
+
+    /// Refuses `bytes` of prompt text that cannot fit in the context whatever their
+    /// tokenization (no token stands for more than the longest token's bytes), before any
+    /// time is spent tokenizing them.
+    pub fn check_text_fits(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let max_model_len = self.max_model_len();
+        if bytes > max_model_len.saturating_mul(self.max_token_bytes.max(1)) {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "This model's maximum context length is {max_model_len} tokens. However, \
+                     your request has {bytes} bytes of text, which are more than {max_model_len} \
+                     tokens however they are tokenized. Please reduce the length of the input."
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn vocab_index(&self) -> Arc<VocabIndex> {
@@ -69,6 +98,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// Unix time the server started (`created` of the model card).
     pub created: u64,
+    /// Where requests are tokenized, rendered and compiled.
+    pub prep: PrepPool,
 }
 
 impl AppState {
@@ -77,6 +108,7 @@ impl AppState {
         AppState {
             text: Some(Arc::new(TextService::new(engine, model))),
             audio: None,
+            prep: prep_pool(&config.limits),
             config,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
@@ -89,6 +121,7 @@ impl AppState {
         AppState {
             text: None,
             audio: Some(Arc::new(audio)),
+            prep: prep_pool(&config.limits),
             config: ServerConfig {
                 served_model_names: Vec::new(),
                 ..config
@@ -156,6 +189,13 @@ impl AppState {
         self.text.as_ref().map_or(0, |t| t.engine.in_flight())
             + self.audio.as_ref().map_or(0, |a| a.in_flight())
     }
+}
+
+fn prep_pool(limits: &Limits) -> PrepPool {
+    PrepPool::new(
+        limits.max_concurrent_preparations,
+        limits.max_waiting_preparations,
+    )
 }
 
 pub fn unix_now() -> u64 {

@@ -5,14 +5,13 @@
 //! and a client that leaves while its request waits. Without the model or espeak-ng the tests
 //! say so and pass.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use weft_audio::{Transcriber, Whisper};
-use weft_server::{AppState, AudioConfig, AudioService, ServerConfig};
+use weft_server::{AppState, AudioConfig, AudioService, Limits, ServerConfig};
 
 mod common;
 use common::Listening;
@@ -20,21 +19,12 @@ use common::Listening;
 fn transcriber() -> Option<Arc<Transcriber>> {
     static T: OnceLock<Option<Arc<Transcriber>>> = OnceLock::new();
     T.get_or_init(|| {
-        let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-            eprintln!("WEFT_TEST_MODELS is unset: skipping (scripts/test.sh sets it)");
-            return None;
-        };
-        let path = PathBuf::from(dir).join("whisper-base");
-        if !path.join("model.bin").is_file() {
-            eprintln!("{} has no model.bin: skipping", path.display());
-            return None;
-        }
-        let espeak = Command::new("espeak-ng")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !espeak {
-            eprintln!("espeak-ng is missing: skipping (scripts/test.sh installs it)");
+        let path = weft_test_support::model_path("whisper-base/model.bin")?;
+        let path = path
+            .parent()
+            .expect("model.bin is in a folder")
+            .to_path_buf();
+        if !weft_test_support::commands(&["espeak-ng"]) {
             return None;
         }
         let model = Whisper::load(&path).expect("whisper-base loads");
@@ -149,6 +139,7 @@ fn audio_config() -> AudioConfig {
         max_upload_bytes: 4 << 20,
         max_audio_seconds: 60.0,
         max_concurrent: 1,
+        max_waiting: 8,
         // Greedy keeps the tests short; beam search is covered by weft-audio's tests.
         beam_size: 1,
     }
@@ -161,6 +152,8 @@ async fn start(transcriber: Arc<Transcriber>, audio: AudioConfig) -> Server {
         max_body_bytes: 64 * 1024,
         reasoning_parser: None,
         shutdown_grace: Duration::from_secs(120),
+
+        limits: Limits::default(),
     };
     let state = Arc::new(AppState::audio_only(
         AudioService::new(transcriber, audio),

@@ -1,7 +1,6 @@
 //! The server over real HTTP on 127.0.0.1 (ephemeral ports) with a real model: responses,
 //! streams, errors and their status codes, limits, disconnects and graceful shutdown.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,17 +8,13 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use weft_engine::engine::{EngineConfig, EngineHandle};
 use weft_models::TextModel;
-use weft_server::{AppState, ReasoningParser, ServerConfig};
+use weft_server::{AppState, Limits, ReasoningParser, ServerConfig};
 
 mod common;
 use common::Listening;
 
 fn model() -> Option<Arc<TextModel>> {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-        eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
-        return None;
-    };
-    let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = weft_test_support::model_path("SmolLM2-135M-Instruct.Q4_1.gguf")?;
     Some(Arc::new(TextModel::load(&path).unwrap()))
 }
 
@@ -76,6 +71,8 @@ async fn start(model: Arc<TextModel>, o: Options) -> Server {
         max_body_bytes: 64 * 1024,
         reasoning_parser: Some(ReasoningParser::Qwen3),
         shutdown_grace: o.grace,
+
+        limits: Limits::default(),
     };
     let state = Arc::new(AppState::new(engine, model, config));
     Server {
@@ -639,5 +636,50 @@ async fn models_tokenize_detokenize_health_metrics() {
     assert_eq!(metric(&m, "weft_time_to_first_token_seconds_count"), 1.0);
     assert_eq!(metric(&m, "weft_inter_token_latency_seconds_count"), 2.0);
     assert!(m.contains("weft_request_success_total{finished_reason=\"length\"} 1"));
+    s.shutdown().await;
+}
+
+/// A panic inside the model's forward pass, on the engine thread's own share of a pool job
+/// (0) or on a worker's (1), fails the request of that step with a 500 (a final error event
+/// when streaming); the server goes on answering, and /health counts the failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_forward_pass_fails_one_request_and_the_server_goes_on() {
+    let Some(model) = model() else { return };
+    let s = start(model, Options::default()).await;
+    let engine = &s.state.text.as_ref().unwrap().engine;
+    let question = || chat("Name a fruit.", json!({"max_tokens": 4}));
+    for share in [0, 1] {
+        engine.fail_next_pool_job(share);
+        let (status, body) = s.post("/v1/chat/completions", question()).await;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error"]["type"], "internal_server_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("fault injection"), "{message}");
+        let (status, body) = s.post("/v1/chat/completions", question()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    engine.fail_next_pool_job(1);
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat("Name a fruit.", json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (events, done) = sse(r).await;
+    assert!(!done, "a failed stream does not end with [DONE]");
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["code"], 500, "{last}");
+    let health: Value = reqwest::get(s.url("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["engine_failures"], 3);
+    assert_eq!(health["engine_restarts"], 0);
+    let (status, _) = s.post("/v1/chat/completions", question()).await;
+    assert_eq!(status, 200);
     s.shutdown().await;
 }

@@ -113,6 +113,10 @@ pub struct SamplingArgs {
     /// Recent tokens the penalties look at.
     #[arg(long = "repeat-last-n", default_value_t = 64)]
     penalty_last_n: usize,
+    /// Bias a token's logit: TOKEN_ID+BIAS or TOKEN_ID-BIAS (repeatable), as llama.cpp's
+    /// `--logit-bias`; -100 bans the token.
+    #[arg(long, short = 'l', value_parser = parse_logit_bias)]
+    logit_bias: Vec<(u32, f32)>,
     /// Same seed, same output.
     #[arg(long)]
     seed: Option<u64>,
@@ -145,8 +149,23 @@ impl SamplingArgs {
             frequency_penalty: self.frequency_penalty,
             penalty_last_n: self.penalty_last_n,
             seed: self.seed,
+            logit_bias: self.logit_bias.clone(),
         }
     }
+}
+
+/// `TOKEN_ID+BIAS` or `TOKEN_ID-BIAS`.
+fn parse_logit_bias(arg: &str) -> Result<(u32, f32), String> {
+    let split = arg
+        .find(['+', '-'])
+        .ok_or_else(|| format!("expected TOKEN_ID+BIAS or TOKEN_ID-BIAS, got `{arg}`"))?;
+    let token = arg[..split]
+        .parse()
+        .map_err(|_| format!("`{}` is not a token id", &arg[..split]))?;
+    let bias = arg[split..]
+        .parse()
+        .map_err(|_| format!("`{}` is not a number", &arg[split..]))?;
+    Ok((token, bias))
 }
 
 /// Context-size flag shared by `run` and `chat`.

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use weft_audio::{Transcriber, Whisper};
 use weft_engine::engine::{EngineConfig, EngineHandle};
-use weft_server::{AppState, AudioConfig, AudioService, ReasoningParser, ServerConfig};
+use weft_server::{AppState, AudioConfig, AudioService, Limits, ReasoningParser, ServerConfig};
 
 use crate::pull::DEFAULT_MODEL;
 use crate::{load_model, ThreadArgs};
@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Transcriptions run at once (each uses every thread); the rest wait their turn.
     #[arg(long, default_value_t = 1)]
     max_concurrent_transcriptions: usize,
+    /// Transcriptions that may wait their turn, each holding its upload (503 beyond).
+    #[arg(long, default_value_t = 8)]
+    max_waiting_transcriptions: usize,
     /// Beams of Whisper's beam search (1 = greedy, faster on a small CPU).
     #[arg(long, default_value_t = 5)]
     audio_beam_size: usize,
@@ -79,7 +82,53 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     threads: ThreadArgs,
+}
+
+/// Bounds on one request (400 beyond each), and on the requests being prepared (503).
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Most messages in one chat request.
+    #[arg(long, default_value_t = Limits::default().max_messages)]
+    max_messages: usize,
+    /// Most stop strings per request.
+    #[arg(long, default_value_t = Limits::default().max_stop_strings)]
+    max_stop_strings: usize,
+    /// Longest stop string, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_stop_bytes)]
+    max_stop_bytes: usize,
+    /// Most logit_bias entries per request.
+    #[arg(long, default_value_t = Limits::default().max_logit_bias)]
+    max_logit_bias: usize,
+    /// Most alternatives per token in log-probabilities (top_logprobs, logprobs).
+    #[arg(long, default_value_t = Limits::default().max_logprobs)]
+    max_logprobs: usize,
+    /// Most tools per chat request.
+    #[arg(long, default_value_t = Limits::default().max_tools)]
+    max_tools: usize,
+    /// Requests tokenized and rendered at once, off the network threads.
+    #[arg(long, default_value_t = Limits::default().max_concurrent_preparations)]
+    max_concurrent_preparations: usize,
+    /// Requests that may wait to be tokenized (503 beyond).
+    #[arg(long, default_value_t = Limits::default().max_waiting_preparations)]
+    max_waiting_preparations: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_messages: self.max_messages,
+            max_stop_strings: self.max_stop_strings,
+            max_stop_bytes: self.max_stop_bytes,
+            max_logit_bias: self.max_logit_bias,
+            max_logprobs: self.max_logprobs,
+            max_tools: self.max_tools,
+            max_concurrent_preparations: self.max_concurrent_preparations,
+            max_waiting_preparations: self.max_waiting_preparations,
+        }
+    }
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
@@ -97,6 +146,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         reasoning_parser,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        limits: args.limits.limits(),
     };
     let names = |spec: &str, id: fn(&str) -> String| {
         if args.served_model_name.is_empty() {
@@ -173,6 +223,7 @@ fn audio_service(args: &ServeArgs, path: &Path, names: Vec<String>) -> Result<Au
             max_upload_bytes: args.max_audio_bytes,
             max_audio_seconds: args.max_audio_seconds,
             max_concurrent: args.max_concurrent_transcriptions,
+            max_waiting: args.max_waiting_transcriptions,
             beam_size: args.audio_beam_size,
         },
     ))

@@ -1,6 +1,5 @@
 //! The `weft` binary as users run it, on the packaged models in `$WEFT_TEST_MODELS`.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn weft(args: &[&str]) -> Output {
@@ -12,13 +11,7 @@ fn weft(args: &[&str]) -> Output {
 }
 
 fn model(file: &str) -> Option<String> {
-    let Some(dir) = std::env::var_os("WEFT_TEST_MODELS") else {
-        eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
-        return None;
-    };
-    let path = PathBuf::from(dir).join(file);
-    assert!(path.is_file(), "{} is missing", path.display());
-    Some(path.to_string_lossy().into_owned())
+    weft_test_support::model_path(file).map(|p| p.to_string_lossy().into_owned())
 }
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

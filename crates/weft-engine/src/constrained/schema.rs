@@ -6,6 +6,10 @@
 //! alternatives start with different characters, `allOf` of one schema, local `$ref`s
 //! (`#/$defs/…`, `#/definitions/…`, not recursive). `pattern` and `format` are refused
 //! rather than ignored; numeric bounds are not enforced.
+//!
+//! Compiling is bounded whatever the schema: nesting (counting each `$ref` followed) stops
+//! at [`MAX_NESTING`], and the number of subschemas compiled, which `$ref`s used several
+//! times can multiply, at [`MAX_COMPILE_STEPS`]; both are errors, never a deep recursion.
 
 use serde_json::{Map, Value};
 
@@ -13,6 +17,13 @@ pub type NodeId = u16;
 
 /// Most object properties, enum values or union alternatives one node may have.
 pub const MAX_CHOICES: usize = 64;
+
+/// Deepest nesting of subschemas, each `$ref` followed counting as one level. Generated
+/// JSON cannot nest deeper than the recognizer's 12 levels anyway.
+pub const MAX_NESTING: usize = 64;
+
+/// Most subschemas compiled for one schema (`$ref`s are expanded where they are used).
+pub const MAX_COMPILE_STEPS: usize = 20_000;
 
 /// No union alternative starts with this byte.
 pub const NO_BRANCH: NodeId = NodeId::MAX;
@@ -109,6 +120,8 @@ impl JsonGrammar {
             root: schema,
             nodes: &mut g.nodes,
             refs: Vec::new(),
+            depth: 0,
+            steps: 0,
         };
         let root = c.compile(schema)?;
         let root = if root == ANY { FREE_OBJECT } else { root };
@@ -146,6 +159,10 @@ struct Compiler<'a> {
     nodes: &'a mut Vec<Node>,
     /// `$ref`s being expanded (to refuse recursion).
     refs: Vec<String>,
+    /// Subschemas being compiled, outermost first.
+    depth: usize,
+    /// Subschemas compiled so far.
+    steps: usize,
 }
 
 impl Compiler<'_> {
@@ -157,7 +174,26 @@ impl Compiler<'_> {
         Ok((self.nodes.len() - 1) as NodeId)
     }
 
+    /// Compiles one subschema, within the nesting and work bounds.
     fn compile(&mut self, schema: &Value) -> Result<NodeId, SchemaError> {
+        self.steps += 1;
+        if self.steps > MAX_COMPILE_STEPS {
+            return err(format!(
+                "the schema expands to more than {MAX_COMPILE_STEPS} subschemas"
+            ));
+        }
+        if self.depth == MAX_NESTING {
+            return err(format!(
+                "the schema nests deeper than {MAX_NESTING} levels (counting `$ref`s)"
+            ));
+        }
+        self.depth += 1;
+        let id = self.compile_inner(schema);
+        self.depth -= 1;
+        id
+    }
+
+    fn compile_inner(&mut self, schema: &Value) -> Result<NodeId, SchemaError> {
         let s = match schema {
             Value::Bool(true) => return Ok(ANY),
             Value::Object(s) => s,
@@ -323,5 +359,61 @@ impl Compiler<'_> {
             });
         }
         self.push(Node::Object { props: out })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn error_of(schema: &Value) -> String {
+        JsonGrammar::from_schema(schema).unwrap_err().0
+    }
+
+    /// A `$ref` chain far deeper than any stack would survive if followed recursively.
+    #[test]
+    fn a_deep_ref_chain_is_refused_not_followed() {
+        let n = 20_000;
+        let mut defs = serde_json::Map::new();
+        for i in 0..n {
+            let next = if i + 1 < n {
+                json!({"$ref": format!("#/$defs/d{}", i + 1)})
+            } else {
+                json!({"type": "string"})
+            };
+            defs.insert(format!("d{i}"), next);
+        }
+        let schema = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        assert!(error_of(&schema).contains("nests deeper"));
+    }
+
+    /// `$ref`s used twice at every level: 2^20 expansions if nothing bounded them.
+    #[test]
+    fn refs_that_multiply_are_refused_within_the_work_bound() {
+        let levels = 20;
+        let mut defs = serde_json::Map::new();
+        for i in 0..levels {
+            let next = if i + 1 < levels {
+                json!({"$ref": format!("#/$defs/d{}", i + 1)})
+            } else {
+                json!({"type": "integer"})
+            };
+            defs.insert(
+                format!("d{i}"),
+                json!({"type": "object", "properties": {"a": next.clone(), "b": next}}),
+            );
+        }
+        let schema = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        assert!(error_of(&schema).contains("more than"));
+    }
+
+    #[test]
+    fn a_recursive_ref_is_an_error() {
+        let schema = json!({
+            "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}},
+            "$ref": "#/$defs/node"
+        });
+        assert!(error_of(&schema).contains("recursive"));
     }
 }

@@ -87,6 +87,17 @@ impl DecoderConfig {
         };
         let n_embd = need("embedding_length")?;
         let n_layers = need("block_count")?;
+        // Every layer has tensors of its own: a count beyond the file's tensors is corrupt,
+        // and must be refused before anything is sized by it.
+        if n_layers == 0 || n_layers > file.tensors().len() {
+            return Err(ModelError::invalid(
+                file,
+                &format!(
+                    "block_count {n_layers} does not fit the file's {} tensors",
+                    file.tensors().len()
+                ),
+            ));
+        }
         let n_ff = need("feed_forward_length")?;
         let n_heads = need("attention.head_count")?;
         let n_kv_heads = file

@@ -11,7 +11,7 @@ use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
 
 use super::config::{Arch, DecoderConfig};
-use crate::batch::{Batch, LogitsWanted};
+use crate::batch::{Batch, BatchError, LogitsWanted};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv_cache::{KvCache, KvShape};
 use crate::ModelError;
@@ -182,17 +182,18 @@ impl Decoder {
     }
 
     /// Runs every token of `batch` through the network, writing their K/V into `kv`, and
-    /// returns the requested logits rows (`batch.logits_rows()` rows of `vocab_size`).
+    /// returns the requested logits rows (`batch.logits_rows()` rows of `vocab_size`). A
+    /// batch that does not fit the cache or the model is refused before anything is written.
     pub fn forward<'s>(
         &self,
         batch: &Batch<'_>,
         kv: &mut KvCache,
         pool: &ThreadPool,
         s: &'s mut ForwardScratch,
-    ) -> &'s [f32] {
+    ) -> Result<&'s [f32], BatchError> {
+        batch.check(kv.n_blocks(), kv.block_size(), self.vocab_size)?;
         let c = &self.config;
         let n = batch.tokens.len();
-        assert_eq!(batch.positions.len(), n, "one position per token");
         assert_eq!(kv.shape(), self.kv_shape(), "KV cache shape");
         let (d, q_width, kv_width) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         resize(&mut s.x, n * d);
@@ -209,10 +210,6 @@ impl Decoder {
         let embd_row = embd.ty.row_bytes(d).expect("validated at load");
         for (&tok, x) in batch.tokens.iter().zip(s.x.chunks_exact_mut(d)) {
             let tok = tok as usize;
-            assert!(
-                tok < self.vocab_size,
-                "token id {tok} outside the vocabulary"
-            );
             dequantize_row(embd.ty, &embd.data[tok * embd_row..(tok + 1) * embd_row], x);
             if c.embed_scale != 1.0 {
                 ops::scale_inplace(x, c.embed_scale);
@@ -324,7 +321,7 @@ impl Decoder {
         if n_out > 0 {
             self.project(pool, &self.output, &s.out_rows, &mut s.xq, &mut s.logits);
         }
-        &s.logits
+        Ok(&s.logits)
     }
 
     /// `out = x · mᵀ` for every row of `x`, quantizing `x` through `xq` (once per dot type).
