@@ -213,8 +213,8 @@ impl Resampling {
         let rate = self.rate;
         let fft = self.fft.as_mut().expect("resampling");
         let input = [chunk.to_vec()];
-        let adapter =
-            SequentialSliceOfVecs::new(&input, 1, chunk.len()).map_err(|e| resample_error(rate, e))?;
+        let adapter = SequentialSliceOfVecs::new(&input, 1, chunk.len())
+            .map_err(|e| resample_error(rate, e))?;
         let frames = self.scratch[0].len();
         let mut output = SequentialSliceOfVecs::new_mut(&mut self.scratch, 1, frames)
             .map_err(|e| resample_error(rate, e))?;

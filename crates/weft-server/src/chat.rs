@@ -24,9 +24,9 @@ use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
 use crate::prompt::{content_bytes, encode_prompt, render_chat};
 use crate::shaper::{Shaper, ToolMode};
-use crate::state::{new_id, unix_now, SharedState, TextService};
+use crate::state::{new_id, unix_now, PromptContext, SharedState, TextService};
 use crate::structured::{constraint, Tools};
-use crate::ApiJson;
+use crate::{parse_json, ApiJson};
 
 /// What every chunk or choice of one response shares.
 struct Meta {
@@ -46,16 +46,13 @@ pub async fn chat_completions(
     state.check_model(req.sampling.model.as_deref())?;
     state.check_accepting()?;
     let text = Arc::clone(state.text()?);
-    // What can be refused from the request's size alone is, before any work is queued.
     let limits = &state.config.limits;
-    limits.check_messages(&req.messages)?;
-    limits.check_tools(req.tools.as_deref())?;
-    text.check_text_fits(content_bytes(&req.messages), "messages")?;
+    precheck(&text.prompt, limits, &req)?;
     let prepared = state
         .prep
         .run({
             let (text, limits) = (Arc::clone(&text), limits.clone());
-            move || prepare(&text, &limits, req)
+            move || prepare(&text.prompt, &limits, req)
         })
         .await?;
     let Prepared {
@@ -94,9 +91,29 @@ struct Prepared {
     constraint: Option<ConstraintFactory>,
 }
 
+/// Runs a chat request's body through everything the server does to it before the engine
+/// (parsing, limits, grammars, template, tokens, parameters) and returns the prompt tokens:
+/// the entry point of the request fuzz target.
+pub fn prepare_chat_body(
+    ctx: &PromptContext,
+    limits: &Limits,
+    body: &[u8],
+) -> Result<Vec<u32>, ApiError> {
+    let req: ChatRequest = parse_json(body)?;
+    precheck(ctx, limits, &req)?;
+    prepare(ctx, limits, req).map(|p| p.prompt)
+}
+
+/// What can be refused from the request's size alone, before any work is queued.
+fn precheck(ctx: &PromptContext, limits: &Limits, req: &ChatRequest) -> Result<(), ApiError> {
+    limits.check_messages(&req.messages)?;
+    limits.check_tools(req.tools.as_deref())?;
+    ctx.check_text_fits(content_bytes(&req.messages), "messages")
+}
+
 /// The CPU-heavy part of a chat request, run off the async executor: tool and response
 /// grammars, the template, tokenization, and the parameters that depend on the prompt.
-fn prepare(text: &TextService, limits: &Limits, req: ChatRequest) -> Result<Prepared, ApiError> {
+fn prepare(ctx: &PromptContext, limits: &Limits, req: ChatRequest) -> Result<Prepared, ApiError> {
     if req.top_logprobs.is_some() && !req.logprobs {
         return Err(ApiError::invalid(
             "top_logprobs",
@@ -105,14 +122,14 @@ fn prepare(text: &TextService, limits: &Limits, req: ChatRequest) -> Result<Prep
     }
     let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
     let rendered = render_chat(
-        &text.model,
+        &ctx.model,
         &req.messages,
         tools.render.as_deref(),
         req.chat_template_kwargs.as_ref(),
         true,
     )?;
-    text.check_text_fits(rendered.len(), "messages")?;
-    let prompt = encode_prompt(&text.model, &rendered);
+    ctx.check_text_fits(rendered.len(), "messages")?;
+    let prompt = encode_prompt(&ctx.model, &rendered);
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let params = choice_params(
@@ -120,11 +137,11 @@ fn prepare(text: &TextService, limits: &Limits, req: ChatRequest) -> Result<Prep
         max_tokens,
         logprobs,
         prompt.len(),
-        text,
+        ctx,
         limits,
     )?;
     let mode = tools.mode.clone();
-    let constraint = constraint(text, Some(tools), req.sampling.response_format.as_ref())?;
+    let constraint = constraint(ctx, Some(tools), req.sampling.response_format.as_ref())?;
     Ok(Prepared {
         req,
         prompt,

@@ -22,7 +22,7 @@ use crate::limits::Limits;
 use crate::logprobs_format::completion_logprobs;
 use crate::openai::{CompletionRequest, PromptSpec};
 use crate::params::{choice_params, ChoiceParams};
-use crate::state::{new_id, unix_now, SharedState, TextService};
+use crate::state::{new_id, unix_now, PromptContext, SharedState, TextService};
 use crate::structured::constraint;
 use crate::ApiJson;
 
@@ -34,10 +34,10 @@ struct Prompt {
 
 /// Tokenizes the request's prompts (run off the async executor). Text that cannot fit in
 /// the context is refused before it is tokenized.
-fn prompts(text: &TextService, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
-    let tokenizer = &text.model.tokenizer;
+fn prompts(ctx: &PromptContext, spec: PromptSpec) -> Result<Vec<Prompt>, ApiError> {
+    let tokenizer = &ctx.model.tokenizer;
     let from_text = |prompt: String| -> Result<Prompt, ApiError> {
-        text.check_text_fits(prompt.len(), "prompt")?;
+        ctx.check_text_fits(prompt.len(), "prompt")?;
         Ok(Prompt {
             tokens: tokenizer.encode(&prompt, true, false),
             text: prompt,
@@ -85,11 +85,11 @@ struct Prepared {
 }
 
 fn prepare(
-    text: &TextService,
+    ctx: &PromptContext,
     limits: &Limits,
     req: &CompletionRequest,
 ) -> Result<Prepared, ApiError> {
-    let prompts = prompts(text, req.prompt.clone())?;
+    let prompts = prompts(ctx, req.prompt.clone())?;
     let params = prompts
         .iter()
         .map(|prompt| {
@@ -98,12 +98,12 @@ fn prepare(
                 req.sampling.max_tokens.or(Some(16)),
                 req.logprobs,
                 prompt.tokens.len(),
-                text,
+                ctx,
                 limits,
             )
         })
         .collect::<Result<_, _>>()?;
-    let constraint = constraint(text, None, req.sampling.response_format.as_ref())?;
+    let constraint = constraint(ctx, None, req.sampling.response_format.as_ref())?;
     Ok(Prepared {
         prompts,
         params,
@@ -153,7 +153,7 @@ pub async fn completions(
                 state.config.limits.clone(),
                 Arc::clone(&req),
             );
-            move || prepare(&text, &limits, &req)
+            move || prepare(&text.prompt, &limits, &req)
         })
         .await?;
     let jobs: Vec<(&[u32], &ChoiceParams)> = prompts

@@ -38,10 +38,11 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 pub use audio::{AudioConfig, AudioService};
+pub use chat::prepare_chat_body;
 pub use error::ApiError;
 pub use limits::Limits;
 pub use reasoning::ReasoningParser;
-pub use state::{AppState, ServerConfig, SharedState, TextService};
+pub use state::{AppState, PromptContext, ServerConfig, SharedState, TextService};
 
 /// A JSON body whose failures come back in OpenAI's error shape (400 malformed, 413 too
 /// large).
@@ -54,10 +55,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// A request body as `T`, or a 400 saying why not.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 /// Routes whose requests are counted by status in /metrics (anything else is `other`).

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::openai::{DetokenizeRequest, TokenizeRequest};
 use crate::prompt::{encode_prompt, render_chat};
-use crate::state::{SharedState, TextService};
+use crate::state::{PromptContext, SharedState};
 use crate::ApiJson;
 
 /// Every served name: the text model's, then the speech model's.
@@ -100,7 +100,7 @@ pub async fn tokenize(
         .prep
         .run({
             let text = Arc::clone(&text);
-            move || tokenize_request(&text, req)
+            move || tokenize_request(&text.prompt, req)
         })
         .await?;
     Ok(Json(json!({
@@ -110,8 +110,8 @@ pub async fn tokenize(
     })))
 }
 
-fn tokenize_request(text: &TextService, req: TokenizeRequest) -> Result<Vec<u32>, ApiError> {
-    let model = &text.model;
+fn tokenize_request(ctx: &PromptContext, req: TokenizeRequest) -> Result<Vec<u32>, ApiError> {
+    let model = &ctx.model;
     match (req.prompt, req.messages) {
         (Some(prompt), None) => Ok(model
             .tokenizer

@@ -7,7 +7,7 @@ use weft_engine::sampler::SamplingParams;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::openai::SamplingFields;
-use crate::state::TextService;
+use crate::state::PromptContext;
 
 /// Most choices per request (`n`), as vLLM's default limit.
 pub const MAX_N: usize = 128;
@@ -51,10 +51,10 @@ pub fn choice_params(
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
     prompt_len: usize,
-    text: &TextService,
+    ctx: &PromptContext,
     limits: &Limits,
 ) -> Result<ChoiceParams, ApiError> {
-    let max_model_len = text.max_model_len();
+    let max_model_len = ctx.max_model_len();
     let temperature = range("temperature", f.temperature, 0.0, 2.0, 1.0)?;
     let top_p = range("top_p", f.top_p, 0.0, 1.0, 1.0)?;
     if top_p == 0.0 {
@@ -120,7 +120,7 @@ pub fn choice_params(
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
     }
-    let logit_bias = logit_bias(f, text.model.tokenizer.vocab_size(), limits)?;
+    let logit_bias = logit_bias(f, ctx.model.tokenizer.vocab_size(), limits)?;
     let sampling = SamplingParams {
         temperature,
         top_k,

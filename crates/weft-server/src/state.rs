@@ -38,32 +38,61 @@ pub struct ServerConfig {
 pub struct TextService {
     pub engine: EngineHandle,
     pub model: Arc<TextModel>,
-    /// The vocabulary as byte strings for constrained decoding, built on first use.
-    vocab: OnceLock<Arc<VocabIndex>>,
-    /// Bytes of text the longest token stands for.
-    max_token_bytes: usize,
+    /// What preparing a request needs of the model.
+    pub prompt: PromptContext,
 }
 
 impl TextService {
     pub fn new(engine: EngineHandle, model: Arc<TextModel>) -> TextService {
+        let prompt = PromptContext::new(Arc::clone(&model), engine.config().max_model_len);
+        TextService {
+            engine,
+            model,
+            prompt,
+        }
+    }
+
+    pub fn max_model_len(&self) -> usize {
+        self.prompt.max_model_len()
+    }
+}
+
+/// What turning a request into prompt tokens and a grammar needs of the text model, without
+/// the engine that runs it (so that request preparation can be exercised, fuzzed, alone).
+pub struct PromptContext {
+    pub model: Arc<TextModel>,
+    max_model_len: usize,
+    /// Bytes of text the longest token stands for.
+    max_token_bytes: usize,
+    /// The vocabulary as byte strings for constrained decoding, built on first use.
+    vocab: OnceLock<Arc<VocabIndex>>,
+}
+
+impl PromptContext {
+    pub fn new(model: Arc<TextModel>, max_model_len: usize) -> PromptContext {
         let tokenizer = &model.tokenizer;
         let max_token_bytes = (0..tokenizer.vocab_size() as u32)
             .map(|id| tokenizer.token_bytes(id, true).len())
             .max()
             .unwrap_or(1);
-        TextService {
-            engine,
+        PromptContext {
             model,
-            vocab: OnceLock::new(),
+            max_model_len,
             max_token_bytes,
+            vocab: OnceLock::new(),
         }
+    }
+
+    /// Longest sequence, prompt plus output.
+    pub fn max_model_len(&self) -> usize {
+        self.max_model_len
     }
 
     /// Refuses `bytes` of prompt text that cannot fit in the context whatever their
     /// tokenization (no token stands for more than the longest token's bytes), before any
     /// time is spent tokenizing them.
     pub fn check_text_fits(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
-        let max_model_len = self.max_model_len();
+        let max_model_len = self.max_model_len;
         if bytes > max_model_len.saturating_mul(self.max_token_bytes.max(1)) {
             return Err(ApiError::invalid(
                 param,
@@ -82,10 +111,6 @@ impl TextService {
             self.vocab
                 .get_or_init(|| Arc::new(VocabIndex::new(&self.model.tokenizer))),
         )
-    }
-
-    pub fn max_model_len(&self) -> usize {
-        self.engine.config().max_model_len
     }
 }
 

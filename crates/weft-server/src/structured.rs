@@ -9,7 +9,7 @@ use weft_engine::constrained::{JsonConstraint, JsonGrammar};
 use crate::error::ApiError;
 use crate::generate::ConstraintFactory;
 use crate::shaper::ToolMode;
-use crate::state::TextService;
+use crate::state::PromptContext;
 
 /// The tools of a chat request, checked.
 pub struct Tools {
@@ -157,7 +157,7 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<JsonGrammar>, Ap
 
 /// A forced tool call wins over `response_format` (as in vLLM).
 pub fn constraint(
-    text: &TextService,
+    ctx: &PromptContext,
     tools: Option<Tools>,
     format: Option<&Value>,
 ) -> Result<Option<ConstraintFactory>, ApiError> {
@@ -167,7 +167,7 @@ pub fn constraint(
     };
     Ok(grammar.map(|g| {
         let grammar = Arc::new(g);
-        let vocab = text.vocab_index();
+        let vocab = ctx.vocab_index();
         Box::new(move || {
             Box::new(JsonConstraint::new(
                 Arc::clone(&grammar),
