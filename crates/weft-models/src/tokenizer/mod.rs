@@ -1,11 +1,14 @@
 //! Tokenizers built from GGUF metadata: byte-level BPE (`gpt2` model) and SentencePiece
 //! (`llama` model), with special-token splitting, as llama.cpp tokenizes.
 
+mod bpe;
+
 use std::collections::{BinaryHeap, HashMap};
 
 use fancy_regex::Regex;
 
 use crate::gguf::{GgufError, GgufFile};
+use bpe::{BpeMerges, BpeScratch};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TokenizerError {
@@ -31,11 +34,8 @@ const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_BYTE: i32 = 6;
 
 enum Model {
-    /// Byte-level BPE: merge ranks and the pre-tokenizer expressions applied in sequence.
-    Bpe {
-        ranks: HashMap<(String, String), usize>,
-        pre: Vec<Regex>,
-    },
+    /// Byte-level BPE: merges and the pre-tokenizer expressions applied in sequence.
+    Bpe { merges: BpeMerges, pre: Vec<Regex> },
     /// SentencePiece with scores and byte fallback.
     Spm {
         scores: Vec<f32>,
@@ -124,23 +124,29 @@ impl Tokenizer {
             id("tokenizer.ggml.eos_token_id")?,
         );
         let eot = id("tokenizer.ggml.eot_token_id")?;
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let model = match model_name {
             "gpt2" => {
                 let merges = file
                     .get_str_array("tokenizer.ggml.merges")?
                     .ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
-                let mut ranks = HashMap::with_capacity(merges.len());
-                for (rank, m) in merges.iter().enumerate() {
-                    if let Some((a, b)) = m.split_once(' ') {
-                        ranks.entry((a.to_string(), b.to_string())).or_insert(rank);
-                    }
-                }
                 let pre_name = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
                 let pre = pre_expressions(pre_name)?
                     .into_iter()
                     .map(|e| Regex::new(e).map_err(|err| TokenizerError::Regex(err.to_string())))
                     .collect::<Result<_, _>>()?;
-                Model::Bpe { ranks, pre }
+                Model::Bpe {
+                    merges: BpeMerges::new(
+                        merges.iter().filter_map(|m| m.split_once(' ')),
+                        &ids,
+                        tokens.len(),
+                    ),
+                    pre,
+                }
             }
             "llama" => {
                 let scores = file
@@ -172,11 +178,6 @@ impl Tokenizer {
             .get_bool("tokenizer.ggml.add_eos_token")?
             .unwrap_or(false);
         let mut types = types;
-        let ids: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
         // End-of-generation tokens: EOS, EOT, and every token whose text llama.cpp treats as a
         // turn or text end, which it also makes a control token (so that its text is matched
         // as special only with parse_special).
@@ -258,21 +259,17 @@ impl Tokenizer {
             tokens[id as usize] = text;
             types[id as usize] = ty;
         }
-        let mut ranks = HashMap::new();
-        for (rank, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
-            let pair = match m {
-                serde_json::Value::String(s) => s
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string())),
-                serde_json::Value::Array(a) if a.len() == 2 => a[0]
-                    .as_str()
-                    .zip(a[1].as_str())
-                    .map(|(x, y)| (x.to_string(), y.to_string())),
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                serde_json::Value::String(s) => s.split_once(' '),
+                serde_json::Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
                 _ => None,
-            };
-            let pair = pair.ok_or_else(|| bad("malformed merge"))?;
-            ranks.entry(pair).or_insert(rank);
-        }
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("malformed merge"))?;
         let pre = vec![Regex::new(GPT2).map_err(|e| TokenizerError::Regex(e.to_string()))?];
         let ids: HashMap<String, u32> = tokens
             .iter()
@@ -285,11 +282,12 @@ impl Tokenizer {
             .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED))
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let merges = BpeMerges::new(merges, &ids, n);
         Ok(Tokenizer {
             tokens,
             types,
             ids,
-            model: Model::Bpe { ranks, pre },
+            model: Model::Bpe { merges, pre },
             specials,
             bos: None,
             eos,
@@ -334,7 +332,7 @@ impl Tokenizer {
                 Part::Special(id) => out.push(id),
                 Part::Text(t) => {
                     match &self.model {
-                        Model::Bpe { ranks, pre } => self.encode_bpe(t, ranks, pre, &mut out),
+                        Model::Bpe { merges, pre } => self.encode_bpe(t, merges, pre, &mut out),
                         Model::Spm {
                             scores,
                             add_space_prefix,
@@ -388,13 +386,7 @@ impl Tokenizer {
         parts
     }
 
-    fn encode_bpe(
-        &self,
-        text: &str,
-        ranks: &HashMap<(String, String), usize>,
-        pre: &[Regex],
-        out: &mut Vec<u32>,
-    ) {
+    fn encode_bpe(&self, text: &str, merges: &BpeMerges, pre: &[Regex], out: &mut Vec<u32>) {
         let mut pieces = vec![text.to_string()];
         for re in pre {
             let mut next = Vec::new();
@@ -413,33 +405,15 @@ impl Tokenizer {
             }
             pieces = next;
         }
+        let mut mapped = String::new();
+        let mut scratch = BpeScratch::default();
         for piece in pieces.iter().filter(|p| !p.is_empty()) {
-            let mapped: String = piece.bytes().map(byte_to_char).collect();
-            if let Some(&id) = self.ids.get(&mapped) {
-                out.push(id);
-                continue;
-            }
-            let mut syms: Vec<String> = mapped.chars().map(String::from).collect();
-            loop {
-                let best = syms
-                    .windows(2)
-                    .enumerate()
-                    .filter_map(|(i, w)| ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, i)))
-                    .min();
-                let Some((_, i)) = best else { break };
-                let merged = format!("{}{}", syms[i], syms[i + 1]);
-                syms[i] = merged;
-                syms.remove(i + 1);
-            }
-            for s in syms {
-                match self.ids.get(&s) {
-                    Some(&id) => out.push(id),
-                    // Unmergeable symbol without a token: fall back to its single characters.
-                    None => out.extend(
-                        s.chars()
-                            .filter_map(|c| self.ids.get(&c.to_string()).copied()),
-                    ),
-                }
+            mapped.clear();
+            mapped.extend(piece.bytes().map(byte_to_char));
+            // A piece that is a token as a whole is that token, without merges.
+            match self.ids.get(&mapped) {
+                Some(&id) => out.push(id),
+                None => merges.encode_piece(piece.as_bytes(), &mut scratch, out),
             }
         }
     }
