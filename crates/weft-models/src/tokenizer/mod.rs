@@ -2,13 +2,13 @@
 //! (`llama` model), with special-token splitting, as llama.cpp tokenizes.
 
 mod bpe;
+mod pretokenize;
 
 use std::collections::{BinaryHeap, HashMap};
 
-use fancy_regex::Regex;
-
 use crate::gguf::{GgufError, GgufFile};
 use bpe::{BpeMerges, BpeScratch};
+use pretokenize::Split;
 
 #[derive(thiserror::Error, Debug)]
 pub enum TokenizerError {
@@ -22,8 +22,6 @@ pub enum TokenizerError {
     UnsupportedPre(String),
     #[error("tokenizer arrays disagree: {0}")]
     Inconsistent(String),
-    #[error("bad pre-tokenizer expression: {0}")]
-    Regex(String),
 }
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -34,8 +32,11 @@ const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_BYTE: i32 = 6;
 
 enum Model {
-    /// Byte-level BPE: merges and the pre-tokenizer expressions applied in sequence.
-    Bpe { merges: BpeMerges, pre: Vec<Regex> },
+    /// Byte-level BPE: merges and the pre-tokenizer's splits, applied in sequence.
+    Bpe {
+        merges: BpeMerges,
+        splits: Vec<Split>,
+    },
     /// SentencePiece with scores and byte fallback.
     Spm {
         scores: Vec<f32>,
@@ -81,17 +82,13 @@ const EOG_TEXTS: &[&str] = &[
     "<|tool_response>",
 ];
 
-// Pre-tokenizer expressions (as in llama.cpp's llama-vocab.cpp for each `tokenizer.ggml.pre`).
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn pre_expressions(pre: &str) -> Result<Vec<&'static str>, TokenizerError> {
+/// The splits of each `tokenizer.ggml.pre` (llama.cpp's expressions, in llama-vocab.cpp).
+fn pre_tokenizer(pre: &str) -> Result<Vec<Split>, TokenizerError> {
     Ok(match pre {
-        "default" | "gpt2" | "gpt-2" => vec![GPT2],
-        "llama-bpe" | "llama3" | "llama-v3" => vec![LLAMA3],
-        "smollm" => vec![r"\p{N}", GPT2],
-        "qwen2" => vec![QWEN2],
+        "default" | "gpt2" | "gpt-2" => vec![Split::Gpt2],
+        "llama-bpe" | "llama3" | "llama-v3" => vec![Split::Llama3 { max_digits: 3 }],
+        "smollm" => vec![Split::Digits, Split::Gpt2],
+        "qwen2" => vec![Split::Llama3 { max_digits: 1 }],
         other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
     })
 }
@@ -135,17 +132,13 @@ impl Tokenizer {
                     .get_str_array("tokenizer.ggml.merges")?
                     .ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
                 let pre_name = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
-                let pre = pre_expressions(pre_name)?
-                    .into_iter()
-                    .map(|e| Regex::new(e).map_err(|err| TokenizerError::Regex(err.to_string())))
-                    .collect::<Result<_, _>>()?;
                 Model::Bpe {
                     merges: BpeMerges::new(
                         merges.iter().filter_map(|m| m.split_once(' ')),
                         &ids,
                         tokens.len(),
                     ),
-                    pre,
+                    splits: pre_tokenizer(pre_name)?,
                 }
             }
             "llama" => {
@@ -270,7 +263,6 @@ impl Tokenizer {
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad("malformed merge"))?;
-        let pre = vec![Regex::new(GPT2).map_err(|e| TokenizerError::Regex(e.to_string()))?];
         let ids: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
@@ -287,7 +279,10 @@ impl Tokenizer {
             tokens,
             types,
             ids,
-            model: Model::Bpe { merges, pre },
+            model: Model::Bpe {
+                merges,
+                splits: vec![Split::Gpt2],
+            },
             specials,
             bos: None,
             eos,
@@ -332,7 +327,9 @@ impl Tokenizer {
                 Part::Special(id) => out.push(id),
                 Part::Text(t) => {
                     match &self.model {
-                        Model::Bpe { merges, pre } => self.encode_bpe(t, merges, pre, &mut out),
+                        Model::Bpe { merges, splits } => {
+                            self.encode_bpe(t, merges, splits, &mut out)
+                        }
                         Model::Spm {
                             scores,
                             add_space_prefix,
@@ -386,28 +383,10 @@ impl Tokenizer {
         parts
     }
 
-    fn encode_bpe(&self, text: &str, merges: &BpeMerges, pre: &[Regex], out: &mut Vec<u32>) {
-        let mut pieces = vec![text.to_string()];
-        for re in pre {
-            let mut next = Vec::new();
-            for p in &pieces {
-                let mut last = 0;
-                for m in re.find_iter(p).flatten() {
-                    if m.start() > last {
-                        next.push(p[last..m.start()].to_string());
-                    }
-                    next.push(m.as_str().to_string());
-                    last = m.end();
-                }
-                if last < p.len() {
-                    next.push(p[last..].to_string());
-                }
-            }
-            pieces = next;
-        }
+    fn encode_bpe(&self, text: &str, merges: &BpeMerges, splits: &[Split], out: &mut Vec<u32>) {
         let mut mapped = String::new();
         let mut scratch = BpeScratch::default();
-        for piece in pieces.iter().filter(|p| !p.is_empty()) {
+        for piece in pretokenize::pieces(splits, text) {
             mapped.clear();
             mapped.extend(piece.bytes().map(byte_to_char));
             // A piece that is a token as a whole is that token, without merges.
