@@ -3,12 +3,14 @@
 
 mod bpe;
 mod pretokenize;
+mod specials;
 
 use std::collections::{BinaryHeap, HashMap};
 
 use crate::gguf::{GgufError, GgufFile};
 use bpe::{BpeMerges, BpeScratch};
 use pretokenize::Split;
+use specials::{Part, SpecialMatcher};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TokenizerError {
@@ -49,8 +51,10 @@ pub struct Tokenizer {
     types: Vec<i32>,
     ids: HashMap<String, u32>,
     model: Model,
-    /// Tokens matched in raw text before the model runs, longest first.
-    specials: Vec<u32>,
+    /// Tokens matched in raw text before the model runs: all of them with `parse_special`,
+    /// otherwise the user-defined ones only.
+    specials: SpecialMatcher,
+    user_specials: SpecialMatcher,
     bos: Option<u32>,
     eos: Option<u32>,
     eog: Vec<u32>,
@@ -91,6 +95,20 @@ fn pre_tokenizer(pre: &str) -> Result<Vec<Split>, TokenizerError> {
         "qwen2" => vec![Split::Llama3 { max_digits: 1 }],
         other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
     })
+}
+
+/// Matchers for the specials (`order`: ids, longest text first): all of them, and the
+/// user-defined ones alone.
+fn special_matchers(tokens: &[String], types: &[i32], order: &[u32]) -> [SpecialMatcher; 2] {
+    let matcher = |user_only: bool| {
+        SpecialMatcher::new(
+            order
+                .iter()
+                .filter(|&&i| !user_only || types[i as usize] == TYPE_USER_DEFINED)
+                .map(|&i| (i, tokens[i as usize].as_str())),
+        )
+    };
+    [matcher(false), matcher(true)]
 }
 
 impl Tokenizer {
@@ -183,7 +201,7 @@ impl Tokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
-        let mut specials: Vec<u32> = (0..tokens.len() as u32)
+        let mut order: Vec<u32> = (0..tokens.len() as u32)
             .filter(|&i| {
                 matches!(
                     types[i as usize],
@@ -191,13 +209,15 @@ impl Tokenizer {
                 ) && !tokens[i as usize].is_empty()
             })
             .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let [specials, user_specials] = special_matchers(&tokens, &types, &order);
         Ok(Tokenizer {
             tokens,
             types,
             ids,
             model,
             specials,
+            user_specials,
             bos,
             eos,
             eog,
@@ -270,10 +290,11 @@ impl Tokenizer {
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         let eos = ids.get("<|endoftext|>").copied();
-        let mut specials: Vec<u32> = (0..n as u32)
+        let mut order: Vec<u32> = (0..n as u32)
             .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED))
             .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let [specials, user_specials] = special_matchers(&tokens, &types, &order);
         let merges = BpeMerges::new(merges, &ids, n);
         Ok(Tokenizer {
             tokens,
@@ -284,6 +305,7 @@ impl Tokenizer {
                 splits: vec![Split::Gpt2],
             },
             specials,
+            user_specials,
             bos: None,
             eos,
             eog: eos.into_iter().collect(),
@@ -322,7 +344,12 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         let mut first_text = true;
-        for part in self.partition(text, parse_special) {
+        let specials = if parse_special {
+            &self.specials
+        } else {
+            &self.user_specials
+        };
+        for part in specials.partition(text) {
             match part {
                 Part::Special(id) => out.push(id),
                 Part::Text(t) => {
@@ -350,37 +377,6 @@ impl Tokenizer {
             out.extend(self.eos);
         }
         out
-    }
-
-    /// Splits text at special-token occurrences (control tokens only when `parse_special`).
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Part<'t>> {
-        let mut parts = vec![Part::Text(text)];
-        for &id in &self.specials {
-            let ty = self.types[id as usize];
-            if !parse_special && ty != TYPE_USER_DEFINED {
-                continue;
-            }
-            let needle = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(parts.len());
-            for part in parts {
-                let Part::Text(mut t) = part else {
-                    next.push(part);
-                    continue;
-                };
-                while let Some(pos) = t.find(needle) {
-                    if pos > 0 {
-                        next.push(Part::Text(&t[..pos]));
-                    }
-                    next.push(Part::Special(id));
-                    t = &t[pos + needle.len()..];
-                }
-                if !t.is_empty() {
-                    next.push(Part::Text(t));
-                }
-            }
-            parts = next;
-        }
-        parts
     }
 
     fn encode_bpe(&self, text: &str, merges: &BpeMerges, splits: &[Split], out: &mut Vec<u32>) {
@@ -512,11 +508,6 @@ impl Tokenizer {
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
-}
-
-enum Part<'t> {
-    Text(&'t str),
-    Special(u32),
 }
 
 /// A candidate merge of two adjacent symbols, highest score first, then leftmost.
