@@ -43,6 +43,8 @@ enum Model {
     Spm {
         scores: Vec<f32>,
         add_space_prefix: bool,
+        /// The `<0xXX>` token of each byte, for text no token covers.
+        byte_tokens: Box<[Option<u32>; 256]>,
     },
 }
 
@@ -177,6 +179,9 @@ impl Tokenizer {
                 Model::Spm {
                     scores,
                     add_space_prefix,
+                    byte_tokens: Box::new(std::array::from_fn(|b| {
+                        ids.get(&format!("<0x{b:02X}>")).copied()
+                    })),
                 }
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
@@ -360,13 +365,15 @@ impl Tokenizer {
                         Model::Spm {
                             scores,
                             add_space_prefix,
+                            byte_tokens,
                         } => {
                             let mut s = String::with_capacity(t.len() + 3);
                             if *add_space_prefix && first_text {
                                 s.push(' ');
                             }
                             s.push_str(t);
-                            self.encode_spm(&s.replace(' ', "\u{2581}"), scores, &mut out);
+                            let s = s.replace(' ', "\u{2581}");
+                            self.encode_spm(&s, scores, byte_tokens, &mut out);
                         }
                     }
                     first_text = false;
@@ -393,7 +400,13 @@ impl Tokenizer {
         }
     }
 
-    fn encode_spm(&self, text: &str, scores: &[f32], out: &mut Vec<u32>) {
+    fn encode_spm(
+        &self,
+        text: &str,
+        scores: &[f32],
+        byte_tokens: &[Option<u32>; 256],
+        out: &mut Vec<u32>,
+    ) {
         // Symbols as a linked list over the text's characters.
         let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
         let n = starts.len();
@@ -418,9 +431,8 @@ impl Tokenizer {
             if let Some(&id) = self.ids.get(s) {
                 heap.push(Bigram {
                     score: scores[id as usize],
+                    len: s.len() as u32,
                     left: l,
-                    right: r,
-                    len: s.len(),
                 });
             }
         };
@@ -428,15 +440,14 @@ impl Tokenizer {
             push(&mut heap, &sym, i - 1, i);
         }
         while let Some(b) = heap.pop() {
-            let (l, r) = (b.left, b.right);
-            // Skip stale bigrams whose symbols have changed since they were queued.
-            if sym[l].1 - sym[l].0 == 0
-                || sym[r].1 - sym[r].0 == 0
-                || sym[r].1 - sym[l].0 != b.len
-                || next[l] != r as isize
-            {
+            // Skip stale bigrams: the left symbol has merged into its neighbour, or the pair
+            // it starts now spans other text (symbols only grow, so the same span means the
+            // same pair).
+            let (l, r) = (b.left, next[b.left]);
+            if sym[l].1 == sym[l].0 || r < 0 || sym[r as usize].1 - sym[l].0 != b.len as usize {
                 continue;
             }
+            let r = r as usize;
             sym[l].1 = sym[r].1;
             sym[r] = (sym[r].0, sym[r].0);
             next[l] = next[r];
@@ -456,13 +467,7 @@ impl Tokenizer {
             let piece = &text[a..b];
             match self.ids.get(piece) {
                 Some(&id) => out.push(id),
-                None => {
-                    for byte in piece.bytes() {
-                        if let Some(&id) = self.ids.get(&format!("<0x{byte:02X}>")) {
-                            out.push(id);
-                        }
-                    }
-                }
+                None => out.extend(piece.bytes().filter_map(|b| byte_tokens[b as usize])),
             }
             i = next[i as usize];
         }
@@ -510,12 +515,13 @@ impl Tokenizer {
     }
 }
 
-/// A candidate merge of two adjacent symbols, highest score first, then leftmost.
+/// A candidate merge of the symbol at `left` with the next one, highest score first, then
+/// leftmost. Kept small: the heap of a long text is larger than the caches.
 struct Bigram {
     score: f32,
+    /// Bytes the pair spans (at most two tokens' texts).
+    len: u32,
     left: usize,
-    right: usize,
-    len: usize,
 }
 impl PartialEq for Bigram {
     fn eq(&self, o: &Self) -> bool {
