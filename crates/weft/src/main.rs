@@ -255,9 +255,10 @@ fn perplexity(
         tokens.len() / ctx
     );
     let mut session = Session::new(&model, SessionConfig::new(threads.get(), ctx));
+    let chunks = weft_engine::perplexity::Chunks::of_text(&session, &tokens, ctx, chunks)?;
     let t0 = Instant::now();
     let mut out = std::io::stdout();
-    let est = weft_engine::perplexity::perplexity(&mut session, &tokens, ctx, chunks, |e| {
+    let est = weft_engine::perplexity::perplexity(&mut session, &chunks, |e| {
         let _ = write!(out, "[{}]{:.4},", e.chunk, e.ppl);
         let _ = out.flush();
     })?;
