@@ -1,5 +1,6 @@
 //! The base file of `llama-perplexity --kl-divergence-base`, read and written byte for byte as
-//! llama.cpp does (little-endian, as on every machine it runs on):
+//! llama.cpp lays it out. llama.cpp writes its machine's byte order; weft always uses
+//! little-endian, the order of the x86 and ARM machines both run on.
 //!
 //! ```text
 //! "_logits_"   8 bytes
