@@ -32,16 +32,6 @@ const MAX_MEAN_ABS_DIFF_NATS: f64 = 0.06;
 /// of greedy_parity.rs's NEAR_TIE_NATS: the margin is the difference of two noisy values).
 const NEAR_TIE_NATS: f64 = 0.6;
 
-fn models_dir() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_TEST_MODELS") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            eprintln!("WEFT_TEST_MODELS is not set: skipping (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -62,7 +52,9 @@ fn argmax(logits: &[f32]) -> usize {
 }
 
 fn check(model_name: &str) {
-    let Some(dir) = models_dir() else { return };
+    let Some(dir) = weft_test_support::models_dir() else {
+        return;
+    };
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/golden/greedy")
         .join(format!("{model_name}.json"));
