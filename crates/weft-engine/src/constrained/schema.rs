@@ -397,9 +397,11 @@ mod tests {
     /// `$ref`s used twice at every level: 2^20 expansions if nothing bounded them.
     #[test]
     fn refs_that_multiply_are_refused_within_the_work_bound() {
-        let schema = ref_chain(20, json!({"type": "integer"}), |next| {
-            json!({"type": "object", "properties": {"a": next.clone(), "b": next}})
-        });
+        let schema = ref_chain(
+            20,
+            json!({"type": "integer"}),
+            |next| json!({"type": "object", "properties": {"a": next.clone(), "b": next}}),
+        );
         assert!(error_of(&schema).contains("more than"));
     }
 
