@@ -16,3 +16,6 @@ export WEFT_TEST_MODELS="$WEFT_HOME/models"
 cargo test --release --workspace "$@"
 # weft serve against the official `openai` Python package (installs it under target/).
 tests/openai_client/run.sh
+# Every kind of hostile request at once against a real server, with a polite client.
+python3 bench/hostile/campaign.py target/release/weft \
+  "$WEFT_TEST_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf" "$WEFT_TEST_MODELS/whisper-base"

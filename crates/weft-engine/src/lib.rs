@@ -7,6 +7,7 @@ pub mod constrained;
 pub mod detokenizer;
 pub mod engine;
 pub mod generation;
+pub mod kl_divergence;
 pub mod logprobs;
 pub mod perplexity;
 pub mod sampler;

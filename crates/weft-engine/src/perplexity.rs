@@ -2,6 +2,7 @@
 //! figure for figure: the text is cut into non-overlapping chunks of `ctx` tokens, the first
 //! token of each chunk is replaced by BOS when the model adds one, and only the second half of
 //! each chunk is scored (every scored token then sees at least ctx/2 tokens of context).
+//! `Chunks` is that cutting and scoring; the KL-divergence comparison walks the same chunks.
 
 use crate::session::Session;
 use crate::EngineError;
@@ -15,71 +16,149 @@ pub struct PerplexityEstimate {
     pub ppl_err: f64,
 }
 
-/// Scores `tokens` (already tokenized with BOS as the model wants) in chunks of `ctx` (at
-/// most `max_chunks` of them), calling `on_chunk` with the running estimate; returns the final
-/// one.
-pub fn perplexity(
-    session: &mut Session<'_>,
-    tokens: &[u32],
+/// The chunks llama.cpp scores in a token sequence.
+pub struct Chunks<'t> {
+    tokens: &'t [u32],
     ctx: usize,
-    max_chunks: Option<usize>,
-    mut on_chunk: impl FnMut(&PerplexityEstimate),
-) -> Result<PerplexityEstimate, EngineError> {
-    if ctx < 4 || tokens.len() < 2 * ctx {
-        return Err(EngineError::TextTooShort {
-            needed: 2 * ctx.max(4),
-            ctx,
-            have: tokens.len(),
-        });
-    }
-    let tokenizer = &session.model().tokenizer;
-    let bos = if tokenizer.add_bos() {
-        tokenizer.bos()
-    } else {
-        None
-    };
-    let n_chunks = (tokens.len() / ctx)
-        .min(max_chunks.unwrap_or(usize::MAX))
-        .max(1);
-    let first = ctx / 2;
-    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
-    let mut chunk_tokens = Vec::with_capacity(ctx);
-    let mut estimate = PerplexityEstimate {
-        chunk: 0,
-        n_chunks,
-        ppl: f64::NAN,
-        ppl_err: f64::NAN,
-    };
-    for chunk in 0..n_chunks {
-        chunk_tokens.clear();
-        chunk_tokens.extend_from_slice(&tokens[chunk * ctx..(chunk + 1) * ctx]);
-        if let Some(bos) = bos {
-            chunk_tokens[0] = bos;
+    len: usize,
+    /// Replaces each chunk's first token when the model adds BOS.
+    bos: Option<u32>,
+}
+
+impl<'t> Chunks<'t> {
+    /// The chunks of a tokenized text (with BOS as the model wants): all whole chunks of
+    /// `ctx`, at most `max_chunks`. llama.cpp asks for at least two chunks' worth of tokens.
+    pub fn of_text(
+        session: &Session<'_>,
+        tokens: &'t [u32],
+        ctx: usize,
+        max_chunks: Option<usize>,
+    ) -> Result<Chunks<'t>, EngineError> {
+        if ctx < 4 || tokens.len() < 2 * ctx {
+            return Err(EngineError::TextTooShort {
+                needed: 2 * ctx.max(4),
+                ctx,
+                have: tokens.len(),
+            });
         }
-        // Targets are the original tokens: position i predicts token i + 1.
-        let targets = &tokens[chunk * ctx..(chunk + 1) * ctx];
-        session.score(&chunk_tokens, |i, logits| {
-            if i >= first && i + 1 < ctx {
-                let lp = log_softmax_at(logits, targets[i + 1] as usize);
-                nll -= lp;
-                nll2 += lp * lp;
-                count += 1;
+        let len = (tokens.len() / ctx)
+            .min(max_chunks.unwrap_or(usize::MAX))
+            .max(1);
+        Ok(Chunks::new(session, tokens, ctx, len))
+    }
+
+    /// The first `len` chunks of `tokens`, which holds at least `len * ctx` of them
+    /// (`ctx >= 4`).
+    pub(crate) fn new(
+        session: &Session<'_>,
+        tokens: &'t [u32],
+        ctx: usize,
+        len: usize,
+    ) -> Chunks<'t> {
+        assert!(ctx >= 4 && tokens.len() >= len * ctx);
+        let tokenizer = &session.model().tokenizer;
+        let bos = if tokenizer.add_bos() {
+            tokenizer.bos()
+        } else {
+            None
+        };
+        Chunks {
+            tokens,
+            ctx,
+            len,
+            bos,
+        }
+    }
+
+    pub fn n_chunks(&self) -> usize {
+        self.len
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// The tokens the chunks cover, as they are in the text (no BOS substituted).
+    pub fn tokens(&self) -> &'t [u32] {
+        &self.tokens[..self.len * self.ctx]
+    }
+
+    pub fn scored_per_chunk(&self) -> usize {
+        scored_per_chunk(self.ctx)
+    }
+
+    /// Evaluates chunk `chunk` from an empty cache and passes each scored position's logits
+    /// and the text's next token to `on_scored`, in order.
+    pub fn score(
+        &self,
+        session: &mut Session<'_>,
+        chunk: usize,
+        mut on_scored: impl FnMut(&[f32], u32),
+    ) -> Result<(), EngineError> {
+        let window = &self.tokens[chunk * self.ctx..(chunk + 1) * self.ctx];
+        let mut input = window.to_vec();
+        if let Some(bos) = self.bos {
+            input[0] = bos;
+        }
+        let first = self.ctx / 2;
+        session.score(&input, |i, logits| {
+            if i >= first && i + 1 < self.ctx {
+                on_scored(logits, window[i + 1]);
             }
-        })?;
-        let mean = nll / count as f64;
-        let var = nll2 / count as f64 - mean * mean;
-        let err = if var > 0.0 && count > 1 {
-            (var / (count - 1) as f64).sqrt()
+        })
+    }
+}
+
+/// Scored positions in a chunk of `ctx` tokens: ctx/2 .. ctx-1 (the last has no next token).
+pub(crate) fn scored_per_chunk(ctx: usize) -> usize {
+    ctx - 1 - ctx / 2
+}
+
+/// Running sums of the scored tokens' negative log-likelihoods.
+#[derive(Default)]
+pub(crate) struct NllSum {
+    nll: f64,
+    nll2: f64,
+    count: usize,
+}
+
+impl NllSum {
+    pub(crate) fn add(&mut self, logits: &[f32], target: u32) {
+        let lp = log_softmax_at(logits, target as usize);
+        self.nll -= lp;
+        self.nll2 += lp * lp;
+        self.count += 1;
+    }
+
+    pub(crate) fn estimate(&self, chunk: usize, n_chunks: usize) -> PerplexityEstimate {
+        let mean = self.nll / self.count as f64;
+        let var = self.nll2 / self.count as f64 - mean * mean;
+        let err = if var > 0.0 && self.count > 1 {
+            (var / (self.count - 1) as f64).sqrt()
         } else {
             0.0
         };
         let ppl = mean.exp();
-        estimate = PerplexityEstimate {
-            chunk: chunk + 1,
+        PerplexityEstimate {
+            chunk,
             n_chunks,
             ppl,
             ppl_err: err * ppl,
-        };
+        }
+    }
+}
+
+/// Scores every chunk, calling `on_chunk` with the running estimate; returns the final one.
+pub fn perplexity(
+    session: &mut Session<'_>,
+    chunks: &Chunks<'_>,
+    mut on_chunk: impl FnMut(&PerplexityEstimate),
+) -> Result<PerplexityEstimate, EngineError> {
+    let mut sum = NllSum::default();
+    let mut estimate = sum.estimate(0, chunks.n_chunks());
+    for chunk in 0..chunks.n_chunks() {
+        chunks.score(session, chunk, |logits, target| sum.add(logits, target))?;
+        estimate = sum.estimate(chunk + 1, chunks.n_chunks());
         on_chunk(&estimate);
     }
     Ok(estimate)

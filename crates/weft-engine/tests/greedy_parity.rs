@@ -21,12 +21,10 @@ use weft_models::TextModel;
 /// its noise is up to twice that.
 const NEAR_TIE_NATS: f64 = 0.6;
 
-fn models_dir() -> Option<PathBuf> {
-    weft_test_support::models_dir()
-}
-
 fn check(model_name: &str) {
-    let Some(dir) = models_dir() else { return };
+    let Some(dir) = weft_test_support::models_dir() else {
+        return;
+    };
     let golden_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/golden/greedy")
         .join(format!("{model_name}.json"));

@@ -1192,6 +1192,25 @@ fn mutations_never_panic() {
     assert!(ok > 0 && err > 0);
 }
 
+/// A `block_count` far beyond the file's tensors is refused before anything is sized by it
+/// (it used to size per-layer tables: four billion of them aborted the process).
+#[test]
+fn absurd_block_count_is_an_error_not_an_allocation() {
+    let bytes = Gguf::new(3)
+        .kv("general.architecture", MetaValue::String("llama".into()))
+        .kv("llama.block_count", MetaValue::U32(4_000_000_000))
+        .kv("llama.embedding_length", MetaValue::U32(64))
+        .kv("llama.feed_forward_length", MetaValue::U32(128))
+        .kv("llama.attention.head_count", MetaValue::U32(2))
+        .tensor("token_embd.weight", &[64, 3], Q8_0)
+        .build();
+    let file = parse(&bytes).unwrap();
+    let err = weft_models::arch::DecoderConfig::from_gguf(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("block_count 4000000000"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real models (optional).
 // ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod perplexity;
 mod pull;
 mod run;
 mod serve;
@@ -13,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use weft_engine::sampler::SamplingParams;
-use weft_engine::session::{GenerateParams, Session, SessionConfig};
+use weft_engine::session::{GenerateParams, SessionConfig};
 use weft_models::TextModel;
 
 #[derive(Parser)]
@@ -56,21 +57,34 @@ enum Command {
     },
     /// Time prompt processing and generation, with llama-bench's flags and output.
     Bench(bench::BenchArgs),
-    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
-    Perplexity {
-        /// Packaged model name or path to a .gguf file.
-        model: String,
-        /// UTF-8 text file.
-        file: PathBuf,
-        /// Tokens per chunk; the second half of each chunk is scored.
-        #[arg(long, short = 'c', default_value_t = 512)]
-        ctx: usize,
-        /// Score at most this many chunks.
-        #[arg(long)]
-        chunks: Option<usize>,
-        #[command(flatten)]
-        threads: ThreadArgs,
-    },
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does; with
+    /// --kl-divergence-base, also the KL divergence from another engine's distributions.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PerplexityArgs {
+    /// Packaged model name or path to a .gguf file.
+    model: String,
+    /// UTF-8 text file.
+    file: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored (default 512; with
+    /// --kl-divergence, the base file's).
+    #[arg(long, short = 'c')]
+    ctx: Option<usize>,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Log-probabilities file in llama-perplexity's format: written (every scored position)
+    /// unless --kl-divergence is given, then read as the base to compare with.
+    #[arg(long, value_name = "FILE2")]
+    kl_divergence_base: Option<PathBuf>,
+    /// Compare with the base in --kl-divergence-base (written by llama-perplexity or weft):
+    /// KL divergence, same top token, Δp and both perplexities, on the base's tokens.
+    #[arg(long, requires = "kl_divergence_base")]
+    kl_divergence: bool,
+    #[command(flatten)]
+    threads: ThreadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -246,49 +260,6 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&ids)?);
             Ok(())
         }
-        Command::Perplexity {
-            model,
-            file,
-            ctx,
-            chunks,
-            threads,
-        } => perplexity(&model, &file, ctx, chunks, &threads),
+        Command::Perplexity(args) => perplexity::perplexity(&args),
     }
-}
-
-fn perplexity(
-    model: &str,
-    file: &PathBuf,
-    ctx: usize,
-    chunks: Option<usize>,
-    threads: &ThreadArgs,
-) -> Result<()> {
-    use std::io::Write;
-    let model = load_model(model)?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let tokens = model.tokenizer.encode(&text, true, false);
-    eprintln!(
-        "{} tokens, {} chunks of {ctx}",
-        tokens.len(),
-        tokens.len() / ctx
-    );
-    let mut session = Session::new(&model, SessionConfig::new(threads.get(), ctx));
-    let t0 = Instant::now();
-    let mut out = std::io::stdout();
-    let est = weft_engine::perplexity::perplexity(&mut session, &tokens, ctx, chunks, |e| {
-        let _ = write!(out, "[{}]{:.4},", e.chunk, e.ppl);
-        let _ = out.flush();
-    })?;
-    println!();
-    eprintln!(
-        "{:.2} s for {} chunks",
-        t0.elapsed().as_secs_f64(),
-        est.n_chunks
-    );
-    println!(
-        "Final estimate: PPL = {:.4} +/- {:.5}",
-        est.ppl, est.ppl_err
-    );
-    Ok(())
 }

@@ -195,6 +195,74 @@ fn perplexity_matches_llama_cpp_within_half_a_percent() {
     );
 }
 
+/// A base written by `--kl-divergence-base` and read back by the same model: no divergence,
+/// the same top token everywhere; a damaged or foreign base is a clear error.
+#[test]
+fn kl_divergence_against_its_own_base_is_zero() {
+    let Some(m) = model(SMOL) else { return };
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/gpl-3.0.txt");
+    let dir = std::env::temp_dir().join(format!("weft-cli-kld-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.bin");
+    let base_arg = base.to_str().unwrap();
+    let common = ["perplexity", &m, text, "--chunks", "2", "-t", "2"];
+    let o = weft(
+        &[
+            &common[..],
+            &["--ctx", "128", "--kl-divergence-base", base_arg],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = weft(
+        &[
+            &common[..],
+            &["--kl-divergence-base", base_arg, "--kl-divergence"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let value = |prefix: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(prefix)).expect(&out);
+        line[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("Mean    KLD:").abs() < 1e-4, "{out}");
+    assert_eq!(value("Same top p:"), 100.0, "{out}");
+
+    let bytes = std::fs::read(&base).unwrap();
+    std::fs::write(&base, &bytes[..bytes.len() - 100]).unwrap();
+    let o = weft(
+        &[
+            &common[..],
+            &["--kl-divergence-base", base_arg, "--kl-divergence"],
+        ]
+        .concat(),
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    std::fs::write(&base, &bytes).unwrap();
+    let gemma = model(GEMMA).unwrap();
+    let o = weft(&[
+        "perplexity",
+        &gemma,
+        text,
+        "--kl-divergence-base",
+        base_arg,
+        "--kl-divergence",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("vocabulary"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bench_prints_llama_bench_records_and_table() {
     let Some(m) = model(SMOL) else { return };

@@ -371,40 +371,37 @@ mod tests {
         JsonGrammar::from_schema(schema).unwrap_err().0
     }
 
+    /// A schema rooted at `$defs/d0` where each of `n` definitions is `wrap` of the next
+    /// one's `$ref` (the last wraps `last`).
+    fn ref_chain(n: usize, last: Value, wrap: impl Fn(Value) -> Value) -> Value {
+        let defs: serde_json::Map<String, Value> = (0..n)
+            .map(|i| {
+                let next = if i + 1 < n {
+                    json!({"$ref": format!("#/$defs/d{}", i + 1)})
+                } else {
+                    last.clone()
+                };
+                (format!("d{i}"), wrap(next))
+            })
+            .collect();
+        json!({"$defs": defs, "$ref": "#/$defs/d0"})
+    }
+
     /// A `$ref` chain far deeper than any stack would survive if followed recursively.
     #[test]
     fn a_deep_ref_chain_is_refused_not_followed() {
-        let n = 20_000;
-        let mut defs = serde_json::Map::new();
-        for i in 0..n {
-            let next = if i + 1 < n {
-                json!({"$ref": format!("#/$defs/d{}", i + 1)})
-            } else {
-                json!({"type": "string"})
-            };
-            defs.insert(format!("d{i}"), next);
-        }
-        let schema = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        let schema = ref_chain(20_000, json!({"type": "string"}), |next| next);
         assert!(error_of(&schema).contains("nests deeper"));
     }
 
     /// `$ref`s used twice at every level: 2^20 expansions if nothing bounded them.
     #[test]
     fn refs_that_multiply_are_refused_within_the_work_bound() {
-        let levels = 20;
-        let mut defs = serde_json::Map::new();
-        for i in 0..levels {
-            let next = if i + 1 < levels {
-                json!({"$ref": format!("#/$defs/d{}", i + 1)})
-            } else {
-                json!({"type": "integer"})
-            };
-            defs.insert(
-                format!("d{i}"),
-                json!({"type": "object", "properties": {"a": next.clone(), "b": next}}),
-            );
-        }
-        let schema = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        let schema = ref_chain(
+            20,
+            json!({"type": "integer"}),
+            |next| json!({"type": "object", "properties": {"a": next.clone(), "b": next}}),
+        );
         assert!(error_of(&schema).contains("more than"));
     }
 

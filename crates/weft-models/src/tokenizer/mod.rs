@@ -1,11 +1,16 @@
 //! Tokenizers built from GGUF metadata: byte-level BPE (`gpt2` model) and SentencePiece
 //! (`llama` model), with special-token splitting, as llama.cpp tokenizes.
 
+mod bpe;
+mod pretokenize;
+mod specials;
+
 use std::collections::{BinaryHeap, HashMap};
 
-use fancy_regex::Regex;
-
 use crate::gguf::{GgufError, GgufFile};
+use bpe::{BpeMerges, BpeScratch};
+use pretokenize::Split;
+use specials::{Part, SpecialMatcher};
 
 #[derive(thiserror::Error, Debug)]
 pub enum TokenizerError {
@@ -19,8 +24,6 @@ pub enum TokenizerError {
     UnsupportedPre(String),
     #[error("tokenizer arrays disagree: {0}")]
     Inconsistent(String),
-    #[error("bad pre-tokenizer expression: {0}")]
-    Regex(String),
 }
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
@@ -31,15 +34,17 @@ const TYPE_USER_DEFINED: i32 = 4;
 const TYPE_BYTE: i32 = 6;
 
 enum Model {
-    /// Byte-level BPE: merge ranks and the pre-tokenizer expressions applied in sequence.
+    /// Byte-level BPE: merges and the pre-tokenizer's splits, applied in sequence.
     Bpe {
-        ranks: HashMap<(String, String), usize>,
-        pre: Vec<Regex>,
+        merges: BpeMerges,
+        splits: Vec<Split>,
     },
     /// SentencePiece with scores and byte fallback.
     Spm {
         scores: Vec<f32>,
         add_space_prefix: bool,
+        /// The `<0xXX>` token of each byte, for text no token covers.
+        byte_tokens: Box<[Option<u32>; 256]>,
     },
 }
 
@@ -48,8 +53,10 @@ pub struct Tokenizer {
     types: Vec<i32>,
     ids: HashMap<String, u32>,
     model: Model,
-    /// Tokens matched in raw text before the model runs, longest first.
-    specials: Vec<u32>,
+    /// Tokens matched in raw text before the model runs: all of them with `parse_special`,
+    /// otherwise the user-defined ones only.
+    specials: SpecialMatcher,
+    user_specials: SpecialMatcher,
     bos: Option<u32>,
     eos: Option<u32>,
     eog: Vec<u32>,
@@ -81,19 +88,29 @@ const EOG_TEXTS: &[&str] = &[
     "<|tool_response>",
 ];
 
-// Pre-tokenizer expressions (as in llama.cpp's llama-vocab.cpp for each `tokenizer.ggml.pre`).
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn pre_expressions(pre: &str) -> Result<Vec<&'static str>, TokenizerError> {
+/// The splits of each `tokenizer.ggml.pre` (llama.cpp's expressions, in llama-vocab.cpp).
+fn pre_tokenizer(pre: &str) -> Result<Vec<Split>, TokenizerError> {
     Ok(match pre {
-        "default" | "gpt2" | "gpt-2" => vec![GPT2],
-        "llama-bpe" | "llama3" | "llama-v3" => vec![LLAMA3],
-        "smollm" => vec![r"\p{N}", GPT2],
-        "qwen2" => vec![QWEN2],
+        "default" | "gpt2" | "gpt-2" => vec![Split::Gpt2],
+        "llama-bpe" | "llama3" | "llama-v3" => vec![Split::Llama3 { max_digits: 3 }],
+        "smollm" => vec![Split::Digits, Split::Gpt2],
+        "qwen2" => vec![Split::Llama3 { max_digits: 1 }],
         other => return Err(TokenizerError::UnsupportedPre(other.to_string())),
     })
+}
+
+/// Matchers for the specials (`order`: ids, longest text first): all of them, and the
+/// user-defined ones alone.
+fn special_matchers(tokens: &[String], types: &[i32], order: &[u32]) -> [SpecialMatcher; 2] {
+    let matcher = |user_only: bool| {
+        SpecialMatcher::new(
+            order
+                .iter()
+                .filter(|&&i| !user_only || types[i as usize] == TYPE_USER_DEFINED)
+                .map(|&i| (i, tokens[i as usize].as_str())),
+        )
+    };
+    [matcher(false), matcher(true)]
 }
 
 impl Tokenizer {
@@ -124,23 +141,25 @@ impl Tokenizer {
             id("tokenizer.ggml.eos_token_id")?,
         );
         let eot = id("tokenizer.ggml.eot_token_id")?;
+        let ids: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let model = match model_name {
             "gpt2" => {
                 let merges = file
                     .get_str_array("tokenizer.ggml.merges")?
                     .ok_or(TokenizerError::Missing("tokenizer.ggml.merges"))?;
-                let mut ranks = HashMap::with_capacity(merges.len());
-                for (rank, m) in merges.iter().enumerate() {
-                    if let Some((a, b)) = m.split_once(' ') {
-                        ranks.entry((a.to_string(), b.to_string())).or_insert(rank);
-                    }
-                }
                 let pre_name = file.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
-                let pre = pre_expressions(pre_name)?
-                    .into_iter()
-                    .map(|e| Regex::new(e).map_err(|err| TokenizerError::Regex(err.to_string())))
-                    .collect::<Result<_, _>>()?;
-                Model::Bpe { ranks, pre }
+                Model::Bpe {
+                    merges: BpeMerges::new(
+                        merges.iter().filter_map(|m| m.split_once(' ')),
+                        &ids,
+                        tokens.len(),
+                    ),
+                    splits: pre_tokenizer(pre_name)?,
+                }
             }
             "llama" => {
                 let scores = file
@@ -160,6 +179,9 @@ impl Tokenizer {
                 Model::Spm {
                     scores,
                     add_space_prefix,
+                    byte_tokens: Box::new(std::array::from_fn(|b| {
+                        ids.get(&format!("<0x{b:02X}>")).copied()
+                    })),
                 }
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
@@ -172,11 +194,6 @@ impl Tokenizer {
             .get_bool("tokenizer.ggml.add_eos_token")?
             .unwrap_or(false);
         let mut types = types;
-        let ids: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
         // End-of-generation tokens: EOS, EOT, and every token whose text llama.cpp treats as a
         // turn or text end, which it also makes a control token (so that its text is matched
         // as special only with parse_special).
@@ -189,7 +206,7 @@ impl Tokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
-        let mut specials: Vec<u32> = (0..tokens.len() as u32)
+        let mut order: Vec<u32> = (0..tokens.len() as u32)
             .filter(|&i| {
                 matches!(
                     types[i as usize],
@@ -197,13 +214,15 @@ impl Tokenizer {
                 ) && !tokens[i as usize].is_empty()
             })
             .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let [specials, user_specials] = special_matchers(&tokens, &types, &order);
         Ok(Tokenizer {
             tokens,
             types,
             ids,
             model,
             specials,
+            user_specials,
             bos,
             eos,
             eog,
@@ -258,22 +277,17 @@ impl Tokenizer {
             tokens[id as usize] = text;
             types[id as usize] = ty;
         }
-        let mut ranks = HashMap::new();
-        for (rank, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
-            let pair = match m {
-                serde_json::Value::String(s) => s
-                    .split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string())),
-                serde_json::Value::Array(a) if a.len() == 2 => a[0]
-                    .as_str()
-                    .zip(a[1].as_str())
-                    .map(|(x, y)| (x.to_string(), y.to_string())),
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                serde_json::Value::String(s) => s.split_once(' '),
+                serde_json::Value::Array(a) if a.len() == 2 => a[0].as_str().zip(a[1].as_str()),
                 _ => None,
-            };
-            let pair = pair.ok_or_else(|| bad("malformed merge"))?;
-            ranks.entry(pair).or_insert(rank);
-        }
-        let pre = vec![Regex::new(GPT2).map_err(|e| TokenizerError::Regex(e.to_string()))?];
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("malformed merge"))?;
         let ids: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
@@ -281,16 +295,22 @@ impl Tokenizer {
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         let eos = ids.get("<|endoftext|>").copied();
-        let mut specials: Vec<u32> = (0..n as u32)
+        let mut order: Vec<u32> = (0..n as u32)
             .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED))
             .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let [specials, user_specials] = special_matchers(&tokens, &types, &order);
+        let merges = BpeMerges::new(merges, &ids, n);
         Ok(Tokenizer {
             tokens,
             types,
             ids,
-            model: Model::Bpe { ranks, pre },
+            model: Model::Bpe {
+                merges,
+                splits: vec![Split::Gpt2],
+            },
             specials,
+            user_specials,
             bos: None,
             eos,
             eog: eos.into_iter().collect(),
@@ -329,22 +349,31 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         let mut first_text = true;
-        for part in self.partition(text, parse_special) {
+        let specials = if parse_special {
+            &self.specials
+        } else {
+            &self.user_specials
+        };
+        for part in specials.partition(text) {
             match part {
                 Part::Special(id) => out.push(id),
                 Part::Text(t) => {
                     match &self.model {
-                        Model::Bpe { ranks, pre } => self.encode_bpe(t, ranks, pre, &mut out),
+                        Model::Bpe { merges, splits } => {
+                            self.encode_bpe(t, merges, splits, &mut out)
+                        }
                         Model::Spm {
                             scores,
                             add_space_prefix,
+                            byte_tokens,
                         } => {
                             let mut s = String::with_capacity(t.len() + 3);
                             if *add_space_prefix && first_text {
                                 s.push(' ');
                             }
                             s.push_str(t);
-                            self.encode_spm(&s.replace(' ', "\u{2581}"), scores, &mut out);
+                            let s = s.replace(' ', "\u{2581}");
+                            self.encode_spm(&s, scores, byte_tokens, &mut out);
                         }
                     }
                     first_text = false;
@@ -357,94 +386,27 @@ impl Tokenizer {
         out
     }
 
-    /// Splits text at special-token occurrences (control tokens only when `parse_special`).
-    fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Part<'t>> {
-        let mut parts = vec![Part::Text(text)];
-        for &id in &self.specials {
-            let ty = self.types[id as usize];
-            if !parse_special && ty != TYPE_USER_DEFINED {
-                continue;
+    fn encode_bpe(&self, text: &str, merges: &BpeMerges, splits: &[Split], out: &mut Vec<u32>) {
+        let mut mapped = String::new();
+        let mut scratch = BpeScratch::default();
+        for piece in pretokenize::pieces(splits, text) {
+            mapped.clear();
+            mapped.extend(piece.bytes().map(byte_to_char));
+            // A piece that is a token as a whole is that token, without merges.
+            match self.ids.get(&mapped) {
+                Some(&id) => out.push(id),
+                None => merges.encode_piece(piece.as_bytes(), &mut scratch, out),
             }
-            let needle = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(parts.len());
-            for part in parts {
-                let Part::Text(mut t) = part else {
-                    next.push(part);
-                    continue;
-                };
-                while let Some(pos) = t.find(needle) {
-                    if pos > 0 {
-                        next.push(Part::Text(&t[..pos]));
-                    }
-                    next.push(Part::Special(id));
-                    t = &t[pos + needle.len()..];
-                }
-                if !t.is_empty() {
-                    next.push(Part::Text(t));
-                }
-            }
-            parts = next;
         }
-        parts
     }
 
-    fn encode_bpe(
+    fn encode_spm(
         &self,
         text: &str,
-        ranks: &HashMap<(String, String), usize>,
-        pre: &[Regex],
+        scores: &[f32],
+        byte_tokens: &[Option<u32>; 256],
         out: &mut Vec<u32>,
     ) {
-        let mut pieces = vec![text.to_string()];
-        for re in pre {
-            let mut next = Vec::new();
-            for p in &pieces {
-                let mut last = 0;
-                for m in re.find_iter(p).flatten() {
-                    if m.start() > last {
-                        next.push(p[last..m.start()].to_string());
-                    }
-                    next.push(m.as_str().to_string());
-                    last = m.end();
-                }
-                if last < p.len() {
-                    next.push(p[last..].to_string());
-                }
-            }
-            pieces = next;
-        }
-        for piece in pieces.iter().filter(|p| !p.is_empty()) {
-            let mapped: String = piece.bytes().map(byte_to_char).collect();
-            if let Some(&id) = self.ids.get(&mapped) {
-                out.push(id);
-                continue;
-            }
-            let mut syms: Vec<String> = mapped.chars().map(String::from).collect();
-            loop {
-                let best = syms
-                    .windows(2)
-                    .enumerate()
-                    .filter_map(|(i, w)| ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, i)))
-                    .min();
-                let Some((_, i)) = best else { break };
-                let merged = format!("{}{}", syms[i], syms[i + 1]);
-                syms[i] = merged;
-                syms.remove(i + 1);
-            }
-            for s in syms {
-                match self.ids.get(&s) {
-                    Some(&id) => out.push(id),
-                    // Unmergeable symbol without a token: fall back to its single characters.
-                    None => out.extend(
-                        s.chars()
-                            .filter_map(|c| self.ids.get(&c.to_string()).copied()),
-                    ),
-                }
-            }
-        }
-    }
-
-    fn encode_spm(&self, text: &str, scores: &[f32], out: &mut Vec<u32>) {
         // Symbols as a linked list over the text's characters.
         let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
         let n = starts.len();
@@ -469,9 +431,8 @@ impl Tokenizer {
             if let Some(&id) = self.ids.get(s) {
                 heap.push(Bigram {
                     score: scores[id as usize],
+                    len: s.len() as u32,
                     left: l,
-                    right: r,
-                    len: s.len(),
                 });
             }
         };
@@ -479,15 +440,14 @@ impl Tokenizer {
             push(&mut heap, &sym, i - 1, i);
         }
         while let Some(b) = heap.pop() {
-            let (l, r) = (b.left, b.right);
-            // Skip stale bigrams whose symbols have changed since they were queued.
-            if sym[l].1 - sym[l].0 == 0
-                || sym[r].1 - sym[r].0 == 0
-                || sym[r].1 - sym[l].0 != b.len
-                || next[l] != r as isize
-            {
+            // Skip stale bigrams: the left symbol has merged into its neighbour, or the pair
+            // it starts now spans other text (symbols only grow, so the same span means the
+            // same pair).
+            let (l, r) = (b.left, next[b.left]);
+            if sym[l].1 == sym[l].0 || r < 0 || sym[r as usize].1 - sym[l].0 != b.len as usize {
                 continue;
             }
+            let r = r as usize;
             sym[l].1 = sym[r].1;
             sym[r] = (sym[r].0, sym[r].0);
             next[l] = next[r];
@@ -507,13 +467,7 @@ impl Tokenizer {
             let piece = &text[a..b];
             match self.ids.get(piece) {
                 Some(&id) => out.push(id),
-                None => {
-                    for byte in piece.bytes() {
-                        if let Some(&id) = self.ids.get(&format!("<0x{byte:02X}>")) {
-                            out.push(id);
-                        }
-                    }
-                }
+                None => out.extend(piece.bytes().filter_map(|b| byte_tokens[b as usize])),
             }
             i = next[i as usize];
         }
@@ -561,17 +515,13 @@ impl Tokenizer {
     }
 }
 
-enum Part<'t> {
-    Text(&'t str),
-    Special(u32),
-}
-
-/// A candidate merge of two adjacent symbols, highest score first, then leftmost.
+/// A candidate merge of the symbol at `left` with the next one, highest score first, then
+/// leftmost. Kept small: the heap of a long text is larger than the caches.
 struct Bigram {
     score: f32,
+    /// Bytes the pair spans (at most two tokens' texts).
+    len: u32,
     left: usize,
-    right: usize,
-    len: usize,
 }
 impl PartialEq for Bigram {
     fn eq(&self, o: &Self) -> bool {
