@@ -5,10 +5,10 @@ use std::io::Cursor;
 
 use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
-use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 
@@ -19,56 +19,25 @@ use crate::mel::SAMPLE_RATE;
 /// than `max_seconds`. Samples are resampled to 16 kHz as they are decoded, so memory holds
 /// the 16 kHz result, not the recording at its own (often three times higher) rate, and the
 /// length is checked as decoding goes.
+///
+/// A panic inside symphonia (the demuxer or codec, on a malformed stream) is returned as
+/// [`AudioError::Corrupt`], and the reader and decoder it may have left half-updated are not
+/// used again.
 pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<Vec<f32>, AudioError> {
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }
-    let source = MediaSourceStream::new(
-        Box::new(Cursor::new(bytes.to_vec())),
-        MediaSourceStreamOptions::default(),
-    );
-    let mut format = symphonia::default::get_probe()
-        .probe(
-            &Hint::new(),
-            source,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
-        .map_err(|e| AudioError::NotAudio(e.to_string()))?;
-    let track = format
-        .default_track(TrackType::Audio)
-        .ok_or_else(|| AudioError::NotAudio("no audio track".into()))?;
-    let track_id = track.id;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or_else(|| AudioError::NotAudio("the audio track has no codec parameters".into()))?
-        .clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(&params, &AudioDecoderOptions::default())
-        .map_err(|e| AudioError::NotAudio(format!("unsupported codec: {e}")))?;
+    let (mut format, mut decoder, track_id) = contained(|| open(bytes))?;
     let mut out: Option<Resampling> = None;
     let mut planes: Vec<Vec<f32>> = Vec::new();
     let mut mono = Vec::new();
     loop {
-        let packet = match format.next_packet() {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            // A stream cut short ends where the data ends: decode what is there.
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(AudioError::Corrupt(e.to_string())),
-        };
-        if packet.track_id != track_id {
-            continue;
-        }
-        let buf = match decoder.decode(&packet) {
-            Ok(b) => b,
-            // One bad packet is skipped, as players do.
-            Err(SymError::DecodeError(_)) => continue,
-            Err(e) => return Err(AudioError::Corrupt(e.to_string())),
-        };
-        let rate = buf.spec().rate();
+        let rate =
+            match contained(|| next_block(&mut *format, &mut *decoder, track_id, &mut planes))? {
+                Block::End => break,
+                Block::Skipped => continue,
+                Block::Decoded { rate } => rate,
+            };
         let resampling = match &mut out {
             Some(r) if r.rate == rate => r,
             Some(r) => {
@@ -82,7 +51,6 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<Vec<f32>, AudioError> {
             }
             None => out.insert(Resampling::new(rate)?),
         };
-        buf.copy_to_vecs_planar::<f32>(&mut planes);
         let channels = planes.len().max(1) as f32;
         let frames = planes.first().map_or(0, |p| p.len());
         mono.clear();
@@ -106,6 +74,92 @@ pub fn decode(bytes: &[u8], max_seconds: f64) -> Result<Vec<f32>, AudioError> {
     Ok(samples)
 }
 
+/// Runs symphonia code, turning its panics into [`AudioError::Corrupt`]. What `f` borrows
+/// mutably must not be used after an error.
+fn contained<T>(f: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(AudioError::Corrupt(format!("the decoder failed: {msg}")))
+    })
+}
+
+type Opened = (Box<dyn FormatReader>, Box<dyn AudioDecoder>, u32);
+
+/// The container's reader, a decoder for its default audio track, and that track's id.
+fn open(bytes: &[u8]) -> Result<Opened, AudioError> {
+    let source = MediaSourceStream::new(
+        Box::new(Cursor::new(bytes.to_vec())),
+        MediaSourceStreamOptions::default(),
+    );
+    let format = symphonia::default::get_probe()
+        .probe(
+            &Hint::new(),
+            source,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| AudioError::NotAudio(e.to_string()))?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| AudioError::NotAudio("no audio track".into()))?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or_else(|| AudioError::NotAudio("the audio track has no codec parameters".into()))?
+        .clone();
+    let decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| AudioError::NotAudio(format!("unsupported codec: {e}")))?;
+    Ok((format, decoder, track_id))
+}
+
+enum Block {
+    End,
+    /// A packet of another track, or one that did not decode.
+    Skipped,
+    /// `planes` holds the packet's samples, one plane per channel.
+    Decoded {
+        rate: u32,
+    },
+}
+
+/// Reads and decodes the next packet into `planes`.
+fn next_block(
+    format: &mut dyn FormatReader,
+    decoder: &mut dyn AudioDecoder,
+    track_id: u32,
+    planes: &mut Vec<Vec<f32>>,
+) -> Result<Block, AudioError> {
+    let packet = match format.next_packet() {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(Block::End),
+        // A stream cut short ends where the data ends: decode what is there.
+        Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Ok(Block::End)
+        }
+        Err(e) => return Err(AudioError::Corrupt(e.to_string())),
+    };
+    if packet.track_id != track_id {
+        return Ok(Block::Skipped);
+    }
+    let buf = match decoder.decode(&packet) {
+        Ok(b) => b,
+        // One bad packet is skipped, as players do.
+        Err(SymError::DecodeError(_)) => return Ok(Block::Skipped),
+        Err(e) => return Err(AudioError::Corrupt(e.to_string())),
+    };
+    buf.copy_to_vecs_planar::<f32>(planes);
+    Ok(Block::Decoded {
+        rate: buf.spec().rate(),
+    })
+}
+
 /// Resamples mono audio to 16 kHz (a copy when it already is).
 pub fn resample(samples: &[f32], rate: u32) -> Result<Vec<f32>, AudioError> {
     let mut r = Resampling::new(rate)?;
@@ -116,6 +170,24 @@ pub fn resample(samples: &[f32], rate: u32) -> Result<Vec<f32>, AudioError> {
 /// The chunk size rubato's FFT resampler is built with (the input it takes per call follows
 /// from it and the ratio).
 const CHUNK: usize = 1024;
+
+/// Largest magnitude a sample keeps (full scale is 1). Floating-point files can hold any
+/// value: NaN becomes 0 and the rest is clamped here, far beyond any real recording, so that
+/// the resampler's sums stay finite (rubato panics on a spectrum holding NaN).
+const MAX_SAMPLE: f32 = 1000.0;
+
+/// Highest input sample rate (the highest in use, 384 kHz, doubled). A header may claim
+/// any rate, and the resampler's FFT length grows with the rate divided by its greatest
+/// common divisor with 16 kHz: a rate of billions would ask for gigabytes.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+fn sanitize(x: f32) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-MAX_SAMPLE, MAX_SAMPLE)
+    }
+}
 
 /// Mono samples at `rate` in, 16 kHz out, a chunk at a time. The result is the one rubato's
 /// `process_all` gives for the whole input at once: the same calls in the same order (full
@@ -139,6 +211,12 @@ struct Resampling {
 
 impl Resampling {
     fn new(rate: u32) -> Result<Resampling, AudioError> {
+        if rate == 0 || rate > MAX_SAMPLE_RATE {
+            return Err(resample_error(
+                rate,
+                format!("the sample rate must be 1 to {MAX_SAMPLE_RATE} Hz"),
+            ));
+        }
         let fft = if rate as usize == SAMPLE_RATE {
             None
         } else {
@@ -173,11 +251,12 @@ impl Resampling {
 
     fn push(&mut self, samples: &[f32]) -> Result<(), AudioError> {
         self.input_len += samples.len();
+        let samples = samples.iter().map(|&x| sanitize(x));
         if self.fft.is_none() {
-            self.out.extend_from_slice(samples);
+            self.out.extend(samples);
             return Ok(());
         }
-        self.pending.extend_from_slice(samples);
+        self.pending.extend(samples);
         let mut used = 0;
         while self.pending.len() - used >= self.chunk {
             let chunk = self.pending[used..used + self.chunk].to_vec();
@@ -254,8 +333,8 @@ mod tests {
         v.extend(1u16.to_le_bytes());
         v.extend(channels.to_le_bytes());
         v.extend(rate.to_le_bytes());
-        v.extend((rate * 2 * channels as u32).to_le_bytes());
-        v.extend((2 * channels).to_le_bytes());
+        v.extend(rate.wrapping_mul(2 * channels as u32).to_le_bytes());
+        v.extend(channels.wrapping_mul(2).to_le_bytes());
         v.extend(16u16.to_le_bytes());
         v.extend(b"data");
         v.extend(data_len.to_le_bytes());
@@ -312,6 +391,53 @@ mod tests {
                     "{rate} Hz, {len}"
                 );
             }
+        }
+    }
+
+    /// A header's sample rate sizes the resampler's FFT: a rate of billions once asked for
+    /// an 11 GB allocation. Rates above the limit are refused; rates below it with no common
+    /// factor with 16 kHz stay cheap.
+    #[test]
+    fn absurd_sample_rates_are_refused() {
+        let file = wav(&[100, -100, 200, -200], 2_890_214_161, 1);
+        assert!(matches!(
+            decode(&file, 60.0),
+            Err(AudioError::Resample {
+                from: 2_890_214_161,
+                ..
+            })
+        ));
+        assert!(resample(&[0.5; 10], MAX_SAMPLE_RATE + 1).is_err());
+        assert!(resample(&[0.5; 10], 0).is_err());
+        // 767_999 and 16_000 are coprime: the longest FFT the limit allows.
+        let out = resample(&vec![0.25; 20_000], 767_999).unwrap();
+        assert_eq!(
+            out.len(),
+            (20_000f64 * 16_000.0 / 767_999.0).ceil() as usize
+        );
+    }
+
+    /// symphonia's WAV reader multiplies the channel count by the sample size in 16 bits,
+    /// which overflows for 32768 channels: a panic where overflow checks are on, which
+    /// `decode` must return as an error.
+    #[test]
+    fn a_panic_in_the_demuxer_is_an_error() {
+        let file = wav(&[0; 4], 16_000, 0x8000);
+        assert!(decode(&file, 60.0).is_err());
+    }
+
+    /// Float files may hold NaN, infinities or huge values; rubato panicked on the NaN they
+    /// put in its spectrum. Samples are sanitized before resampling.
+    #[test]
+    fn non_finite_samples_are_sanitized() {
+        let mut samples = vec![0.1f32; 3000];
+        samples[10] = f32::NAN;
+        samples[20] = f32::INFINITY;
+        samples[30] = f32::NEG_INFINITY;
+        samples[40] = 3e38;
+        for rate in [16_000, 44_100] {
+            let out = resample(&samples, rate).unwrap();
+            assert!(out.iter().all(|x| x.is_finite()), "{rate} Hz");
         }
     }
 

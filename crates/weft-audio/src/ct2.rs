@@ -7,8 +7,9 @@
 //! u32 n_aliases | n_aliases x { str alias | str target }
 //! str = u16 length (including a trailing NUL) | bytes | NUL
 //! ```
-//! dtype ids: 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. The file is memory-mapped; values are
-//! converted to f32 only when a tensor is asked for.
+//! dtype ids: 0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16. The file is memory-mapped (or, from
+//! [`Ct2Model::from_bytes`], copied); values are converted to f32 only when a tensor is asked
+//! for.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,9 +57,25 @@ struct Entry {
     len: usize,
 }
 
+/// The file's bytes: mapped, or a copy of a buffer.
+enum Storage {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mmap(m) => m,
+            Storage::Owned(b) => b,
+        }
+    }
+}
+
 pub struct Ct2Model {
     path: PathBuf,
-    map: Mmap,
+    map: Storage,
     pub spec: String,
     pub revision: u32,
     entries: HashMap<String, Entry>,
@@ -109,6 +126,15 @@ impl Ct2Model {
         // SAFETY (memmap2 contract): the model file is not modified while it is mapped; weft
         // only reads model files it was pointed at.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Ct2Model::parse(Storage::Mmap(map), path)
+    }
+
+    /// Parses a `model.bin` image held in memory (copied); `path` only names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Ct2Model, ModelError> {
+        Ct2Model::parse(Storage::Owned(bytes.to_vec()), path)
+    }
+
+    fn parse(map: Storage, path: &Path) -> Result<Ct2Model, ModelError> {
         let bad = |msg: String| ModelError::Ct2Format {
             path: path.to_path_buf(),
             msg,

@@ -7,7 +7,12 @@ use weft_kernels::sgemm::PackedB;
 use weft_models::tokenizer::Tokenizer;
 
 use crate::error::ModelError;
+use crate::mel::CHUNK_FRAMES;
 use crate::tensors::TensorSource;
+
+/// Fewest decoder positions a model may have (Whisper's have 448): the start sequence takes
+/// up to four.
+pub const MIN_TEXT_CTX: usize = 8;
 
 /// Sizes of one Whisper model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,7 +208,15 @@ fn self_attention(
 }
 
 fn ffn(src: &dyn TensorSource, applied: Applied, scope: &str, d: usize) -> Result<Ffn, ModelError> {
-    let hidden = src.tensor(&format!("{scope}/linear_0/bias"))?.shape[0];
+    let bias = format!("{scope}/linear_0/bias");
+    let hidden = match src.tensor(&bias)?.shape[..] {
+        [hidden] => hidden,
+        ref got => {
+            return Err(ModelError::Config(format!(
+                "tensor '{bias}' has shape {got:?}, expected one dimension"
+            )))
+        }
+    };
     Ok(Ffn {
         ln: layer_norm(src, &format!("{scope}/layer_norm"), d)?,
         fc1: linear(src, applied, &format!("{scope}/linear_0"), hidden, d)?,
@@ -255,6 +268,26 @@ impl Whisper {
         };
         if config.encoder_layers == 0 || config.decoder_layers == 0 {
             return Err(ModelError::Config("no encoder or decoder layers".into()));
+        }
+        if d == 0 || n_mels == 0 {
+            return Err(ModelError::Config(format!(
+                "d_model {d} and {n_mels} mel bins must be positive"
+            )));
+        }
+        // The shapes the transcriber relies on: the encoder takes 30-second windows, and the
+        // decoder needs room for the start sequence and some text.
+        if config.n_audio_ctx != CHUNK_FRAMES / 2 {
+            return Err(ModelError::Config(format!(
+                "{} encoder positions; a 30-second window needs {}",
+                config.n_audio_ctx,
+                CHUNK_FRAMES / 2
+            )));
+        }
+        if config.n_text_ctx < MIN_TEXT_CTX {
+            return Err(ModelError::Config(format!(
+                "{} decoder positions; at least {MIN_TEXT_CTX} are needed",
+                config.n_text_ctx
+            )));
         }
         if (tokens.timestamp_begin as usize) >= config.n_vocab {
             return Err(ModelError::Config(format!(

@@ -62,7 +62,7 @@ enum Frame {
         pending: u8,
     },
     /// Matching a declared key among `cands` (bit i = property i), `len` bytes in.
-    Key { node: NodeId, cands: u64, len: u8 },
+    Key { node: NodeId, cands: u64, len: u32 },
     Array {
         node: NodeId,
         phase: Phase,
@@ -77,7 +77,7 @@ enum Frame {
         digits: u8,
     },
     /// Matching literals of `node` (bit i = literal i), `len` bytes in.
-    Lit { node: NodeId, cands: u64, len: u8 },
+    Lit { node: NodeId, cands: u64, len: u32 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -599,6 +599,20 @@ mod tests {
         assert!(JsonGrammar::from_schema(&json!({"type": "integer"})).is_err());
         let recursive = json!({"$defs": {"n": {"type": "object", "properties": {"k": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"});
         assert!(JsonGrammar::from_schema(&recursive).is_err());
+    }
+
+    /// Keys and literals longer than 255 bytes (their byte counters once were `u8`s, which
+    /// overflowed: a panic with overflow checks, a wrong refusal without).
+    #[test]
+    fn keys_and_literals_longer_than_255_bytes() {
+        let long = "k".repeat(300);
+        let g = JsonGrammar::from_schema(&json!({"enum": [long.clone(), "x"]})).unwrap();
+        assert!(accepts(&g, &format!("\"{long}\"")));
+        assert!(!accepts(&g, &format!("\"{long}k\"")));
+        let schema = json!({"properties": {long.clone(): {"type": "null"}}, "required": [long]});
+        let g = JsonGrammar::from_schema(&schema).unwrap();
+        assert!(accepts(&g, &format!("{{\"{long}\": null}}")));
+        assert!(!accepts(&g, &format!("{{\"{long}k\": null}}")));
     }
 
     #[test]
