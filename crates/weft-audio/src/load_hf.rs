@@ -4,77 +4,38 @@
 //! builder serves both formats: separate Q/K/V projections are fused (K has no bias in
 //! Whisper; a zero bias stands in for it).
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use weft_kernels::quant::dequantize_row;
 use weft_models::tokenizer::Tokenizer;
+use weft_models::weights::{SafetensorsFiles, WeightSource};
 
 use crate::error::ModelError;
 use crate::model::{read_text, special_tokens, Whisper};
-use crate::tensors::{bf16_to_f32, f16_to_f32, le_f32, Tensor, TensorSource};
+use crate::tensors::{Tensor, TensorSource};
 
-struct Entry {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    range: std::ops::Range<usize>,
-}
-
+/// `model.safetensors`, read through weft-models' safetensors reader.
 pub struct SafetensorsFile {
-    map: Mmap,
-    entries: HashMap<String, Entry>,
+    files: SafetensorsFiles,
 }
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
-        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY (memmap2 contract): model files are not modified while mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let st = SafeTensors::deserialize(&map)
-            .map_err(|e| ModelError::Safetensors(format!("{}: {e}", path.display())))?;
-        let base = map.as_ptr() as usize;
-        let entries = st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                let start = view.data().as_ptr() as usize - base;
-                let entry = Entry {
-                    dtype: view.dtype(),
-                    shape: view.shape().to_vec(),
-                    range: start..start + view.data().len(),
-                };
-                (name, entry)
-            })
-            .collect();
-        Ok(SafetensorsFile { map, entries })
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let files = SafetensorsFiles::open(dir, &[path.to_path_buf()])
+            .map_err(|e| ModelError::Safetensors(e.to_string()))?;
+        Ok(SafetensorsFile { files })
     }
 
     fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
-        let e = self
-            .entries
-            .get(name)
+        let info = self
+            .files
+            .tensor(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let bytes = &self.map[e.range.clone()];
-        let data = match e.dtype {
-            Dtype::F32 => le_f32(bytes),
-            Dtype::F16 => f16_to_f32(bytes),
-            Dtype::BF16 => bf16_to_f32(bytes),
-            other => {
-                return Err(ModelError::DType {
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
+        let mut data = vec![0.0; info.n_elements() as usize];
+        dequantize_row(info.ggml_type, self.files.tensor_data(info), &mut data);
         Ok(Tensor {
-            shape: e.shape.clone(),
+            shape: info.dims.iter().rev().map(|&d| d as usize).collect(),
             data,
         })
     }
@@ -190,8 +151,8 @@ impl TensorSource for SafetensorsFile {
 
     fn has(&self, name: &str) -> bool {
         match map_name(name) {
-            Some(Mapping::One(n)) => self.entries.contains_key(&n),
-            Some(Mapping::Fused(ns)) => ns.iter().flatten().all(|n| self.entries.contains_key(n)),
+            Some(Mapping::One(n)) => self.files.tensor(&n).is_some(),
+            Some(Mapping::Fused(ns)) => ns.iter().flatten().all(|n| self.files.tensor(n).is_some()),
             None => false,
         }
     }

@@ -26,6 +26,11 @@ struct Var {
 }
 
 /// The variables of a one-layer Whisper (d_model 4, 2 heads, 2 mel bins).
+/// A linear layer: its name, output and input widths.
+type Linear<'a> = (&'a str, u32, u32);
+/// One change to a variable list.
+type Mutation<'a> = dyn Fn(&mut Vec<Var>) + 'a;
+
 fn variables() -> Vec<Var> {
     let mut vars = Vec::new();
     let mut var = |name: &str, shape: &[u32], dtype: u8| {
@@ -41,7 +46,7 @@ fn variables() -> Vec<Var> {
     var("encoder/conv2/weight", &[D, D, 3], 4);
     var("encoder/conv2/bias", &[D], 4);
     var("encoder/position_encodings/encodings", &[1500, D], 4);
-    let blocks: [(&str, &[(&str, u32, u32)]); 5] = [
+    let blocks: [(&str, &[Linear]); 5] = [
         (
             "encoder/layer_0/self_attention",
             &[("linear_0", 3 * D, D), ("linear_1", D, D)],
@@ -258,7 +263,7 @@ fn every_variable_with_a_wrong_shape_or_type_is_refused() {
     let vars = variables();
     let mut refused = 0;
     for i in 0..vars.len() {
-        let variants: [&dyn Fn(&mut Vec<Var>); 7] = [
+        let variants: [&Mutation; 7] = [
             &|v| v[i].shape.clear(),
             &|v| v[i].shape.push(1),
             &|v| v[i].shape.insert(0, 2),
@@ -280,19 +285,7 @@ fn every_variable_with_a_wrong_shape_or_type_is_refused() {
     assert!(refused > vars.len() * 5, "{refused}");
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use weft_test_support::Rng;
 
 #[test]
 fn byte_mutations_never_panic() {
@@ -319,7 +312,7 @@ fn byte_mutations_never_panic() {
             };
             match rng.below(5) {
                 0 => b[p] ^= 1 << rng.below(8),
-                1 => b[p] = rng.next() as u8,
+                1 => b[p] = rng.next_u64() as u8,
                 2 => b.truncate(p),
                 3 => {
                     let v = interesting[rng.below(interesting.len())].to_le_bytes();

@@ -12,19 +12,7 @@
 
 use weft_audio::audio::decode;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use weft_test_support::Rng;
 
 /// A PCM WAV file (16-bit integer samples).
 fn wav(rate: u32, channels: u16, frames: usize) -> Vec<u8> {
@@ -92,7 +80,7 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
         let p = rng.below(b.len());
         match rng.below(6) {
             0 => b[p] ^= 1 << rng.below(8),
-            1 => b[p] = rng.next() as u8,
+            1 => b[p] = rng.next_u64() as u8,
             2 => b.truncate(p),
             3 => {
                 let v = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
@@ -104,7 +92,7 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
             4 => {
                 if rng.below(2) == 0 {
                     let n = 1 + rng.below(8);
-                    b.splice(p..p, (0..n).map(|_| rng.next() as u8));
+                    b.splice(p..p, (0..n).map(|_| rng.next_u64() as u8));
                 } else {
                     let end = (p + 1 + rng.below(8)).min(b.len());
                     b.drain(p..end);

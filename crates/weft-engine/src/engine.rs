@@ -552,6 +552,7 @@ impl Worker {
             tokens: &tokens,
             positions: &positions,
             seqs: &seqs,
+            embeddings: &[],
         };
         self.model
             .decoder

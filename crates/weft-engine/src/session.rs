@@ -146,6 +146,7 @@ impl<'m> Session<'m> {
                 tokens: chunk,
                 positions: &self.positions,
                 seqs: &seqs,
+                embeddings: &[],
             };
             let out =
                 self.model

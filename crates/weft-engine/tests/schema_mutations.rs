@@ -8,22 +8,7 @@
 use serde_json::{json, Value};
 use weft_engine::constrained::{JsonGrammar, JsonState};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use weft_test_support::Rng;
 
 /// Valid schemas, each with a document it accepts.
 fn seeds() -> Vec<(Value, &'static str)> {
@@ -215,7 +200,7 @@ fn mutate_bytes(rng: &mut Rng, b: &mut Vec<u8>) {
     for _ in 0..1 + rng.below(3) {
         let p = rng.below(b.len() + 1);
         match rng.below(4) {
-            0 if p < b.len() => b[p] = rng.next() as u8,
+            0 if p < b.len() => b[p] = rng.next_u64() as u8,
             1 if p < b.len() => {
                 b.remove(p);
             }

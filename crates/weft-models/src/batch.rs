@@ -58,12 +58,24 @@ pub struct SeqSlice<'a> {
     pub logits: LogitsWanted,
 }
 
+/// An input row given as an embedding instead of a token id: an image's, a video's or an
+/// audio clip's placeholder token, whose row the encoder's projection fills.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenEmbedding<'a> {
+    /// Index of the token in `Batch::tokens`.
+    pub token: usize,
+    /// `n_embd` values, taken as they are (no embedding scale).
+    pub values: &'a [f32],
+}
+
 /// All tokens scheduled for one forward pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {
     pub tokens: &'a [u32],
     pub positions: &'a [Position],
     pub seqs: &'a [SeqSlice<'a>],
+    /// Rows that replace their token's embedding, in increasing token order.
+    pub embeddings: &'a [TokenEmbedding<'a>],
 }
 
 /// Why a batch cannot be evaluated.
@@ -93,6 +105,16 @@ pub enum BatchError {
     },
     #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
     TokenOutOfRange { token: u32, vocab_size: usize },
+    #[error(
+        "embedding {index} replaces token {token}: not after the previous one, or beyond the batch"
+    )]
+    EmbeddingOrder { index: usize, token: usize },
+    #[error("embedding {index} has {len} values; the model's rows have {n_embd}")]
+    EmbeddingWidth {
+        index: usize,
+        len: usize,
+        n_embd: usize,
+    },
 }
 
 impl Batch<'_> {
@@ -102,16 +124,19 @@ impl Batch<'_> {
     }
 
     /// Checks that the batch can be evaluated against a cache of `n_blocks` blocks of
-    /// `block_size` tokens and a vocabulary of `vocab_size`: one position per token, the
-    /// sequences tiling the tokens in order (so that each writes its own output rows, which
-    /// the forward pass fills from several threads), block tables that cover every cache
-    /// slot written and name only existing blocks, and token ids in the vocabulary.
+    /// `block_size` tokens and a model of `vocab_size` tokens and `n_embd` wide rows: one
+    /// position per token, the sequences tiling the tokens in order (so that each writes its
+    /// own output rows, which the forward pass fills from several threads), block tables that
+    /// cover every cache slot written and name only existing blocks, token ids in the
+    /// vocabulary, and embeddings of the model's width for distinct tokens in order.
     pub fn check(
         &self,
         n_blocks: usize,
         block_size: usize,
         vocab_size: usize,
+        n_embd: usize,
     ) -> Result<(), BatchError> {
+        self.check_embeddings(n_embd)?;
         let tokens = self.tokens.len();
         if self.positions.len() != tokens {
             return Err(BatchError::Positions {
@@ -157,6 +182,27 @@ impl Batch<'_> {
             None => Ok(()),
         }
     }
+
+    fn check_embeddings(&self, n_embd: usize) -> Result<(), BatchError> {
+        let mut next = 0;
+        for (index, e) in self.embeddings.iter().enumerate() {
+            if e.token < next || e.token >= self.tokens.len() {
+                return Err(BatchError::EmbeddingOrder {
+                    index,
+                    token: e.token,
+                });
+            }
+            if e.values.len() != n_embd {
+                return Err(BatchError::EmbeddingWidth {
+                    index,
+                    len: e.values.len(),
+                    n_embd,
+                });
+            }
+            next = e.token + 1;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -183,8 +229,9 @@ mod tests {
                 tokens,
                 positions,
                 seqs,
+                embeddings: &[],
             }
-            .check(3, 16, 10)
+            .check(3, 16, 10, 4)
         };
         let good = [seq(0, 2, 0, &a), seq(2, 3, 14, &b)];
         assert_eq!(check(&good, &positions, &tokens), Ok(()));
@@ -215,6 +262,33 @@ mod tests {
         assert!(matches!(
             check(&good, &positions, &[1, 2, 3, 4, 10]),
             Err(BatchError::TokenOutOfRange { token: 10, .. })
+        ));
+        let row = [0.0f32; 4];
+        let with = |embeddings: &[TokenEmbedding<'_>]| {
+            Batch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &good,
+                embeddings,
+            }
+            .check(3, 16, 10, 4)
+        };
+        let e = |token: usize, values: &'static [f32]| TokenEmbedding { token, values };
+        assert_eq!(with(&[e(1, &[0.0; 4]), e(3, &[0.0; 4])]), Ok(()));
+        assert!(matches!(
+            with(&[e(3, &[0.0; 4]), e(3, &[0.0; 4])]),
+            Err(BatchError::EmbeddingOrder { index: 1, .. })
+        ));
+        assert!(matches!(
+            with(&[e(5, &[0.0; 4])]),
+            Err(BatchError::EmbeddingOrder { index: 0, .. })
+        ));
+        assert!(matches!(
+            with(&[TokenEmbedding {
+                token: 0,
+                values: &row[..3]
+            }]),
+            Err(BatchError::EmbeddingWidth { len: 3, .. })
         ));
     }
 }

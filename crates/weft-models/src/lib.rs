@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod text_model;
 pub mod tokenizer;
+pub mod weights;
 
 mod error;
 

@@ -1080,19 +1080,7 @@ fn tensor_data_past_end_of_file() {
 // Robustness: deterministic mutations must never panic.
 // ---------------------------------------------------------------------------------------------
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use weft_test_support::Rng;
 
 fn touch(f: &GgufFile) -> u64 {
     let mut sum = 0u64;
@@ -1141,7 +1129,7 @@ fn mutations_never_panic() {
                 }
                 1 => {
                     let p = rng.below(b.len());
-                    b[p] = rng.next() as u8;
+                    b[p] = rng.next_u64() as u8;
                 }
                 2 => {
                     let len = rng.below(b.len() + 1);
@@ -1161,7 +1149,7 @@ fn mutations_never_panic() {
                     let p = rng.below(b.len() + 1);
                     if rng.below(2) == 0 {
                         let n = 1 + rng.below(8);
-                        b.splice(p..p, (0..n).map(|_| rng.next() as u8));
+                        b.splice(p..p, (0..n).map(|_| rng.next_u64() as u8));
                     } else {
                         let end = (p + 1 + rng.below(8)).min(b.len());
                         b.drain(p..end);

@@ -5,7 +5,11 @@
 //! a broken setup, and a test that returns early would count as passed without checking
 //! anything.
 
+mod rng;
+
 use std::path::PathBuf;
+
+pub use rng::Rng;
 
 /// True when running under CI: `CI` is set to anything but `""`, `0` or `false`.
 pub fn under_ci() -> bool {

@@ -11,7 +11,7 @@ use crate::load_model;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Packaged model name or path to a .gguf file.
+    /// Packaged model name, path to a .gguf file, or a Hugging Face model directory.
     model: String,
     /// Prompt lengths to time (comma-separated; 0 skips prompt tests).
     #[arg(
@@ -68,16 +68,22 @@ struct ModelInfo {
 
 impl ModelInfo {
     fn of(model: &TextModel) -> ModelInfo {
-        let tensors = model.file.tensors();
+        let tensors = model.weights.tensors();
         let n_params: u64 = tensors.iter().map(|t| t.n_elements()).sum();
-        let ftype = model
-            .file
-            .get_u32("general.file_type")
-            .ok()
-            .flatten()
-            .map_or("?", file_type_name);
+        // GGUF names its quantization mix; a Hugging Face directory is as its embedding.
+        let ftype = match &model.gguf {
+            Some(file) => file
+                .get_u32("general.file_type")
+                .ok()
+                .flatten()
+                .map_or("?", file_type_name),
+            None => model
+                .weights
+                .tensor("token_embd.weight")
+                .map_or("?", |t| t.ggml_type.name()),
+        };
         ModelInfo {
-            filename: model.file.path().display().to_string(),
+            filename: model.weights.path().display().to_string(),
             model_type: format!(
                 "{} {} {ftype}",
                 model.decoder.config().arch.name(),

@@ -16,7 +16,7 @@ use crate::{load_model, ContextArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    /// Packaged model name or path to a .gguf file.
+    /// Packaged model name, path to a .gguf file, or a Hugging Face model directory.
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
     /// System message for the conversation.

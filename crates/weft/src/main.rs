@@ -45,7 +45,7 @@ enum Command {
     },
     /// Print the token ids of TEXT as a JSON array (on the last line).
     Tokenize {
-        /// Packaged model name or path to a .gguf file.
+        /// Packaged model name, path to a .gguf file, or a Hugging Face model directory.
         model: String,
         text: String,
         /// Parse special-token text (like "<|im_start|>") as special tokens.
@@ -64,7 +64,7 @@ enum Command {
 
 #[derive(Args, Clone, Debug)]
 pub struct PerplexityArgs {
-    /// Packaged model name or path to a .gguf file.
+    /// Packaged model name, path to a .gguf file, or a Hugging Face model directory.
     model: String,
     /// UTF-8 text file.
     file: PathBuf,

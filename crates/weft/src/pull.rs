@@ -174,11 +174,11 @@ fn known_names() -> String {
         .join("\n")
 }
 
-/// Turns what the user typed as MODEL into a model file path: an existing file is used as is; a
-/// packaged name is pulled on first use.
+/// Turns what the user typed as MODEL into a model path: an existing file or directory (a
+/// Hugging Face model directory) is used as is; a packaged name is pulled on first use.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.is_file() {
+    if path.exists() {
         return Ok(path.to_path_buf());
     }
     if let Some(model) = PACKAGED.iter().find(|m| m.name == spec) {
@@ -188,7 +188,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         bail!("model file {spec} does not exist");
     }
     bail!(
-        "unknown model '{spec}': give a path to a .gguf file or one of\n{}",
+        "unknown model '{spec}': give a path to a .gguf file or a model directory, or one of\n{}",
         known_names()
     )
 }

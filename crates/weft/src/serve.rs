@@ -229,11 +229,17 @@ fn audio_service(args: &ServeArgs, path: &Path, names: Vec<String>) -> Result<Au
     ))
 }
 
-/// A directory or any file that is not GGUF (CTranslate2's model.bin, safetensors) is taken
-/// for a Whisper model; its loader says what is wrong with it if it is not one.
+/// A CTranslate2 directory (`model.bin`), a Hugging Face directory whose `config.json` says
+/// `whisper`, or any file that is not GGUF is taken for a Whisper model (its loader says what
+/// is wrong with it if it is not one); other directories hold text models.
 fn is_whisper(path: &Path) -> Result<bool> {
     if path.is_dir() {
-        return Ok(true);
+        if path.join("model.bin").is_file() {
+            return Ok(true);
+        }
+        let config = std::fs::read_to_string(path.join("config.json")).unwrap_or_default();
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
+        return Ok(config["model_type"] == "whisper");
     }
     let mut magic = [0u8; 4];
     let mut file =
@@ -255,10 +261,11 @@ fn audio_model_id(spec: &str) -> String {
         .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned())
 }
 
-/// The default served name: a packaged name as given, a path's file stem.
+/// The default served name: a packaged name as given, a path's file stem (a directory's
+/// name).
 fn model_id(spec: &str) -> String {
     let path = std::path::Path::new(spec);
-    if !spec.ends_with(".gguf") {
+    if !spec.ends_with(".gguf") && !path.is_dir() {
         return spec.to_owned();
     }
     path.file_stem()

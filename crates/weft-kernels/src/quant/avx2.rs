@@ -840,23 +840,25 @@ unsafe fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     finish_float_dot(acc, tail)
 }
 
+/// f16 weights · f32 activations.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut wi = w.chunks_exact(64);
-    let mut xi = x.chunks_exact(64);
+    let mut xi = x.chunks_exact(128);
     for (wc, xc) in (&mut wi).zip(&mut xi) {
         for (k, a) in acc.iter_mut().enumerate() {
             let wv = _mm256_cvtph_ps(load16(arr(wc, 16 * k)));
-            let xv = _mm256_cvtph_ps(load16(arr(xc, 16 * k)));
+            let xv = _mm256_castsi256_ps(load32(arr(xc, 32 * k)));
             *a = _mm256_fmadd_ps(wv, xv, *a);
         }
     }
     let tail = (wi.remainder().chunks_exact(2))
-        .zip(xi.remainder().chunks_exact(2))
-        .map(|(a, b)| (f16_at(a, 0) * f16_at(b, 0)) as f64)
+        .zip(xi.remainder().chunks_exact(4))
+        .map(|(a, b)| (f16_at(a, 0) * f32_at(b, 0)) as f64)
         .sum::<f64>();
     debug_assert_eq!(w.len(), 2 * n);
     finish_float_dot(acc, tail)
@@ -872,25 +874,24 @@ unsafe fn bf16x8(b: &[u8; 16]) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load16(b))))
 }
 
+/// bf16 weights · f32 activations.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut wi = w.chunks_exact(64);
-    let mut xi = x.chunks_exact(64);
+    let mut xi = x.chunks_exact(128);
     for (wc, xc) in (&mut wi).zip(&mut xi) {
         for (k, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(bf16x8(arr(wc, 16 * k)), bf16x8(arr(xc, 16 * k)), *a);
+            let xv = _mm256_castsi256_ps(load32(arr(xc, 32 * k)));
+            *a = _mm256_fmadd_ps(bf16x8(arr(wc, 16 * k)), xv, *a);
         }
     }
     let tail = (wi.remainder().chunks_exact(2))
-        .zip(xi.remainder().chunks_exact(2))
-        .map(|(a, b)| {
-            let a = bf16_to_f32(u16::from_le_bytes([a[0], a[1]]));
-            let b = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-            (a * b) as f64
-        })
+        .zip(xi.remainder().chunks_exact(4))
+        .map(|(a, b)| (bf16_to_f32(u16::from_le_bytes([a[0], a[1]])) * f32_at(b, 0)) as f64)
         .sum::<f64>();
     debug_assert_eq!(w.len(), 2 * n);
     finish_float_dot(acc, tail)

@@ -194,13 +194,14 @@ impl GgmlType {
         blocks.checked_mul(self.block_bytes())
     }
 
-    /// The activation format [`vec_dot`] expects for weights of this type (ggml-cpu's
-    /// `vec_dot_type`).
+    /// The activation format [`vec_dot`] expects for weights of this type: ggml-cpu's
+    /// `vec_dot_type`, except that 16-bit float weights take f32 activations where ggml rounds
+    /// them to the weights' type. Keeping f32 costs nothing when the weights' bytes dominate
+    /// (decode) and keeps dense models as exact as the f32 references they are checked
+    /// against (bf16 activations alone move log-probabilities by a tenth of a nat).
     pub fn dot_type(self) -> GgmlType {
         match self {
-            GgmlType::F32 => GgmlType::F32,
-            GgmlType::F16 => GgmlType::F16,
-            GgmlType::BF16 => GgmlType::BF16,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
             GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => GgmlType::Q8_1,
             GgmlType::Q2_K
@@ -212,7 +213,8 @@ impl GgmlType {
         }
     }
 
-    /// Whether [`quantize_row`] can produce this type (it is some type's dot type).
+    /// Whether [`quantize_row`] can produce this type (some type's dot type, or a 16-bit float
+    /// format for caches).
     pub fn is_dot_type(self) -> bool {
         matches!(
             self,

@@ -146,12 +146,12 @@ pub(super) fn vec_dot_unchecked(ty: GgmlType, n: usize, w: &[u8], x: &[u8]) -> f
     }
 }
 
-/// Sum over element pairs of the float formats, in f64 as ggml's generic `ggml_vec_dot_f32` /
-/// `_f16` / `_bf16`.
+/// Sum over element pairs of float weights (`size` bytes each, read by `load`) and f32
+/// activations, in f64 as ggml's generic `ggml_vec_dot_f32`.
 fn dot_floats(w: &[u8], x: &[u8], size: usize, load: impl Fn(&[u8]) -> f32) -> f32 {
     let mut sum = 0.0f64;
-    for (a, b) in w.chunks_exact(size).zip(x.chunks_exact(size)) {
-        sum += (load(a) * load(b)) as f64;
+    for (a, b) in w.chunks_exact(size).zip(x.chunks_exact(4)) {
+        sum += (load(a) * f32_at(b, 0)) as f64;
     }
     sum as f32
 }

@@ -209,7 +209,7 @@ proptest! {
 fn type_table() {
     let table = [
         (GgmlType::F32, 0, "F32", 1, 4, GgmlType::F32),
-        (GgmlType::F16, 1, "F16", 1, 2, GgmlType::F16),
+        (GgmlType::F16, 1, "F16", 1, 2, GgmlType::F32),
         (GgmlType::Q4_0, 2, "Q4_0", 32, 18, GgmlType::Q8_0),
         (GgmlType::Q4_1, 3, "Q4_1", 32, 20, GgmlType::Q8_1),
         (GgmlType::Q5_0, 6, "Q5_0", 32, 22, GgmlType::Q8_0),
@@ -222,7 +222,7 @@ fn type_table() {
         (GgmlType::Q5_K, 13, "Q5_K", 256, 176, GgmlType::Q8_K),
         (GgmlType::Q6_K, 14, "Q6_K", 256, 210, GgmlType::Q8_K),
         (GgmlType::Q8_K, 15, "Q8_K", 256, 292, GgmlType::Q8_K),
-        (GgmlType::BF16, 30, "BF16", 1, 2, GgmlType::BF16),
+        (GgmlType::BF16, 30, "BF16", 1, 2, GgmlType::F32),
     ];
     assert_eq!(table.len(), GgmlType::ALL.len());
     for (ty, id, name, len, bytes, dot) in table {

@@ -1,4 +1,5 @@
-//! Hyper-parameters of the decoder-only text architectures, read from GGUF metadata.
+//! Hyper-parameters of the decoder-only text architectures, read from GGUF metadata (or from
+//! a Hugging Face `config.json`, in `hf`).
 
 use crate::gguf::GgufFile;
 use crate::ModelError;
@@ -63,7 +64,16 @@ pub struct DecoderConfig {
     pub attn_scale: f32,
     /// Multiplier applied to token embeddings (sqrt(n_embd) for Gemma).
     pub embed_scale: f32,
+    /// Multimodal RoPE (Qwen2-VL, Qwen2.5-VL/Omni): how many of the `rope_dims / 2`
+    /// frequencies the time, height and width components of a position turn, in that order.
+    pub mrope_section: Option<[usize; 3]>,
+    /// Added to every RMS-norm weight as loaded: 1 for Gemma from Hugging Face files, which
+    /// store `w` for a norm that scales by `1 + w` (GGUF files store `1 + w`).
+    pub norm_weight_offset: f32,
 }
+
+/// Largest `rope_dims / 2` with multimodal RoPE (heads of up to 512).
+pub(crate) const MAX_MROPE_HALF: usize = 256;
 
 /// Gemma 3's local layers use this RoPE base (fixed by the architecture, not stored in GGUF).
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
@@ -103,15 +113,9 @@ impl DecoderConfig {
         let n_kv_heads = file
             .get_u32(&key("attention.head_count_kv"))?
             .map_or(n_heads, |v| v as usize);
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(ModelError::invalid(
-                file,
-                &format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads"),
-            ));
-        }
         let head_dim = match file.get_u32(&key("attention.key_length"))? {
             Some(v) => v as usize,
-            None if n_embd % n_heads == 0 => n_embd / n_heads,
+            None if n_heads > 0 && n_embd % n_heads == 0 => n_embd / n_heads,
             None => {
                 return Err(ModelError::invalid(
                     file,
@@ -127,20 +131,6 @@ impl DecoderConfig {
         let rope_dims = file
             .get_u32(&key("rope.dimension_count"))?
             .map_or(head_dim, |v| v as usize);
-        if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(ModelError::invalid(
-                file,
-                &format!("rope dimension {rope_dims} invalid for head size {head_dim}"),
-            ));
-        }
-        if head_dim > weft_kernels::attention::MAX_HEAD_DIM
-            || n_heads / n_kv_heads > weft_kernels::attention::MAX_GROUP
-        {
-            return Err(ModelError::invalid(
-                file,
-                "attention head shape beyond the kernel's limits",
-            ));
-        }
         let rms_eps = file
             .get_f32(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5);
@@ -190,7 +180,7 @@ impl DecoderConfig {
                 (layers, RopeStyle::Neox, (n_embd as f32).sqrt())
             }
         };
-        Ok(DecoderConfig {
+        let config = DecoderConfig {
             arch,
             n_embd,
             n_layers,
@@ -205,6 +195,44 @@ impl DecoderConfig {
             layers,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             embed_scale,
-        })
+            norm_weight_offset: 0.0,
+            mrope_section: None,
+        };
+        config.check().map_err(|e| ModelError::invalid(file, &e))?;
+        Ok(config)
+    }
+
+    /// Refuses shapes the kernels cannot run, whatever file they came from.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let (n_heads, n_kv_heads) = (self.n_heads, self.n_kv_heads);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(format!(
+                "{n_heads} attention heads cannot share {n_kv_heads} KV heads"
+            ));
+        }
+        let (rope_dims, head_dim) = (self.rope_dims, self.head_dim);
+        if rope_dims > head_dim || rope_dims % 2 != 0 {
+            return Err(format!(
+                "rope dimension {rope_dims} invalid for head size {head_dim}"
+            ));
+        }
+        if head_dim == 0
+            || head_dim > weft_kernels::attention::MAX_HEAD_DIM
+            || n_heads / n_kv_heads > weft_kernels::attention::MAX_GROUP
+        {
+            return Err("attention head shape beyond the kernel's limits".into());
+        }
+        if let Some(sections) = self.mrope_section {
+            if sections.iter().sum::<usize>() != rope_dims / 2 || rope_dims / 2 > MAX_MROPE_HALF {
+                return Err(format!(
+                    "mrope_section {sections:?} does not split the {} rotary frequencies",
+                    rope_dims / 2
+                ));
+            }
+        }
+        if self.n_embd == 0 || self.n_ff == 0 {
+            return Err("zero-sized model dimensions".into());
+        }
+        Ok(())
     }
 }

@@ -10,13 +10,13 @@ use weft_kernels::ops;
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::{dequantize_row, GgmlType};
 
-use super::config::{Arch, DecoderConfig};
+use super::config::{Arch, DecoderConfig, MAX_MROPE_HALF};
 use crate::batch::{Batch, BatchError, LogitsWanted};
-use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv_cache::{KvCache, KvShape};
+use crate::weights::{TensorInfo, WeightSource};
 use crate::ModelError;
 
-/// A weight matrix in the memory-mapped file (the source of truth), plus the layouts the
+/// A weight matrix in the memory-mapped weights (the source of truth), plus the layouts the
 /// kernels build from it on first use.
 #[derive(Clone)]
 struct Mat {
@@ -46,10 +46,10 @@ struct Layer {
     post_ffn_norm: Option<Vec<f32>>,
 }
 
-/// A loaded decoder: configuration plus weights that point into the GGUF mapping.
+/// A loaded decoder: configuration plus weights that point into the source's mapping.
 pub struct Decoder {
     config: DecoderConfig,
-    file: Arc<GgufFile>,
+    weights: Arc<dyn WeightSource>,
     token_embd: Mat,
     output_norm: Vec<f32>,
     output: Mat,
@@ -82,13 +82,20 @@ pub struct ForwardScratch {
 }
 
 impl Decoder {
-    pub fn load(file: Arc<GgufFile>) -> Result<Decoder, ModelError> {
-        let config = DecoderConfig::from_gguf(&file)?;
-        let loader = Loader { file: &file };
+    /// Builds the network `config` describes from `weights` (GGUF-named), checking every
+    /// tensor's shape.
+    pub fn load(
+        weights: Arc<dyn WeightSource>,
+        config: DecoderConfig,
+    ) -> Result<Decoder, ModelError> {
+        let loader = Loader {
+            weights: &*weights,
+            norm_offset: config.norm_weight_offset,
+        };
         let c = &config;
         let token_embd = loader.mat("token_embd.weight", c.n_embd, None)?;
         let vocab_size = token_embd.rows;
-        let output = match file.tensor("output.weight") {
+        let output = match weights.tensor("output.weight") {
             Some(_) => loader.mat("output.weight", c.n_embd, Some(vocab_size))?,
             None => token_embd.clone(),
         };
@@ -99,7 +106,7 @@ impl Decoder {
             let t = |suffix: &str| format!("blk.{il}.{suffix}");
             let gemma = c.arch == Arch::Gemma3;
             layers.push(Layer {
-                attn_norm: loader.vector(&t("attn_norm.weight"), c.n_embd)?,
+                attn_norm: loader.norm(&t("attn_norm.weight"), c.n_embd)?,
                 wq: loader.mat(&t("attn_q.weight"), c.n_embd, Some(q_width))?,
                 wk: loader.mat(&t("attn_k.weight"), c.n_embd, Some(kv_width))?,
                 wv: loader.mat(&t("attn_v.weight"), c.n_embd, Some(kv_width))?,
@@ -107,24 +114,24 @@ impl Decoder {
                 bq: loader.optional_vector(&t("attn_q.bias"), q_width)?,
                 bk: loader.optional_vector(&t("attn_k.bias"), kv_width)?,
                 bv: loader.optional_vector(&t("attn_v.bias"), kv_width)?,
-                q_norm: loader.required_if(gemma, &t("attn_q_norm.weight"), c.head_dim)?,
-                k_norm: loader.required_if(gemma, &t("attn_k_norm.weight"), c.head_dim)?,
-                post_attn_norm: loader.required_if(
+                q_norm: loader.norm_if(gemma, &t("attn_q_norm.weight"), c.head_dim)?,
+                k_norm: loader.norm_if(gemma, &t("attn_k_norm.weight"), c.head_dim)?,
+                post_attn_norm: loader.norm_if(
                     gemma,
                     &t("post_attention_norm.weight"),
                     c.n_embd,
                 )?,
-                ffn_norm: loader.vector(&t("ffn_norm.weight"), c.n_embd)?,
+                ffn_norm: loader.norm(&t("ffn_norm.weight"), c.n_embd)?,
                 w_gate: loader.mat(&t("ffn_gate.weight"), c.n_embd, Some(c.n_ff))?,
                 w_up: loader.mat(&t("ffn_up.weight"), c.n_embd, Some(c.n_ff))?,
                 w_down: loader.mat(&t("ffn_down.weight"), c.n_ff, Some(c.n_embd))?,
-                post_ffn_norm: loader.required_if(gemma, &t("post_ffw_norm.weight"), c.n_embd)?,
+                post_ffn_norm: loader.norm_if(gemma, &t("post_ffw_norm.weight"), c.n_embd)?,
             });
         }
-        let output_norm = loader.vector("output_norm.weight", c.n_embd)?;
+        let output_norm = loader.norm("output_norm.weight", c.n_embd)?;
         Ok(Decoder {
             config,
-            file,
+            weights,
             token_embd,
             output_norm,
             output,
@@ -177,7 +184,7 @@ impl Decoder {
             ty: m.ty,
             rows: m.rows,
             cols: m.cols,
-            data: self.file.tensor_data(&m.info),
+            data: self.weights.tensor_data(&m.info),
         }
     }
 
@@ -191,7 +198,12 @@ impl Decoder {
         pool: &ThreadPool,
         s: &'s mut ForwardScratch,
     ) -> Result<&'s [f32], BatchError> {
-        batch.check(kv.n_blocks(), kv.block_size(), self.vocab_size)?;
+        batch.check(
+            kv.n_blocks(),
+            kv.block_size(),
+            self.vocab_size,
+            self.config.n_embd,
+        )?;
         let c = &self.config;
         let n = batch.tokens.len();
         assert_eq!(kv.shape(), self.kv_shape(), "KV cache shape");
@@ -214,6 +226,9 @@ impl Decoder {
             if c.embed_scale != 1.0 {
                 ops::scale_inplace(x, c.embed_scale);
             }
+        }
+        for e in batch.embeddings {
+            s.x[e.token * d..(e.token + 1) * d].copy_from_slice(e.values);
         }
 
         for (il, layer) in self.layers.iter().enumerate() {
@@ -360,18 +375,32 @@ impl Decoder {
     }
 
     /// Fills cos/sin tables for every token of the batch for one RoPE base.
+    /// cos/sin of every token's rotation. With multimodal RoPE (`mrope_section`), the
+    /// frequencies come in three runs, turned by the position's time, height and width
+    /// components in turn; a text token's three components are equal, which gives plain RoPE.
     fn rope_tables(&self, batch: &Batch<'_>, base: f32, scale: f32, s: &mut ForwardScratch) {
-        let half = self.config.rope_dims / 2;
+        let (dims, half) = (self.config.rope_dims, self.config.rope_dims / 2);
         resize(&mut s.rope_cos, batch.tokens.len() * half);
         resize(&mut s.rope_sin, batch.tokens.len() * half);
-        for (t, p) in batch.positions.iter().enumerate() {
-            ops::rope_cache(
-                p.index() as f32 * scale,
-                self.config.rope_dims,
-                base,
-                &mut s.rope_cos[t * half..(t + 1) * half],
-                &mut s.rope_sin[t * half..(t + 1) * half],
-            );
+        let rows = s
+            .rope_cos
+            .chunks_exact_mut(half)
+            .zip(s.rope_sin.chunks_exact_mut(half));
+        for (p, (cos, sin)) in batch.positions.iter().zip(rows) {
+            let Some(sections) = self.config.mrope_section else {
+                ops::rope_cache(p.index() as f32 * scale, dims, base, cos, sin);
+                continue;
+            };
+            let (mut c, mut si) = ([0.0f32; MAX_MROPE_HALF], [0.0f32; MAX_MROPE_HALF]);
+            let mut start = 0;
+            for (component, len) in sections.into_iter().enumerate() {
+                let end = (start + len).min(half);
+                let pos = p.0[component] as f32 * scale;
+                ops::rope_cache(pos, dims, base, &mut c[..half], &mut si[..half]);
+                cos[start..end].copy_from_slice(&c[start..end]);
+                sin[start..end].copy_from_slice(&si[start..end]);
+                start = end;
+            }
         }
     }
 
@@ -631,22 +660,24 @@ impl Shared {
 
 /// Looks tensors up by name and checks their shapes against the configuration.
 struct Loader<'a> {
-    file: &'a GgufFile,
+    weights: &'a dyn WeightSource,
+    /// Added to norm weights (`DecoderConfig::norm_weight_offset`).
+    norm_offset: f32,
 }
 
 impl Loader<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
-        self.file
+        self.weights
             .tensor(name)
             .ok_or_else(|| ModelError::MissingTensor {
-                path: self.file.path().to_path_buf(),
+                path: self.weights.path().to_path_buf(),
                 tensor: name.to_string(),
             })
     }
 
     fn shape_error(&self, name: &str, info: &TensorInfo, want: &str) -> ModelError {
         ModelError::TensorShape {
-            path: self.file.path().to_path_buf(),
+            path: self.weights.path().to_path_buf(),
             tensor: name.to_string(),
             found: format!("{:?}", info.dims),
             expected: want.to_string(),
@@ -669,7 +700,7 @@ impl Loader<'_> {
         // Q8_1 and Q8_K exist only as activation formats; no vec_dot takes them as weights.
         if matches!(info.ggml_type, GgmlType::Q8_1 | GgmlType::Q8_K) {
             return Err(ModelError::UnsupportedTensorType {
-                path: self.file.path().to_path_buf(),
+                path: self.weights.path().to_path_buf(),
                 tensor: name.to_string(),
                 ty: info.ggml_type.name(),
             });
@@ -690,27 +721,35 @@ impl Loader<'_> {
             return Err(self.shape_error(name, info, &format!("[{len}]")));
         }
         let mut out = vec![0.0; len];
-        dequantize_row(info.ggml_type, self.file.tensor_data(info), &mut out);
+        dequantize_row(info.ggml_type, self.weights.tensor_data(info), &mut out);
         Ok(out)
     }
 
     fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
-        match self.file.tensor(name) {
+        match self.weights.tensor(name) {
             Some(_) => self.vector(name, len).map(Some),
             None => Ok(None),
         }
     }
 
-    fn required_if(
+    /// An RMS-norm weight, in the `1 + w` convention whatever the file's.
+    fn norm(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let mut w = self.vector(name, len)?;
+        w.iter_mut().for_each(|v| *v += self.norm_offset);
+        Ok(w)
+    }
+
+    /// A norm that `required` architectures must have and others may.
+    fn norm_if(
         &self,
         required: bool,
         name: &str,
         len: usize,
     ) -> Result<Option<Vec<f32>>, ModelError> {
-        if required {
-            self.vector(name, len).map(Some)
+        if required || self.weights.tensor(name).is_some() {
+            self.norm(name, len).map(Some)
         } else {
-            self.optional_vector(name, len)
+            Ok(None)
         }
     }
 }

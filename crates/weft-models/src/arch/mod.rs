@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod hf;
 
 pub use config::{Arch, DecoderConfig, LayerAttention};
 pub use decoder::{Decoder, ForwardScratch};

@@ -19,41 +19,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use weft_kernels::quant::GgmlType;
 
 pub use error::GgufError;
 pub use parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_TENSOR_NAME};
 pub use value::{MetaArray, MetaValue};
 
-/// One tensor's description from the GGUF header.
-#[derive(Clone, Debug)]
-pub struct TensorInfo {
-    pub name: String,
-    pub ggml_type: GgmlType,
-    /// `ne[0]` first: `dims[0]` is the innermost dimension, the length of a row.
-    pub dims: Vec<u64>,
-    /// Absolute byte offset of the tensor's data in the file.
-    pub offset: u64,
-    /// Size of the tensor's data in bytes.
-    pub size: u64,
-}
-
-impl TensorInfo {
-    /// Product of all dimensions.
-    pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
-    }
-
-    /// Elements per row (`dims[0]`).
-    pub fn row_len(&self) -> usize {
-        self.dims[0] as usize
-    }
-
-    /// Number of rows: the product of all dimensions but the first.
-    pub fn n_rows(&self) -> usize {
-        self.dims[1..].iter().product::<u64>() as usize
-    }
-}
+pub use crate::weights::TensorInfo;
 
 /// A heap buffer whose start is 64-byte aligned, so tensors in a [`GgufFile::from_bytes`] image
 /// are as aligned as in a memory-mapped file.

@@ -99,6 +99,79 @@ fn pre_tokenizer(pre: &str) -> Result<Vec<Split>, TokenizerError> {
     })
 }
 
+/// End-of-generation tokens: EOS, EOT, and every token whose text llama.cpp treats as a turn
+/// or text end, which it also makes a control token (so that its text is matched as special
+/// only with parse_special).
+fn end_of_generation(
+    ends: [Option<u32>; 2],
+    ids: &HashMap<String, u32>,
+    types: &mut [i32],
+) -> Vec<u32> {
+    let mut eog: Vec<u32> = ends.into_iter().flatten().collect();
+    for text in EOG_TEXTS {
+        if let Some(&i) = ids.get(*text) {
+            eog.push(i);
+            types[i as usize] = TYPE_CONTROL;
+        }
+    }
+    eog.sort_unstable();
+    eog.dedup();
+    eog
+}
+
+/// The splits of a `tokenizer.json` `pre_tokenizer` that wraps byte-level BPE: GPT-2's
+/// `ByteLevel` with its own expression, SmolLM's `Digits` before it, or a `Split` by one of
+/// the expressions llama.cpp knows (Llama 3's, Qwen2's) before a `ByteLevel` without one.
+fn hf_pre_tokenizer(pre: &serde_json::Value) -> Result<Vec<Split>, TokenizerError> {
+    let unsupported = || TokenizerError::UnsupportedPre(pre.to_string());
+    let steps: Vec<&serde_json::Value> = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"]
+            .as_array()
+            .ok_or_else(unsupported)?
+            .iter()
+            .collect(),
+        Some(_) => vec![pre],
+        None if pre.is_null() => return Ok(vec![Split::Gpt2]),
+        None => return Err(unsupported()),
+    };
+    let mut splits = Vec::new();
+    for step in steps {
+        match step["type"].as_str() {
+            Some("ByteLevel") if step["use_regex"].as_bool() != Some(false) => {
+                splits.push(Split::Gpt2)
+            }
+            Some("ByteLevel") => {}
+            Some("Digits") if step["individual_digits"].as_bool() == Some(true) => {
+                splits.push(Split::Digits)
+            }
+            Some("Split") => {
+                let pattern = step["pattern"]["Regex"].as_str().ok_or_else(unsupported)?;
+                if !pattern.contains(r"[^\r\n\p{L}\p{N}]?\p{L}+") {
+                    return Err(unsupported());
+                }
+                let max_digits = if pattern.contains(r"\p{N}{1,3}") {
+                    3
+                } else if pattern.contains(r"|\p{N}|") {
+                    1
+                } else {
+                    return Err(unsupported());
+                };
+                splits.push(Split::Llama3 { max_digits });
+            }
+            _ => return Err(unsupported()),
+        }
+    }
+    Ok(splits)
+}
+
+/// A token given in `tokenizer_config.json` as its text or as `{"content": text}`.
+fn config_token(config: &serde_json::Value, key: &str) -> Option<String> {
+    let v = &config[key];
+    v.as_str()
+        .or_else(|| v["content"].as_str())
+        .map(str::to_string)
+}
+
 /// Matchers for the specials (`order`: ids, longest text first): all of them, and the
 /// user-defined ones alone.
 fn special_matchers(tokens: &[String], types: &[i32], order: &[u32]) -> [SpecialMatcher; 2] {
@@ -194,18 +267,7 @@ impl Tokenizer {
             .get_bool("tokenizer.ggml.add_eos_token")?
             .unwrap_or(false);
         let mut types = types;
-        // End-of-generation tokens: EOS, EOT, and every token whose text llama.cpp treats as a
-        // turn or text end, which it also makes a control token (so that its text is matched
-        // as special only with parse_special).
-        let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
-        for text in EOG_TEXTS {
-            if let Some(&i) = ids.get(*text) {
-                eog.push(i);
-                types[i as usize] = TYPE_CONTROL;
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
+        let eog = end_of_generation([eos, eot], &ids, &mut types);
         let mut order: Vec<u32> = (0..tokens.len() as u32)
             .filter(|&i| {
                 matches!(
@@ -231,10 +293,19 @@ impl Tokenizer {
         })
     }
 
-    /// A byte-level BPE tokenizer from a Hugging Face `tokenizer.json` (GPT-2 style: `BPE`
-    /// model, `ByteLevel` pre-tokenizer, as Whisper ships). Added tokens marked special become
-    /// control tokens; there is no BOS/EOS to add.
+    /// A byte-level BPE tokenizer from a Hugging Face `tokenizer.json` alone (as Whisper ships
+    /// it). Added tokens marked special become control tokens; there is no BOS to add.
     pub fn from_hf_json(json: &str) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::from_hf_files(json, &serde_json::Value::Null)
+    }
+
+    /// A byte-level BPE tokenizer from a Hugging Face model directory's `tokenizer.json` and
+    /// parsed `tokenizer_config.json` (`Null` when there is none): BOS and EOS by their text
+    /// there, BOS added when `add_bos_token` says so or the post-processor starts with it.
+    pub fn from_hf_files(
+        json: &str,
+        tokenizer_config: &serde_json::Value,
+    ) -> Result<Tokenizer, TokenizerError> {
         let bad = |what: &str| TokenizerError::Inconsistent(format!("tokenizer.json: {what}"));
         let root: serde_json::Value =
             serde_json::from_str(json).map_err(|e| bad(&e.to_string()))?;
@@ -294,7 +365,21 @@ impl Tokenizer {
             .filter(|(_, t)| !t.is_empty())
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let eos = ids.get("<|endoftext|>").copied();
+        let token =
+            |key: &str| config_token(tokenizer_config, key).and_then(|t| ids.get(&t).copied());
+        let bos = token("bos_token");
+        let eos = token("eos_token").or_else(|| ids.get("<|endoftext|>").copied());
+        let add_bos = bos.is_some()
+            && tokenizer_config["add_bos_token"]
+                .as_bool()
+                .unwrap_or_else(|| {
+                    let first = &root["post_processor"]["single"][0]["SpecialToken"]["id"];
+                    first
+                        .as_str()
+                        .is_some_and(|t| Some(t) == bos.map(|b| tokens[b as usize].as_str()))
+                });
+        let splits = hf_pre_tokenizer(&root["pre_tokenizer"])?;
+        let eog = end_of_generation([eos, None], &ids, &mut types);
         let mut order: Vec<u32> = (0..n as u32)
             .filter(|&i| matches!(types[i as usize], TYPE_CONTROL | TYPE_USER_DEFINED))
             .collect();
@@ -305,18 +390,25 @@ impl Tokenizer {
             tokens,
             types,
             ids,
-            model: Model::Bpe {
-                merges,
-                splits: vec![Split::Gpt2],
-            },
+            model: Model::Bpe { merges, splits },
             specials,
             user_specials,
-            bos: None,
+            bos,
             eos,
-            eog: eos.into_iter().collect(),
-            add_bos: false,
+            eog,
+            add_bos,
             add_eos: false,
         })
+    }
+
+    /// Extends the vocabulary to `n` ids with unused ones that encode nothing and decode to
+    /// nothing, for an embedding rounded up beyond the tokenizer's tokens (as llama.cpp's
+    /// converter pads such vocabularies).
+    pub fn pad_vocab(&mut self, n: usize) {
+        if n > self.tokens.len() {
+            self.tokens.resize(n, String::new());
+            self.types.resize(n, TYPE_UNKNOWN);
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
