@@ -10,8 +10,9 @@ use weft_kernels::pool::ThreadPool;
 use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
 
 use crate::encoder::linear;
-use crate::math::{add_inplace, gelu_inplace, layer_norm, softmax_scaled};
 use crate::model::{DecoderWeights, Whisper, WhisperConfig};
+use weft_kernels::float_ops::{gelu_inplace, layer_norm, softmax_scaled};
+use weft_kernels::ops::add_inplace;
 
 /// Cross-attention keys and values of one encoded window: per layer, per head, K packed as
 /// `[frames, dh]` rows and V as `[frames, dh]` columns, ready for `Q·Kᵀ` and `P·V`.

@@ -3,12 +3,12 @@
 //! log-mel window to `n_audio_ctx` (1500) vectors of `d_model`, and knows nothing of the text
 //! decoder, so an omni model can use it as its audio tower.
 
-use std::sync::Mutex;
-
+use weft_kernels::encoder_attention::self_attention;
+use weft_kernels::float_ops::{gelu_inplace, layer_norm};
+use weft_kernels::ops::add_inplace;
 use weft_kernels::pool::ThreadPool;
-use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
+use weft_kernels::sgemm::{gemm, Strides};
 
-use crate::math::{add_inplace, gelu_inplace, layer_norm, softmax_scaled};
 use crate::mel::LogMel;
 use crate::model::{EncoderLayer, EncoderWeights, LayerNorm, Linear, WhisperConfig};
 
@@ -108,73 +108,19 @@ fn encoder_layer(
     let mut h = vec![0.0f32; x.len()];
     layer_norm_rows(pool, x, &layer.attn.ln, &mut h);
     let qkv = linear(pool, &h, t, &layer.attn.qkv);
-    let attn = self_attention(cfg, pool, &qkv, t);
+    // One segment: the whole window attends to itself.
+    let whole = 0..t;
+    let attn = self_attention(
+        pool,
+        &qkv,
+        cfg.d_model,
+        cfg.n_heads,
+        std::slice::from_ref(&whole),
+    );
     add_inplace(x, &linear(pool, &attn, t, &layer.attn.out));
     layer_norm_rows(pool, x, &layer.ffn.ln, &mut h);
     let mut f = linear(pool, &h, t, &layer.ffn.fc1);
     let hidden = f.len() / t;
     gelu_rows(pool, &mut f, hidden);
     add_inplace(x, &linear(pool, &f, t, &layer.ffn.fc2));
-}
-
-/// Query rows attended at a time: their scores (`ROW_BLOCK x t`, 288 KB for a 1500-frame
-/// window) stay in L2 from the product that makes them through the softmax to the product
-/// that uses them, where the whole `t x t` matrix (9 MB) would go to memory and back for each.
-const ROW_BLOCK: usize = 48;
-
-/// Full (unmasked) multi-head attention over `t` rows of fused QKV; one head per pool task.
-fn self_attention(cfg: &WhisperConfig, pool: &ThreadPool, qkv: &[f32], t: usize) -> Vec<f32> {
-    let d = cfg.d_model;
-    let heads = cfg.n_heads;
-    let dh = d / heads;
-    let scale = (dh as f32).powf(-0.5);
-    let outs: Vec<Mutex<Vec<f32>>> = (0..heads).map(|_| Mutex::new(Vec::new())).collect();
-    pool.for_each_chunk(heads, |range| {
-        let mut scores = vec![0.0f32; ROW_BLOCK * t];
-        let mut gathered = vec![0.0f32; t * dh];
-        for h in range {
-            let gather = |buf: &mut [f32], col: usize| {
-                for (r, row) in buf.chunks_exact_mut(dh).enumerate() {
-                    row.copy_from_slice(&qkv[r * 3 * d + col..r * 3 * d + col + dh]);
-                }
-            };
-            gather(&mut gathered, d + h * dh);
-            let keys = PackedB::from_rows(&gathered, t, dh);
-            gather(&mut gathered, 2 * d + h * dh);
-            let values = PackedB::from_cols(&gathered, t, dh);
-            let mut out = vec![0.0f32; t * dh];
-            for r0 in (0..t).step_by(ROW_BLOCK) {
-                let rows = ROW_BLOCK.min(t - r0);
-                let scores = &mut scores[..rows * t];
-                gemm_st(
-                    &qkv[r0 * 3 * d + h * dh..],
-                    rows,
-                    &keys,
-                    None,
-                    scores,
-                    Strides { lda: 3 * d, ldc: t },
-                );
-                for row in scores.chunks_exact_mut(t) {
-                    softmax_scaled(row, scale);
-                }
-                gemm_st(
-                    scores,
-                    rows,
-                    &values,
-                    None,
-                    &mut out[r0 * dh..(r0 + rows) * dh],
-                    Strides { lda: t, ldc: dh },
-                );
-            }
-            *outs[h].lock().unwrap_or_else(|e| e.into_inner()) = out;
-        }
-    });
-    let mut attn = vec![0.0f32; t * d];
-    for (h, out) in outs.into_iter().enumerate() {
-        let out = out.into_inner().unwrap_or_else(|e| e.into_inner());
-        for (r, row) in out.chunks_exact(dh).enumerate() {
-            attn[r * d + h * dh..r * d + (h + 1) * dh].copy_from_slice(row);
-        }
-    }
-    attn
 }

@@ -14,7 +14,6 @@ pub mod format;
 pub mod languages;
 mod load_ct2;
 mod load_hf;
-pub mod math;
 pub mod mel;
 pub mod model;
 pub mod search;

@@ -6,8 +6,8 @@
 use weft_kernels::pool::ThreadPool;
 
 use crate::decoder::{CrossKv, DecoderState};
-use crate::math::log_softmax_inplace;
 use crate::model::Whisper;
+use weft_kernels::float_ops::log_softmax_inplace;
 
 #[derive(Clone, Debug)]
 pub struct DecodeOptions {

@@ -15,10 +15,10 @@ use crate::audio;
 use crate::decoder::{CrossKv, DecoderState};
 use crate::encoder::encode;
 use crate::error::{AudioError, TranscribeError};
-use crate::math::softmax_inplace;
 use crate::mel::{MelExtractor, CHUNK_FRAMES, HOP, SAMPLE_RATE};
 use crate::model::Whisper;
 use crate::search::{decode_window, DecodeOptions, DecodeResult, Rng};
+use weft_kernels::float_ops::softmax_inplace;
 
 /// Seconds per timestamp token and per mel frame.
 const TIME_PRECISION: f64 = 0.02;

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use weft_kernels::pool::ThreadPool;
 use weft_models::arch::ForwardScratch;
-use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice};
+use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice, TokenEmbedding};
 use weft_models::kv_cache::KvCache;
+use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 
 use crate::blocks::{BlockManager, SeqBlocks, BLOCK_SIZE};
@@ -60,6 +61,8 @@ pub struct Session<'m> {
     tokens: Vec<u32>,
     seq: SeqBlocks,
     positions: Vec<Position>,
+    /// Embeddings and positions of the cached sequence's prompt.
+    media: PromptMedia,
     scratch: ForwardScratch,
 }
 
@@ -74,6 +77,7 @@ impl<'m> Session<'m> {
             tokens: Vec::new(),
             seq: SeqBlocks::default(),
             positions: Vec::new(),
+            media: PromptMedia::default(),
             scratch: ForwardScratch::default(),
             config,
         }
@@ -95,6 +99,7 @@ impl<'m> Session<'m> {
     /// Forgets the cached sequence.
     pub fn reset(&mut self) {
         self.truncate(0);
+        self.media = PromptMedia::default();
     }
 
     fn truncate(&mut self, len: usize) {
@@ -134,7 +139,17 @@ impl<'m> Session<'m> {
             };
             self.positions.clear();
             self.positions
-                .extend((cached..cached + chunk.len()).map(Position::text));
+                .extend((cached..cached + chunk.len()).map(|j| self.media.position(j)));
+            let embeddings: Vec<TokenEmbedding<'_>> = self
+                .media
+                .embeddings
+                .iter()
+                .filter(|(j, _)| (cached..cached + chunk.len()).contains(j))
+                .map(|(j, values)| TokenEmbedding {
+                    token: j - cached,
+                    values,
+                })
+                .collect();
             let seqs = [SeqSlice {
                 start: 0,
                 len: chunk.len(),
@@ -146,7 +161,7 @@ impl<'m> Session<'m> {
                 tokens: chunk,
                 positions: &self.positions,
                 seqs: &seqs,
-                embeddings: &[],
+                embeddings: &embeddings,
             };
             let out =
                 self.model
@@ -164,9 +179,15 @@ impl<'m> Session<'m> {
         self.extend(tokens, LogitsWanted::Last, |_, _| {})
     }
 
-    /// Makes the cache hold exactly `prompt`, reusing its longest cached prefix, and returns
-    /// the logits after its last token plus how many tokens were reused.
-    fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize), EngineError> {
+    /// Makes the cache hold exactly `prompt` (with `media`), reusing its longest cached
+    /// prefix, and returns the logits after its last token plus how many tokens were reused.
+    /// Placeholder tokens look alike whatever they stand for, so reuse stops at the first
+    /// media token of either prompt.
+    fn prefill(
+        &mut self,
+        prompt: &[u32],
+        media: PromptMedia,
+    ) -> Result<(Vec<f32>, usize), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -182,8 +203,13 @@ impl<'m> Session<'m> {
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count();
+        let shareable = self
+            .media
+            .first_media_token()
+            .min(media.first_media_token());
         // At least the last prompt token is evaluated, to produce its logits.
-        self.truncate(common.min(prompt.len() - 1));
+        self.truncate(common.min(prompt.len() - 1).min(shareable));
+        self.media = media;
         let reuse = self.tokens.len();
         let mut last = Vec::new();
         self.extend(&prompt[reuse..], LogitsWanted::Last, |_, out| {
@@ -199,11 +225,24 @@ impl<'m> Session<'m> {
         prompt: &[u32],
         params: &GenerateParams,
         cancel: &AtomicBool,
+        on_text: impl FnMut(&str),
+    ) -> Result<GenerateOutcome, EngineError> {
+        self.generate_with_media(prompt, PromptMedia::default(), params, cancel, on_text)
+    }
+
+    /// [`Session::generate`] for a prompt with media (images, audio): `media` gives the
+    /// embeddings of its placeholder tokens and, for multimodal RoPE, its positions.
+    pub fn generate_with_media(
+        &mut self,
+        prompt: &[u32],
+        media: PromptMedia,
+        params: &GenerateParams,
+        cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<GenerateOutcome, EngineError> {
         let mut generation = Generation::new(params, OutputOptions::default(), None)?;
         let t0 = Instant::now();
-        let (mut logits, reused) = self.prefill(prompt)?;
+        let (mut logits, reused) = self.prefill(prompt, media)?;
         let prompt_time = t0.elapsed();
         let t1 = Instant::now();
         let tokenizer = &self.model.tokenizer;

@@ -5,6 +5,8 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod byte_dot;
+pub mod encoder_attention;
+pub mod float_ops;
 pub mod interleaved;
 pub mod matmul;
 pub mod ops;

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod chat_template;
 pub mod gguf;
 pub mod kv_cache;
+pub mod media;
 pub mod text_model;
 pub mod tokenizer;
 pub mod weights;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use weft_engine::session::{FinishReason, Session};
-use weft_models::chat_template::ChatMessage;
+use weft_models::chat_template::{ChatMessage, RenderOptions};
 use weft_models::TextModel;
 
 use crate::pull::DEFAULT_MODEL;
@@ -30,15 +30,22 @@ pub struct ChatArgs {
 
 /// Renders `messages` with the model's chat template (plus the assistant prompt) and
 /// tokenizes the result, special-token text included.
-pub fn chat_prompt_tokens(model: &TextModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+pub fn chat_prompt_tokens<M: serde::Serialize>(
+    model: &TextModel,
+    messages: &[M],
+) -> Result<Vec<u32>> {
     let Some(template) = &model.chat_template else {
         bail!(
             "{} has no chat template (it is probably a base model); use `weft run --raw` to continue plain text",
             model.name()
         );
     };
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..RenderOptions::default()
+    };
     let text = template
-        .render(messages, true)
+        .render_with(messages, &options)
         .context("rendering the chat template")?;
     let mut tokens = model.tokenizer.encode(&text, true, true);
     // Templates often write BOS themselves; do not add a second one.
@@ -53,7 +60,7 @@ pub fn chat_prompt_tokens(model: &TextModel, messages: &[ChatMessage]) -> Result
 pub fn chat(args: &ChatArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     if model.chat_template.is_none() {
-        chat_prompt_tokens(&model, &[])?;
+        chat_prompt_tokens::<ChatMessage>(&model, &[])?;
     }
     let mut session = Session::new(&model, args.context.session_config(&model));
     let cancel = Arc::new(AtomicBool::new(false));

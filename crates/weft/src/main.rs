@@ -193,6 +193,10 @@ pub struct ContextArgs {
 }
 
 impl ContextArgs {
+    pub fn threads(&self) -> usize {
+        self.threads.get()
+    }
+
     pub fn session_config(&self, model: &TextModel) -> SessionConfig {
         let ctx = self
             .ctx_size

@@ -1,12 +1,19 @@
 //! `weft run`: one prompt in, one streamed reply out.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde_json::json;
 use weft_engine::session::{GenerateOutcome, Session};
-use weft_models::chat_template::ChatMessage;
+use weft_kernels::pool::ThreadPool;
+use weft_models::media::PromptMedia;
+use weft_models::TextModel;
+use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::DecodeOptions;
 
 use crate::chat::chat_prompt_tokens;
 use crate::pull::DEFAULT_MODEL;
@@ -23,6 +30,10 @@ pub struct RunArgs {
     /// System message (chat mode only).
     #[arg(long)]
     system: Option<String>,
+    /// An image (PNG, JPEG, WebP, GIF) placed before PROMPT in the user message; repeatable.
+    /// Needs a model with a vision tower (a Qwen2.5-VL Hugging Face directory).
+    #[arg(long = "image", value_name = "PATH")]
+    images: Vec<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -36,32 +47,88 @@ pub fn run(args: &RunArgs) -> Result<()> {
         _ => unreachable!("clap enforces one or two values"),
     };
     let model = load_model(model_spec)?;
-    let tokens = if args.raw {
-        model.tokenizer.encode(prompt, true, false)
+    if args.raw && !args.images.is_empty() {
+        bail!("--image needs the chat template (leave out --raw)");
+    }
+    let (tokens, media) = if args.raw {
+        (
+            model.tokenizer.encode(prompt, true, false),
+            PromptMedia::default(),
+        )
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
-            messages.push(ChatMessage {
-                role: "system".into(),
-                content: system.clone(),
-            });
+            messages.push(json!({"role": "system", "content": system}));
         }
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: prompt.clone(),
-        });
-        chat_prompt_tokens(&model, &messages)?
+        let content = match args.images.is_empty() {
+            true => json!(prompt),
+            false => {
+                let mut parts: Vec<_> = args
+                    .images
+                    .iter()
+                    .map(|_| json!({"type": "image"}))
+                    .collect();
+                parts.push(json!({"type": "text", "text": prompt}));
+                json!(parts)
+            }
+        };
+        messages.push(json!({"role": "user", "content": content}));
+        let tokens = chat_prompt_tokens(&model, &messages)?;
+        match args.images.is_empty() {
+            true => (tokens, PromptMedia::default()),
+            false => with_images(&model, tokens, &args.images, args.context.threads())?,
+        }
     };
     let mut session = Session::new(&model, args.context.session_config(&model));
     let params = args.sampling.generate_params();
     let mut stdout = std::io::stdout().lock();
-    let outcome = session.generate(&tokens, &params, &AtomicBool::new(false), |text| {
+    let on_text = |text: &str| {
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
-    })?;
+    };
+    let outcome =
+        session.generate_with_media(&tokens, media, &params, &AtomicBool::new(false), on_text)?;
     writeln!(stdout)?;
     report(&outcome);
     Ok(())
+}
+
+/// The prompt with its images: placeholders expanded, the vision tower's rows, positions.
+fn with_images(
+    model: &TextModel,
+    tokens: Vec<u32>,
+    paths: &[PathBuf],
+    threads: usize,
+) -> Result<(Vec<u32>, PromptMedia)> {
+    let dir = model.weights.path();
+    let vision = match dir.is_dir() {
+        true => Qwen25VlVision::load(dir)?,
+        false => None,
+    };
+    let Some(vision) = vision else {
+        bail!(
+            "{} has no vision tower: --image needs a Qwen2.5-VL Hugging Face model directory",
+            model.name()
+        );
+    };
+    let images = paths
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            weft_vision::decode(&bytes, &DecodeOptions::default())
+                .with_context(|| format!("decoding {}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let (tokens, media) = vision.prepare(&ThreadPool::new(threads), &tokens, &images)?;
+    tracing::info!(
+        "{} images: {} tokens, encoded in {:.2} s",
+        images.len(),
+        media.embeddings.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((tokens, media))
 }
 
 /// Timing summary on stderr, in llama.cpp's terms.

@@ -1,6 +1,7 @@
-//! Element-wise math for the Whisper blocks, written so that the compiler vectorizes it: the
-//! encoder's softmax alone takes ~100 million exponentials per 30-second window, which libm's
-//! `expf` would make a large share of the run time.
+//! Element-wise f32 math for the dense encoders (Whisper's, the vision towers), written so
+//! that the compiler vectorizes it: Whisper's encoder softmax alone takes ~100 million
+//! exponentials per 30-second window, which libm's `expf` would make a large share of the run
+//! time.
 
 /// e^x with a relative error below 2e-7 over the f32 range (Cody-Waite reduction to
 /// |r| <= ln2/2, then a degree-6 polynomial); branch-free so that loops over it vectorize.
@@ -79,7 +80,8 @@ fn erf(x: f32) -> f32 {
     (1.0 - y * exp(-a * a)).copysign(x)
 }
 
-/// GELU as Whisper defines it (the erf form, not the tanh approximation), in place.
+/// GELU in its erf form (Whisper's, the Qwen2.5-VL merger's), not the tanh approximation, in
+/// place.
 pub fn gelu_inplace(x: &mut [f32]) {
     for v in x {
         *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
@@ -124,12 +126,6 @@ pub fn log_softmax_inplace(x: &mut [f32]) {
     let lse = m + total.ln() as f32;
     for v in x.iter_mut() {
         *v -= lse;
-    }
-}
-
-pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a += b;
     }
 }
 

@@ -1,0 +1,182 @@
+//! Qwen2-VL / Qwen2.5-VL image input, as transformers' `Qwen2VLImageProcessor` makes it:
+//! resize to a size of multiples of `patch_size * merge_size` near the original aspect ratio
+//! (`smart_resize`), rescale and normalize, then cut into patches ordered so that each group
+//! of `merge_size x merge_size` neighbouring patches is contiguous (the vision tower merges
+//! them into one token), every patch repeated `temporal_patch_size` times (a still image is a
+//! video of identical frames).
+
+use crate::config::Qwen2VlConfig;
+use crate::error::PreprocessError;
+use crate::normalize::Backend;
+use crate::resize::resize;
+use crate::rgb::RgbImage;
+
+/// transformers refuses images more than this many times longer than wide (or the reverse).
+const MAX_ASPECT_RATIO: f64 = 200.0;
+
+/// transformers' `smart_resize`: the `(height, width)` an image is resized to.
+///
+/// Both become multiples of `factor`, their product lies in `[min_pixels, max_pixels]` where
+/// possible, and the aspect ratio changes as little as that allows. Every step is Python's:
+/// `round` rounds half to even, and the `floor`/`ceil` branches scale in f64 in the same order.
+pub fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(u32, u32), PreprocessError> {
+    if height == 0 || width == 0 || factor == 0 {
+        return Err(PreprocessError::Empty { width, height });
+    }
+    let (h, w, f) = (f64::from(height), f64::from(width), f64::from(factor));
+    if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
+        return Err(PreprocessError::AspectRatio { width, height });
+    }
+    let factor64 = u64::from(factor);
+    let mut h_bar = (h / f).round_ties_even() as u64 * factor64;
+    let mut w_bar = (w / f).round_ties_even() as u64 * factor64;
+    // Python divides the exact integer product; as an f64 it is exact below 2^53 pixels.
+    let pixels = (u64::from(height) * u64::from(width)) as f64;
+    // u128: two u32-sized sides cannot overflow it, whatever the limits.
+    let area = |h: u64, w: u64| u128::from(h) * u128::from(w);
+    if area(h_bar, w_bar) > u128::from(max_pixels) {
+        let beta = (pixels / max_pixels as f64).sqrt();
+        h_bar = factor64.max((h / beta / f).floor() as u64 * factor64);
+        w_bar = factor64.max((w / beta / f).floor() as u64 * factor64);
+    } else if area(h_bar, w_bar) < u128::from(min_pixels) {
+        let beta = (min_pixels as f64 / pixels).sqrt();
+        h_bar = ((h * beta / f).ceil() as u64).saturating_mul(factor64);
+        w_bar = ((w * beta / f).ceil() as u64).saturating_mul(factor64);
+    }
+    match (u32::try_from(h_bar), u32::try_from(w_bar)) {
+        (Ok(h), Ok(w)) => Ok((h, w)),
+        _ => Err(PreprocessError::Overflow {
+            width: w_bar,
+            height: h_bar,
+        }),
+    }
+}
+
+/// One image's model input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Qwen2VlPixels {
+    /// `[grid_t * grid_h * grid_w, patch_dim]`, row-major: transformers' `pixel_values`.
+    pub pixel_values: Vec<f32>,
+    /// `[grid_t, grid_h, grid_w]`: transformers' `image_grid_thw` (grid_t is 1 for an image).
+    pub grid_thw: [u32; 3],
+    /// `3 * temporal_patch_size * patch_size * patch_size` values per patch.
+    pub patch_dim: usize,
+    /// Patches merged into one token, per side.
+    pub merge_size: u32,
+}
+
+impl Qwen2VlPixels {
+    /// Number of patches (rows of `pixel_values`).
+    pub fn num_patches(&self) -> usize {
+        self.grid_thw.iter().map(|&g| g as usize).product()
+    }
+
+    /// Number of image tokens the language model sees: one per merged group of patches.
+    pub fn num_tokens(&self) -> usize {
+        self.num_patches() / (self.merge_size as usize * self.merge_size as usize)
+    }
+}
+
+/// `Qwen2VLImageProcessor` (or `Qwen2VLImageProcessorPil`, by `backend`).
+#[derive(Clone, Debug, Default)]
+pub struct Qwen2VlProcessor {
+    pub config: Qwen2VlConfig,
+    pub backend: Backend,
+}
+
+impl Qwen2VlProcessor {
+    pub fn new(config: Qwen2VlConfig, backend: Backend) -> Self {
+        Self { config, backend }
+    }
+
+    /// The `(height, width)` an image of this size is processed at.
+    pub fn target_size(&self, height: u32, width: u32) -> Result<(u32, u32), PreprocessError> {
+        let factor = self.factor();
+        if self.config.do_resize {
+            return smart_resize(
+                height,
+                width,
+                factor,
+                self.config.min_pixels,
+                self.config.max_pixels,
+            );
+        }
+        if height == 0 || width == 0 {
+            return Err(PreprocessError::Empty { width, height });
+        }
+        if !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
+            return Err(PreprocessError::NotDivisible {
+                width,
+                height,
+                factor,
+            });
+        }
+        Ok((height, width))
+    }
+
+    pub fn preprocess(&self, image: &RgbImage) -> Result<Qwen2VlPixels, PreprocessError> {
+        let (height, width) = self.target_size(image.height(), image.width())?;
+        let resized;
+        let image = if (height, width) == (image.height(), image.width()) {
+            image
+        } else {
+            resized = resize(
+                image,
+                width,
+                height,
+                self.config.resample,
+                self.backend.resampler(),
+            );
+            &resized
+        };
+        let chw = self.config.normalization.to_chw(image, self.backend);
+        Ok(self.patchify(&chw, height, width))
+    }
+
+    fn factor(&self) -> u32 {
+        self.config.patch_size * self.config.merge_size
+    }
+
+    /// transformers' reshape/permute: the image `[C, H, W]` viewed as
+    /// `[C, gh/m, m, p, gw/m, m, p]`, permuted to `[gh/m, gw/m, m, m, C, p, p]`, each patch
+    /// repeated `temporal_patch_size` times after `C`, and flattened to
+    /// `[gh * gw, C * T * p * p]`.
+    fn patchify(&self, chw: &[f32], height: u32, width: u32) -> Qwen2VlPixels {
+        let p = self.config.patch_size as usize;
+        let m = self.config.merge_size as usize;
+        let t = self.config.temporal_patch_size as usize;
+        let (h, w) = (height as usize, width as usize);
+        let (grid_h, grid_w) = (h / p, w / p);
+        let patch_dim = 3 * t * p * p;
+        let mut out = Vec::with_capacity(grid_h * grid_w * patch_dim);
+        for block_y in 0..grid_h / m {
+            for block_x in 0..grid_w / m {
+                for my in 0..m {
+                    for mx in 0..m {
+                        let (y0, x0) = ((block_y * m + my) * p, (block_x * m + mx) * p);
+                        for c in 0..3 {
+                            let plane = &chw[c * h * w..][..h * w];
+                            for _ in 0..t {
+                                for py in 0..p {
+                                    out.extend_from_slice(&plane[(y0 + py) * w + x0..][..p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Qwen2VlPixels {
+            pixel_values: out,
+            grid_thw: [1, grid_h as u32, grid_w as u32],
+            patch_dim,
+            merge_size: self.config.merge_size,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Qwen2.5-VL's vision tower against transformers on the tiny random checkpoint of
+//! tests/data/hf-tiny-vl (scripts/gen_hf_tiny_vl.py): the test images through weft's
+//! processor and tower must give transformers' merged embeddings within 1e-4 relative, alone
+//! and two images in one call (windows never cross an image).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use weft_kernels::pool::ThreadPool;
+use weft_models::weights::SafetensorsFiles;
+use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::qwen25vl_tower::{Grid, Qwen25VisionTower, TowerConfig};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
+}
+
+fn json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join(name)).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|x| match x {
+            Value::Array(_) => floats(x),
+            _ => vec![x.as_f64().unwrap() as f32],
+        })
+        .collect()
+}
+
+fn tower() -> Qwen25VisionTower {
+    let config = TowerConfig::from_hf(&json("config.json")["vision_config"]).unwrap();
+    let weights = SafetensorsFiles::open_dir(&dir()).unwrap();
+    Qwen25VisionTower::load(&weights, config).unwrap()
+}
+
+fn grid(image: &Value) -> Grid {
+    let g: Vec<usize> = floats(&image["image_grid_thw"])
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    Grid {
+        t: g[0],
+        h: g[1],
+        w: g[2],
+    }
+}
+
+/// Largest |a - b| relative to the largest |b|.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+#[test]
+fn tower_matches_transformers_on_its_own_pixel_values() {
+    let golden = json("golden.json");
+    let image = &golden["images"]["small"];
+    let pixels = floats(&image["pixel_values"]["values"]);
+    let out = tower().encode(&ThreadPool::new(2), &pixels, &[grid(image)]);
+    let d = relative_diff(&out, &floats(&image["tower_output"]));
+    eprintln!("small: tower output relative difference {d:.2e}");
+    assert!(d < 1e-4, "{d}");
+}
+
+/// The test images from their PNG files through the processor and the tower (one call per
+/// image, then two images in one call), via `Qwen25VlVision::prepare`.
+#[test]
+fn images_through_processor_and_tower_match_transformers() {
+    let golden = json("golden.json");
+    let vision = Qwen25VlVision::load(&dir())
+        .unwrap()
+        .expect("a vision tower");
+    let pool = ThreadPool::new(2);
+    let load = |name: &str| {
+        let file = golden["images"][name]["file"].as_str().unwrap();
+        let bytes = std::fs::read(dir().join(file)).unwrap();
+        weft_vision::decode(&bytes, &Default::default()).unwrap()
+    };
+    let (start, pad, end) = (406, 409, 407);
+    for names in [&["small"][..], &["wide"], &["large"], &["small", "large"]] {
+        let images: Vec<_> = names.iter().map(|n| load(n)).collect();
+        let tokens: Vec<u32> = names.iter().flat_map(|_| [start, pad, end]).collect();
+        let (expanded, media) = vision.prepare(&pool, &tokens, &images).unwrap();
+        let want: Vec<f32> = names
+            .iter()
+            .flat_map(|n| floats(&golden["images"][*n]["tower_output"]))
+            .collect();
+        let got: Vec<f32> = media
+            .embeddings
+            .iter()
+            .flat_map(|(_, r)| r.clone())
+            .collect();
+        let d = relative_diff(&got, &want);
+        eprintln!("{names:?}: tower output relative difference {d:.2e}");
+        assert!(d < 1e-4, "{names:?}: {d}");
+        assert_eq!(
+            expanded.len(),
+            tokens.len() - names.len() + media.embeddings.len()
+        );
+        assert!(media.embeddings.iter().all(|(i, _)| expanded[*i] == pad));
+    }
+}
