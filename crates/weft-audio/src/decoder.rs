@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::sgemm::{gemm, gemm_st, PackedB, Strides};
 
-use crate::encoder::linear;
 use crate::model::{DecoderWeights, Whisper, WhisperConfig};
 use weft_kernels::float_ops::{gelu_inplace, layer_norm, softmax_scaled};
 use weft_kernels::ops::add_inplace;
@@ -30,7 +29,7 @@ impl CrossKv {
             .layers
             .iter()
             .map(|layer| {
-                let kv = linear(pool, encoded, t, &layer.cross.kv);
+                let kv = layer.cross.kv.apply(pool, encoded, t);
                 (0..cfg.n_heads)
                     .map(|h| {
                         let gather = |col: usize| -> Vec<f32> {
@@ -147,24 +146,24 @@ impl<'a> DecoderState<'a> {
         let mut h = vec![0.0f32; n * d];
         for (li, layer) in w.layers.iter().enumerate() {
             layer_norm(&x, &layer.attn.ln.gamma, &layer.attn.ln.beta, &mut h);
-            let qkv = linear(pool, &h, n, &layer.attn.qkv);
+            let qkv = layer.attn.qkv.apply(pool, &h, n);
             for (r, &(s, _)) in inputs.iter().enumerate() {
                 let row = &qkv[r * 3 * d..(r + 1) * 3 * d];
                 self.seqs[s].k[li].extend_from_slice(&row[d..2 * d]);
                 self.seqs[s].v[li].extend_from_slice(&row[2 * d..]);
             }
             let attn = self.causal_attention(li, &qkv, inputs, &positions);
-            add_inplace(&mut x, &linear(pool, &attn, n, &layer.attn.out));
+            add_inplace(&mut x, &layer.attn.out.apply(pool, &attn, n));
 
             layer_norm(&x, &layer.cross.ln.gamma, &layer.cross.ln.beta, &mut h);
-            let q = linear(pool, &h, n, &layer.cross.q);
+            let q = layer.cross.q.apply(pool, &h, n);
             let attn = self.cross_attention(pool, li, &q, n);
-            add_inplace(&mut x, &linear(pool, &attn, n, &layer.cross.out));
+            add_inplace(&mut x, &layer.cross.out.apply(pool, &attn, n));
 
             layer_norm(&x, &layer.ffn.ln.gamma, &layer.ffn.ln.beta, &mut h);
-            let mut f = linear(pool, &h, n, &layer.ffn.fc1);
+            let mut f = layer.ffn.fc1.apply(pool, &h, n);
             gelu_inplace(&mut f);
-            add_inplace(&mut x, &linear(pool, &f, n, &layer.ffn.fc2));
+            add_inplace(&mut x, &layer.ffn.fc2.apply(pool, &f, n));
         }
         for (s, len) in next_pos.into_iter().enumerate() {
             self.seqs[s].len = len;

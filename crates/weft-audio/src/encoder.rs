@@ -7,26 +7,9 @@ use weft_kernels::encoder_attention::self_attention;
 use weft_kernels::float_ops::{gelu_inplace, layer_norm};
 use weft_kernels::ops::add_inplace;
 use weft_kernels::pool::ThreadPool;
-use weft_kernels::sgemm::{gemm, Strides};
 
 use crate::mel::LogMel;
-use crate::model::{EncoderLayer, EncoderWeights, LayerNorm, Linear, WhisperConfig};
-
-/// `x·Wᵀ + b` for `m` rows of `x`.
-pub(crate) fn linear(pool: &ThreadPool, x: &[f32], m: usize, l: &Linear) -> Vec<f32> {
-    let (n, k) = (l.w.n(), l.w.k());
-    let mut out = vec![0.0f32; m * n];
-    gemm(
-        pool,
-        x,
-        m,
-        &l.w,
-        l.b.as_deref(),
-        &mut out,
-        Strides { lda: k, ldc: n },
-    );
-    out
-}
+use crate::model::{EncoderLayer, EncoderWeights, LayerNorm, WhisperConfig};
 
 /// Rows of a kernel-3, padding-1 convolution's input windows: row `t` holds
 /// `x[c][stride*t + j - 1]` at `c*3 + j`, `x` given as `get(time, channel)`.
@@ -68,12 +51,12 @@ pub fn encode(
         "one encoder window is 2 * n_audio_ctx frames"
     );
     let cols = im2col(t1, cfg.n_mels, 1, t1, |t, c| mel.data[c * t1 + t]);
-    let mut x1 = linear(pool, &cols, t1, &w.conv1);
+    let mut x1 = w.conv1.apply(pool, &cols, t1);
     gelu_rows(pool, &mut x1, d);
     let t2 = cfg.n_audio_ctx;
     let cols = im2col(t2, d, 2, t1, |t, c| x1[t * d + c]);
     drop(x1);
-    let mut x = linear(pool, &cols, t2, &w.conv2);
+    let mut x = w.conv2.apply(pool, &cols, t2);
     gelu_rows(pool, &mut x, d);
     add_inplace(&mut x, &w.positions);
     for layer in &w.layers {
@@ -107,7 +90,7 @@ fn encoder_layer(
 ) {
     let mut h = vec![0.0f32; x.len()];
     layer_norm_rows(pool, x, &layer.attn.ln, &mut h);
-    let qkv = linear(pool, &h, t, &layer.attn.qkv);
+    let qkv = layer.attn.qkv.apply(pool, &h, t);
     // One segment: the whole window attends to itself.
     let whole = 0..t;
     let attn = self_attention(
@@ -117,10 +100,10 @@ fn encoder_layer(
         cfg.n_heads,
         std::slice::from_ref(&whole),
     );
-    add_inplace(x, &linear(pool, &attn, t, &layer.attn.out));
+    add_inplace(x, &layer.attn.out.apply(pool, &attn, t));
     layer_norm_rows(pool, x, &layer.ffn.ln, &mut h);
-    let mut f = linear(pool, &h, t, &layer.ffn.fc1);
+    let mut f = layer.ffn.fc1.apply(pool, &h, t);
     let hidden = f.len() / t;
     gelu_rows(pool, &mut f, hidden);
-    add_inplace(x, &linear(pool, &f, t, &layer.ffn.fc2));
+    add_inplace(x, &layer.ffn.fc2.apply(pool, &f, t));
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use weft_kernels::sgemm::Linear;
 use weft_kernels::sgemm::PackedB;
 use weft_models::tokenizer::Tokenizer;
 
@@ -27,12 +28,6 @@ pub struct WhisperConfig {
     /// Decoder positions (448).
     pub n_text_ctx: usize,
     pub n_vocab: usize,
-}
-
-/// A linear layer with its weight packed for `sgemm`.
-pub struct Linear {
-    pub w: PackedB,
-    pub b: Option<Vec<f32>>,
 }
 
 pub struct LayerNorm {

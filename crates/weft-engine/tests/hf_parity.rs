@@ -12,6 +12,7 @@ use serde_json::Value;
 use weft_engine::session::{Session, SessionConfig};
 use weft_models::chat_template::ChatMessage;
 use weft_models::TextModel;
+use weft_test_support::{log_softmax, logprob_diff};
 
 /// Largest accepted |weft - transformers| log-probability of any likely token, in nats, at
 /// the first prompt position and at the last. Both compute in f32 from the same rounded
@@ -47,30 +48,6 @@ fn numbers(v: &Value) -> Vec<f64> {
 
 fn ids(v: &Value) -> Vec<u32> {
     numbers(v).into_iter().map(|x| x as u32).collect()
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    logits
-        .iter()
-        .map(|&l| f64::from(l - max) - sum.ln())
-        .collect()
-}
-
-/// Largest |Δ| over the tokens transformers gives at least `MIN_LOGPROB` (those with any
-/// probability mass), and over the whole vocabulary.
-fn max_diff(ours: &[f64], theirs: &[f64]) -> (f64, f64) {
-    assert_eq!(ours.len(), theirs.len(), "vocabulary sizes");
-    let diffs = ours.iter().zip(theirs).map(|(a, b)| ((a - b).abs(), *b));
-    diffs.fold((0.0, 0.0), |(likely, all), (d, theirs)| {
-        let likely = if theirs >= MIN_LOGPROB {
-            likely.max(d)
-        } else {
-            likely
-        };
-        (likely, all.max(d))
-    })
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -112,7 +89,11 @@ fn check(model_key: &str) {
             (0, "logprobs_first", MAX_FIRST_DIFF),
             (last, "logprobs_last", MAX_LAST_DIFF),
         ] {
-            let (d, all) = max_diff(&log_softmax(&rows[position]), &numbers(&case[key]));
+            let (d, all) = logprob_diff(
+                &log_softmax(&rows[position]),
+                &numbers(&case[key]),
+                MIN_LOGPROB,
+            );
             eprintln!("{model_key} {name} {key}: {d:.5} ({all:.5} over the vocabulary)");
             assert!(
                 d <= bound,

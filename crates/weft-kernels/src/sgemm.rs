@@ -129,6 +129,30 @@ pub struct Strides {
     pub ldc: usize,
 }
 
+/// A dense layer of an encoder, `x·Wᵀ + b`, its weight packed once for [`gemm`].
+pub struct Linear {
+    pub w: PackedB,
+    pub b: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// The layer applied to `rows` rows of `x`, split across the pool.
+    pub fn apply(&self, pool: &ThreadPool, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.w.n(), self.w.k());
+        let mut out = vec![0.0f32; rows * n];
+        gemm(
+            pool,
+            x,
+            rows,
+            &self.w,
+            self.b.as_deref(),
+            &mut out,
+            Strides { lda: k, ldc: n },
+        );
+        out
+    }
+}
+
 /// `C = A·Bᵀ + bias` on the calling thread. `bias` (length n) may be absent.
 pub fn gemm_st(a: &[f32], m: usize, b: &PackedB, bias: Option<&[f32]>, c: &mut [f32], s: Strides) {
     check(a, m, b, bias, c, s);

@@ -13,6 +13,7 @@ use weft_models::arch::ForwardScratch;
 use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice, TokenEmbedding};
 use weft_models::kv_cache::KvCache;
 use weft_models::TextModel;
+use weft_test_support::{log_softmax, logprob_diff};
 
 /// As in weft-engine's hf_parity.rs: f32 weights on both sides, weft's KV cache in f16
 /// (measured here, AVX2: 0.0125 nats at the first position, at most 0.035 elsewhere).
@@ -33,25 +34,6 @@ fn floats(v: &Value) -> Vec<f64> {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect()
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    logits
-        .iter()
-        .map(|&l| f64::from(l - max) - sum.ln())
-        .collect()
-}
-
-/// Largest |Δ| over the tokens transformers gives any probability mass.
-fn max_diff(ours: &[f64], theirs: &[f64]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    ours.iter()
-        .zip(theirs)
-        .filter(|(_, &t)| t >= MIN_LOGPROB)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -165,7 +147,11 @@ fn language_model_matches_transformers_with_its_image_embeddings() {
             checks.push((p as usize, "logprobs_vision_end", MAX_DIFF));
         }
         for (position, key, bound) in checks {
-            let d = max_diff(&log_softmax(row(position)), &floats(&case[key]));
+            let (d, _) = logprob_diff(
+                &log_softmax(row(position)),
+                &floats(&case[key]),
+                MIN_LOGPROB,
+            );
             eprintln!("{name} {key}: {d:.5}");
             assert!(d <= bound, "{name}: {key} differ by {d:.5} nats");
         }

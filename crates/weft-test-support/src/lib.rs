@@ -5,10 +5,12 @@
 //! a broken setup, and a test that returns early would count as passed without checking
 //! anything.
 
+mod logprobs;
 mod rng;
 
 use std::path::PathBuf;
 
+pub use logprobs::{log_softmax, logprob_diff};
 pub use rng::Rng;
 
 /// True when running under CI: `CI` is set to anything but `""`, `0` or `false`.

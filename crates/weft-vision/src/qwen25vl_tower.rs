@@ -16,7 +16,7 @@ use weft_kernels::float_ops::gelu_inplace;
 use weft_kernels::ops::{self, RopeStyle};
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::quant::dequantize_row;
-use weft_kernels::sgemm::{gemm, PackedB, Strides};
+use weft_kernels::sgemm::{Linear, PackedB};
 use weft_models::weights::WeightSource;
 
 /// RMSNorm epsilon of the tower's norms (fixed in transformers' implementation).
@@ -110,29 +110,6 @@ impl TowerConfig {
     /// Merged patches along a window's side.
     fn window(&self) -> usize {
         self.window_size / self.patch_size / self.merge_size
-    }
-}
-
-/// `x·Wᵀ + b`.
-struct Linear {
-    w: PackedB,
-    b: Option<Vec<f32>>,
-}
-
-impl Linear {
-    fn apply(&self, pool: &ThreadPool, x: &[f32], rows: usize) -> Vec<f32> {
-        let (n, k) = (self.w.n(), self.w.k());
-        let mut out = vec![0.0f32; rows * n];
-        gemm(
-            pool,
-            x,
-            rows,
-            &self.w,
-            self.b.as_deref(),
-            &mut out,
-            Strides { lda: k, ldc: n },
-        );
-        out
     }
 }
 
