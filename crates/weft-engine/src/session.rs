@@ -140,11 +140,12 @@ impl<'m> Session<'m> {
             self.positions.clear();
             self.positions
                 .extend((cached..cached + chunk.len()).map(|j| self.media.position(j)));
-            let embeddings: Vec<TokenEmbedding<'_>> = self
-                .media
-                .embeddings
+            // The media's rows are in token order: take the run inside this chunk.
+            let rows = &self.media.embeddings;
+            let first = rows.partition_point(|(j, _)| *j < cached);
+            let end = rows.partition_point(|(j, _)| *j < cached + chunk.len());
+            let embeddings: Vec<TokenEmbedding<'_>> = rows[first..end]
                 .iter()
-                .filter(|(j, _)| (cached..cached + chunk.len()).contains(j))
                 .map(|(j, values)| TokenEmbedding {
                     token: j - cached,
                     values,

@@ -231,9 +231,16 @@ impl Decoder {
             s.x[e.token * d..(e.token + 1) * d].copy_from_slice(e.values);
         }
 
+        // Layers share their rotation tables unless their RoPE base or scale differs (Gemma 3's
+        // local and global layers): build them once per distinct setting in a row.
+        let mut tables_for = None;
         for (il, layer) in self.layers.iter().enumerate() {
             let la = c.layers[il];
-            self.rope_tables(batch, la.rope_base, la.rope_scale, s);
+            let rope = (la.rope_base, la.rope_scale);
+            if tables_for != Some(rope) {
+                self.rope_tables(batch, la.rope_base, la.rope_scale, s);
+                tables_for = Some(rope);
+            }
             ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.h);
             s.hq.invalidate();
             self.project_many(
