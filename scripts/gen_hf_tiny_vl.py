@@ -214,7 +214,9 @@ def build_config(special):
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        window_size=56,  # pixels: 56 / 14 / 2 = 2 merged tokens (4x4 patches) per window side
+        # Qwen2.5-VL's value, which llama.cpp also assumes for mmproj files (they do not store it):
+        # 112 / 14 / 2 = 4 merged tokens (8x8 patches) per window side.
+        window_size=112,
         fullatt_block_indexes=[1, 3],
         out_hidden_size=64,
         hidden_act="silu",

@@ -208,6 +208,13 @@ def hostile_requests(port):
          lambda: post_json(port, "/v1/completions", {"prompt": [1, 2, 4_000_000_000]})),
         ("max_tokens 10^12", {400},
          lambda: post_json(port, "/v1/chat/completions", chat("hi", max_tokens=10**12))),
+        ("an image for a model without a vision tower", {400},
+         lambda: post_json(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+             {"type": "text", "text": "what is this?"}]}]})),
+        ("an image URL to a port that never answers", {400},
+         lambda: post_json(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+             {"type": "image_url", "image_url": {"url": "http://10.255.255.1/x.png"}}]}]})),
         ("client gone mid-stream #1", {200}, lambda: disconnect_mid_stream(port)),
         ("client gone mid-stream #2", {200}, lambda: disconnect_mid_stream(port)),
         ("undecodable audio upload", {400},

@@ -1,8 +1,9 @@
 //! Ownership of KV cache blocks: which sequence holds which block, and which full blocks can
 //! be shared by a later sequence with the same prefix.
 //!
-//! A full block is keyed by a [`BlockHash`] of (parent block's hash, its token ids), so a key
-//! names a whole prefix, not just 16 tokens. A block is reference counted: several sequences may hold
+//! A full block is keyed by a [`BlockHash`] of (parent block's hash, its token ids, the content
+//! hashes of the media its tokens stand for), so a key names a whole prefix, not just 16
+//! tokens, and the same placeholder tokens with a different image never share a block. A block is reference counted: several sequences may hold
 //! the same prefix block. When its last holder lets go, a block that has a key stays in the
 //! cache (free, but findable) until an allocation needs it; such blocks are evicted least
 //! recently freed first. Blocks without a key are reused before any cached one.
@@ -16,9 +17,11 @@ pub const BLOCK_SIZE: usize = 16;
 
 /// The content hash that names a full block and, through its parent's, the whole prefix
 /// before it: XXH3-128 over the parent's hash (16 bytes, little-endian) followed by the
-/// block's token ids (4 bytes each, little-endian). The algorithm and byte order are fixed,
-/// so a prefix has the same hash in every process and build of weft, which KV transfer
-/// between workers and a KV cache kept on disk rely on.
+/// block's token ids (4 bytes each, little-endian), then the content hash (16 bytes,
+/// little-endian) of each media item whose tokens overlap the block, in token order (none for
+/// text). The algorithm and byte order are fixed, so a prefix has the same hash in every
+/// process and build of weft, which KV transfer between workers and a KV cache kept on disk
+/// rely on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockHash(pub u128);
 
@@ -28,13 +31,44 @@ impl BlockHash {
 
     /// The hash of a block holding `tokens` after the prefix named by `parent`.
     pub fn chain(parent: BlockHash, tokens: &[u32]) -> BlockHash {
+        Self::chain_with_media(parent, tokens, std::iter::empty())
+    }
+
+    /// The hash of a block holding `tokens`, some of which stand for the media of `media`.
+    pub fn chain_with_media(
+        parent: BlockHash,
+        tokens: &[u32],
+        media: impl Iterator<Item = u128>,
+    ) -> BlockHash {
         let mut h = Xxh3Default::new();
         h.update(&parent.0.to_le_bytes());
         for t in tokens {
             h.update(&t.to_le_bytes());
         }
+        for m in media {
+            h.update(&m.to_le_bytes());
+        }
         BlockHash(h.digest128())
     }
+
+    /// The key of block `index` of a sequence, holding `tokens`, after `parent`.
+    fn of_block(parent: BlockHash, index: usize, tokens: &[u32], media: &[MediaSpan]) -> BlockHash {
+        let range = index * BLOCK_SIZE..(index + 1) * BLOCK_SIZE;
+        let overlapping = media
+            .iter()
+            .filter(move |m| m.start < range.end && m.start + m.len > range.start)
+            .map(|m| m.hash);
+        Self::chain_with_media(parent, tokens, overlapping)
+    }
+}
+
+/// Prompt tokens `start..start + len` stand for a media item (their embeddings come from its
+/// encoder, not from the token ids) whose content hash is `hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaSpan {
+    pub start: usize,
+    pub len: usize,
+    pub hash: u128,
 }
 
 /// The blocks one sequence holds, in order, and the keys of its leading full blocks.
@@ -122,9 +156,15 @@ impl BlockManager {
         self.stats
     }
 
-    /// Attaches the longest cached prefix of `tokens` to an empty `seq` and returns how many
-    /// tokens it covers. The last token is never covered: its logits must be computed.
-    pub fn match_prefix(&mut self, seq: &mut SeqBlocks, tokens: &[u32]) -> usize {
+    /// Attaches the longest cached prefix of `tokens` (with `media` in them) to an empty `seq`
+    /// and returns how many tokens it covers. The last token is never covered: its logits
+    /// must be computed.
+    pub fn match_prefix(
+        &mut self,
+        seq: &mut SeqBlocks,
+        tokens: &[u32],
+        media: &[MediaSpan],
+    ) -> usize {
         debug_assert!(
             seq.table.is_empty(),
             "match_prefix on a sequence holding blocks"
@@ -135,8 +175,8 @@ impl BlockManager {
         }
         let full = tokens.len().saturating_sub(1) / BLOCK_SIZE;
         let mut parent = BlockHash::ROOT;
-        for chunk in tokens.chunks_exact(BLOCK_SIZE).take(full) {
-            let key = BlockHash::chain(parent, chunk);
+        for (i, chunk) in tokens.chunks_exact(BLOCK_SIZE).take(full).enumerate() {
+            let key = BlockHash::of_block(parent, i, chunk, media);
             let Some(&(block, ref held)) = self.cached.get(&key) else {
                 break;
             };
@@ -177,8 +217,15 @@ impl BlockManager {
     }
 
     /// Makes the full blocks among the first `computed` tokens of `seq` findable by later
-    /// sequences. `tokens` holds at least `computed` tokens of the sequence.
-    pub fn commit(&mut self, seq: &mut SeqBlocks, tokens: &[u32], computed: usize) {
+    /// sequences. `tokens` holds at least `computed` tokens of the sequence, with `media` in
+    /// them.
+    pub fn commit(
+        &mut self,
+        seq: &mut SeqBlocks,
+        tokens: &[u32],
+        media: &[MediaSpan],
+        computed: usize,
+    ) {
         if !self.prefix_caching {
             return;
         }
@@ -187,7 +234,7 @@ impl BlockManager {
             let i = seq.keys.len();
             let parent = seq.keys.last().copied().unwrap_or(BlockHash::ROOT);
             let chunk = &tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
-            let key = BlockHash::chain(parent, chunk);
+            let key = BlockHash::of_block(parent, i, chunk, media);
             let block = seq.table[i];
             // The first block to hold a prefix stays its cached copy; a duplicate computed
             // concurrently is simply freed as an empty block later.
@@ -290,22 +337,22 @@ mod tests {
         let mut m = BlockManager::new(8, true);
         let prompt = toks(40, 1);
         let mut a = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut a, &prompt), 0);
+        assert_eq!(m.match_prefix(&mut a, &prompt, &[]), 0);
         assert!(m.allocate(&mut a, prompt.len()));
-        m.commit(&mut a, &prompt, prompt.len());
+        m.commit(&mut a, &prompt, &[], prompt.len());
         assert_eq!(m.cached_blocks(), 2);
 
         // Same first 32 tokens, different tail: two blocks shared while `a` still holds them.
         let mut other = prompt[..32].to_vec();
         other.extend(toks(5, 1000));
         let mut b = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut b, &other), 32);
+        assert_eq!(m.match_prefix(&mut b, &other, &[]), 32);
         assert_eq!(&b.table()[..2], &a.table()[..2]);
         assert_eq!(m.used_blocks(), 3);
 
         // Exactly 32 tokens: the second block holds the last token, so only one is reused.
         let mut c = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut c, &prompt[..32]), 16);
+        assert_eq!(m.match_prefix(&mut c, &prompt[..32], &[]), 16);
         assert_eq!(
             m.prefix_stats(),
             PrefixStats {
@@ -321,11 +368,11 @@ mod tests {
         let p = toks(48, 1);
         let mut a = SeqBlocks::default();
         assert!(m.allocate(&mut a, 48));
-        m.commit(&mut a, &p, 48);
+        m.commit(&mut a, &p, &[], 48);
         let mut q = p.clone();
         q[0] += 1;
         let mut b = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut b, &q), 0);
+        assert_eq!(m.match_prefix(&mut b, &q, &[]), 0);
     }
 
     #[test]
@@ -335,7 +382,7 @@ mod tests {
         for p in [&p1, &p2] {
             let mut s = SeqBlocks::default();
             assert!(m.allocate(&mut s, p.len()));
-            m.commit(&mut s, p, p.len());
+            m.commit(&mut s, p, &[], p.len());
             m.free(&mut s);
         }
         // Both full blocks are cached and free; the partial blocks went back as empty.
@@ -350,8 +397,8 @@ mod tests {
         assert_eq!(m.cached_blocks(), 1);
         m.free(&mut s);
         let mut probe = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut probe, &p1), 0);
-        assert_eq!(m.match_prefix(&mut probe, &p2), 16);
+        assert_eq!(m.match_prefix(&mut probe, &p1, &[]), 0);
+        assert_eq!(m.match_prefix(&mut probe, &p2, &[]), 16);
     }
 
     #[test]
@@ -360,10 +407,10 @@ mod tests {
         let p = toks(17, 3);
         let mut a = SeqBlocks::default();
         assert!(m.allocate(&mut a, 17));
-        m.commit(&mut a, &p, 17);
+        m.commit(&mut a, &p, &[], 17);
         m.free(&mut a);
         let mut b = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut b, &p), 16);
+        assert_eq!(m.match_prefix(&mut b, &p, &[]), 16);
         // One block left: the shared one is held, so it cannot be evicted.
         let mut c = SeqBlocks::default();
         assert!(!m.allocate(&mut c, 32));
@@ -377,7 +424,7 @@ mod tests {
         let p = toks(40, 1);
         let mut a = SeqBlocks::default();
         assert!(m.allocate(&mut a, 40));
-        m.commit(&mut a, &p, 40);
+        m.commit(&mut a, &p, &[], 40);
         assert_eq!(m.truncate(&mut a, 20), 16);
         assert_eq!(a.table().len(), 1);
         // Inside the uncached partial block a cut keeps what was asked.
@@ -391,10 +438,40 @@ mod tests {
         let p = toks(40, 1);
         let mut a = SeqBlocks::default();
         assert!(m.allocate(&mut a, 40));
-        m.commit(&mut a, &p, 40);
+        m.commit(&mut a, &p, &[], 40);
         m.free(&mut a);
         let mut b = SeqBlocks::default();
-        assert_eq!(m.match_prefix(&mut b, &p), 0);
+        assert_eq!(m.match_prefix(&mut b, &p, &[]), 0);
         assert_eq!(m.cached_blocks(), 0);
+    }
+
+    /// The same placeholder tokens with different media never share a block; with the same
+    /// media they do, and blocks without media keep their text-only keys.
+    #[test]
+    fn media_hashes_are_part_of_the_keys() {
+        let mut m = BlockManager::new(16, true);
+        let p = toks(50, 0);
+        let image = |hash| {
+            [MediaSpan {
+                start: 20,
+                len: 8,
+                hash,
+            }]
+        };
+        let mut a = SeqBlocks::default();
+        assert!(m.allocate(&mut a, p.len()));
+        m.commit(&mut a, &p, &image(1), p.len());
+        // Block 0 holds text only: its key is the text key.
+        assert_eq!(a.keys[0], BlockHash::chain(BlockHash::ROOT, &p[..16]));
+        assert_ne!(a.keys[1], BlockHash::chain(a.keys[0], &p[16..32]));
+
+        let mut b = SeqBlocks::default();
+        assert_eq!(m.match_prefix(&mut b, &p, &image(2)), 16);
+        m.free(&mut b);
+        let mut c = SeqBlocks::default();
+        assert_eq!(m.match_prefix(&mut c, &p, &image(1)), 48);
+        m.free(&mut c);
+        let mut d = SeqBlocks::default();
+        assert_eq!(m.match_prefix(&mut d, &p, &[]), 16);
     }
 }

@@ -17,8 +17,9 @@ use std::thread::JoinHandle;
 
 use weft_kernels::pool::ThreadPool;
 use weft_models::arch::ForwardScratch;
-use weft_models::batch::{Batch, BatchError, LogitsWanted, Position, SeqSlice};
+use weft_models::batch::{Batch, BatchError, LogitsWanted, SeqSlice, TokenEmbedding};
 use weft_models::kv_cache::KvCache;
+use weft_models::media::MediaPositions;
 use weft_models::TextModel;
 
 use crate::blocks::{BlockManager, BLOCK_SIZE};
@@ -26,6 +27,7 @@ use crate::generation::{
     FinishReason, GenerateParams, Generation, OutputOptions, Step, TokenConstraint,
 };
 use crate::logprobs::TokenLogprobs;
+use crate::media::{EncoderCache, MediaEncoder, RequestMedia};
 use crate::scheduler::{Plan, Scheduler, SchedulerConfig, SeqId, Sequence};
 use crate::EngineError;
 
@@ -44,12 +46,19 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Requests allowed to wait for a slot beyond the `max_num_seqs` running ones.
     pub max_waiting: usize,
+    /// Media tokens (image rows) the encoders may produce in one step; an item larger than
+    /// this still runs, alone in its step.
+    pub encoder_budget: usize,
+    /// Bytes of encoder outputs kept by content hash for later requests.
+    pub encoder_cache_bytes: usize,
 }
 
 /// One generation request.
 pub struct Request {
     /// Prompt token ids (template already applied).
     pub prompt: Vec<u32>,
+    /// The prompt's media items and rotary positions (empty for text).
+    pub media: RequestMedia,
     pub params: GenerateParams,
     pub options: OutputOptions,
     pub constraint: Option<Box<dyn TokenConstraint>>,
@@ -112,10 +121,18 @@ pub struct EngineStats {
     pub failures: AtomicU64,
     /// Times the scheduler was rebuilt from empty after an error outside a forward pass.
     pub restarts: AtomicU64,
+    /// Media items encoded, and the tokens (rows) and microseconds that took.
+    pub encoder_runs: AtomicU64,
+    pub encoder_tokens: AtomicU64,
+    pub encoder_micros: AtomicU64,
+    /// Media items whose rows were found in the encoder cache.
+    pub encoder_cache_hits: AtomicU64,
+    /// Bytes held by the encoder cache.
+    pub encoder_cache_bytes: AtomicUsize,
 }
 
 enum Command {
-    Add(SeqId, Request),
+    Add(SeqId, Box<Request>),
     Abort(SeqId),
     AbortAll,
     #[cfg(feature = "fault-injection")]
@@ -164,6 +181,7 @@ impl EngineHandle {
                     SchedulerConfig {
                         max_num_seqs: config.max_num_seqs,
                         max_num_batched_tokens: config.max_num_batched_tokens,
+                        encoder_budget: config.encoder_budget,
                     },
                     BlockManager::new(n_blocks, config.prefix_caching),
                 )
@@ -177,6 +195,7 @@ impl EngineHandle {
             model,
             max_model_len: config.max_model_len,
             requests: HashMap::new(),
+            encoder_cache: EncoderCache::new(config.encoder_cache_bytes),
             scratch: ForwardScratch::default(),
             stats: Arc::clone(&stats),
             in_flight: Arc::clone(&in_flight),
@@ -231,7 +250,7 @@ impl EngineHandle {
         let mut ids = Vec::with_capacity(count);
         for (sent, request) in requests.into_iter().enumerate() {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if self.tx.send(Command::Add(id, request)).is_err() {
+            if self.tx.send(Command::Add(id, Box::new(request))).is_err() {
                 self.in_flight.fetch_sub(count - sent, Ordering::SeqCst);
                 return Err(EngineError::Stopped);
             }
@@ -251,6 +270,10 @@ impl EngineHandle {
                 ctx_size: self.config.max_model_len,
             });
         }
+        request
+            .media
+            .check(prompt)
+            .map_err(EngineError::InvalidMedia)?;
         let biased = request.params.sampling.logit_bias.iter().map(|(t, _)| t);
         if let Some(&bad) = request
             .prompt
@@ -312,6 +335,16 @@ impl Drop for EngineHandle {
 struct Active {
     generation: Generation,
     sink: Box<dyn EventSink>,
+    /// The prompt's media items, in token order.
+    media: Vec<ActiveMedia>,
+    positions: MediaPositions,
+}
+
+/// A media item's encoder, and its rows once encoded or found in the cache (kept until the
+/// request ends: a preempted request recomputes its prompt from them).
+struct ActiveMedia {
+    encoder: Arc<dyn MediaEncoder>,
+    rows: Option<Arc<[f32]>>,
 }
 
 struct Worker {
@@ -323,6 +356,7 @@ struct Worker {
     new_scheduler: Box<dyn Fn() -> Scheduler + Send>,
     max_model_len: usize,
     requests: HashMap<SeqId, Active>,
+    encoder_cache: EncoderCache,
     scratch: ForwardScratch,
     stats: Arc<EngineStats>,
     in_flight: Arc<AtomicUsize>,
@@ -384,7 +418,7 @@ impl Worker {
     /// Applies a command; true when it asks the engine to stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Add(id, req) => self.add(id, req),
+            Command::Add(id, req) => self.add(id, *req),
             Command::Abort(id) => {
                 if self.requests.contains_key(&id) {
                     self.stats.aborted.fetch_add(1, Ordering::Relaxed);
@@ -422,21 +456,108 @@ impl Worker {
                 return;
             }
         };
-        self.scheduler.add(Sequence::new(id, req.prompt));
-        self.requests.insert(id, Active { generation, sink });
+        let spans = req.media.spans();
+        self.scheduler
+            .add(Sequence::with_media(id, req.prompt, spans.clone()));
+        let mut media = Vec::with_capacity(spans.len());
+        for (index, item) in req.media.items.into_iter().enumerate() {
+            let rows = self.encoder_cache.get(item.span.hash);
+            if rows.is_some() {
+                self.stats
+                    .encoder_cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                self.scheduler.media_ready(id, index);
+            }
+            media.push(ActiveMedia {
+                encoder: item.encoder,
+                rows,
+            });
+        }
+        let positions = req.media.positions;
+        self.requests.insert(
+            id,
+            Active {
+                generation,
+                sink,
+                media,
+                positions,
+            },
+        );
+    }
+
+    /// Runs the encoders the plan lists (or finds their output in the cache, encoded by an
+    /// earlier item of this step) and fails the requests whose encoder fails; their chunks
+    /// leave the plan.
+    fn encode(&mut self, plan: &mut Plan) {
+        for &(id, index) in &plan.encode {
+            if !self.requests.contains_key(&id) {
+                continue;
+            }
+            let span = self.scheduler.get(id).expect("active sequence").media[index];
+            let rows = match self.encoder_cache.get(span.hash) {
+                Some(rows) => {
+                    self.stats
+                        .encoder_cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    Ok(rows)
+                }
+                None => self.run_encoder(id, index, span.len),
+            };
+            match rows {
+                Ok(rows) => {
+                    self.encoder_cache.insert(span.hash, Arc::clone(&rows));
+                    self.requests.get_mut(&id).expect("active request").media[index].rows =
+                        Some(rows);
+                    self.scheduler.media_ready(id, index);
+                }
+                Err(message) => {
+                    tracing::error!("media encoder failed, failing request {id}: {message}");
+                    self.fail(id, &format!("media encoder: {message}"));
+                }
+            }
+        }
+        self.stats
+            .encoder_cache_bytes
+            .store(self.encoder_cache.bytes(), Ordering::Relaxed);
+        plan.chunks.retain(|c| self.requests.contains_key(&c.id));
+    }
+
+    /// Runs the encoder of media item `index` of request `id`, which must give `len` rows.
+    fn run_encoder(&mut self, id: SeqId, index: usize, len: usize) -> Result<Arc<[f32]>, String> {
+        let started = std::time::Instant::now();
+        let encoder = &self.requests[&id].media[index].encoder;
+        let pool = &self.pool;
+        let rows = catch_unwind(AssertUnwindSafe(|| encoder.encode(pool)))
+            .unwrap_or_else(|panic| Err(panic_message(panic.as_ref())))?;
+        let width = self.model.decoder.config().n_embd;
+        if rows.len() != len * width {
+            return Err(format!(
+                "a media encoder gave {} values for {len} tokens of {width}",
+                rows.len()
+            ));
+        }
+        let s = &self.stats;
+        s.encoder_runs.fetch_add(1, Ordering::Relaxed);
+        s.encoder_tokens.fetch_add(len as u64, Ordering::Relaxed);
+        s.encoder_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(rows.into())
     }
 
     /// One scheduler step: a batched forward pass, then sampling for every sequence whose
     /// logits came out.
     fn step(&mut self) {
-        let plan = self.scheduler.schedule();
+        let mut plan = self.scheduler.schedule();
+        if !plan.encode.is_empty() {
+            self.encode(&mut plan);
+        }
         if plan.chunks.is_empty() {
             return;
         }
         let vocab = self.model.decoder.vocab_size();
         let forward = match catch_unwind(AssertUnwindSafe(|| self.forward(&plan))) {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(refused)) => Err(refused.to_string()),
+            Ok(Err(refused)) => Err(refused),
             Err(panic) => Err(panic_message(panic.as_ref())),
         };
         let mut rows = match forward {
@@ -519,13 +640,33 @@ impl Worker {
     }
 
     /// Evaluates the plan's chunks in one forward pass and returns the sampled rows' logits.
-    fn forward(&mut self, plan: &Plan) -> Result<Vec<f32>, BatchError> {
+    fn forward(&mut self, plan: &Plan) -> Result<Vec<f32>, String> {
         let mut tokens = Vec::with_capacity(plan.num_tokens());
         let mut positions = Vec::with_capacity(plan.num_tokens());
+        let mut embeddings = Vec::new();
+        let width = self.model.decoder.config().n_embd;
         for c in &plan.chunks {
             let seq = self.scheduler.get(c.id).expect("scheduled sequence");
+            let active = &self.requests[&c.id];
+            let offset = tokens.len();
             tokens.extend_from_slice(&seq.tokens[c.start..c.start + c.len]);
-            positions.extend((c.start..c.start + c.len).map(Position::text));
+            positions.extend((c.start..c.start + c.len).map(|j| active.positions.at(j)));
+            let range = c.start..c.start + c.len;
+            for (span, item) in seq.media.iter().zip(&active.media) {
+                let first = span.start.max(range.start);
+                let end = (span.start + span.len).min(range.end);
+                if first >= end {
+                    continue;
+                }
+                let rows = item
+                    .rows
+                    .as_ref()
+                    .ok_or_else(|| format!("request {}: a media item was not encoded", c.id))?;
+                embeddings.extend((first..end).map(|j| TokenEmbedding {
+                    token: offset + j - c.start,
+                    values: &rows[(j - span.start) * width..(j - span.start + 1) * width],
+                }));
+            }
         }
         let mut start = 0;
         let seqs: Vec<SeqSlice<'_>> = plan
@@ -552,12 +693,13 @@ impl Worker {
             tokens: &tokens,
             positions: &positions,
             seqs: &seqs,
-            embeddings: &[],
+            embeddings: &embeddings,
         };
         self.model
             .decoder
             .forward(&batch, &mut self.kv, &self.pool, &mut self.scratch)
             .map(<[f32]>::to_vec)
+            .map_err(|e: BatchError| e.to_string())
     }
 
     fn end(&mut self, id: SeqId, reason: FinishReason) {

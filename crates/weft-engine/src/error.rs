@@ -18,6 +18,8 @@ pub enum EngineError {
     Config(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("invalid media in the prompt: {0}")]
+    InvalidMedia(String),
     #[error("invalid sampling parameters: {0}")]
     Sampling(SamplingError),
     #[error("the engine built a batch the model refuses: {0}")]

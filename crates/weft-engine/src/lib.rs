@@ -9,6 +9,7 @@ pub mod engine;
 pub mod generation;
 pub mod kl_divergence;
 pub mod logprobs;
+pub mod media;
 pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;

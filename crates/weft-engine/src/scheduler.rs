@@ -8,10 +8,16 @@
 //! blocks run out, the newest running sequence is preempted: its blocks are released (full
 //! ones stay in the prefix cache) and it goes back to the head of the queue to be
 //! recomputed.
+//!
+//! Media items (images) have a second budget: the encoder's. A chunk that reaches tokens of
+//! an item whose rows are not there yet takes the item's length from the step's encoder
+//! budget and lists it for encoding, or stops before the item when the budget is spent
+//! (the first item of a step is always let in, so that any item can run). One long video
+//! therefore holds up neither the decodes of the step nor the next steps.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::blocks::{BlockManager, SeqBlocks};
+use crate::blocks::{BlockManager, MediaSpan, SeqBlocks};
 
 pub type SeqId = u64;
 
@@ -21,6 +27,8 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Token budget of one step.
     pub max_num_batched_tokens: usize,
+    /// Media tokens the encoders may produce in one step.
+    pub encoder_budget: usize,
 }
 
 /// The scheduler's view of one sequence.
@@ -35,11 +43,20 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache the first time it was scheduled.
     pub cached_prompt: Option<usize>,
     pub preemptions: usize,
+    /// The prompt's media items, in token order.
+    pub media: Vec<MediaSpan>,
+    /// Whether each media item's rows are there (encoded, or found in the encoder cache).
+    media_ready: Vec<bool>,
     blocks: SeqBlocks,
 }
 
 impl Sequence {
     pub fn new(id: SeqId, prompt: Vec<u32>) -> Sequence {
+        Sequence::with_media(id, prompt, Vec::new())
+    }
+
+    /// A sequence whose prompt holds `media` (none ready yet).
+    pub fn with_media(id: SeqId, prompt: Vec<u32>, media: Vec<MediaSpan>) -> Sequence {
         Sequence {
             id,
             prompt_len: prompt.len(),
@@ -47,8 +64,34 @@ impl Sequence {
             computed: 0,
             cached_prompt: None,
             preemptions: 0,
+            media_ready: vec![false; media.len()],
+            media,
             blocks: SeqBlocks::default(),
         }
+    }
+
+    /// Shortens a chunk of `len` tokens from `computed` so that every media item it reaches
+    /// has rows or is listed in `encode` within `budget`.
+    fn fit_media(
+        &self,
+        len: usize,
+        budget: &mut EncoderBudget,
+        encode: &mut Vec<(SeqId, usize)>,
+    ) -> usize {
+        let (from, to) = (self.computed, self.computed + len);
+        for (i, m) in self.media.iter().enumerate() {
+            if m.start >= to {
+                break;
+            }
+            if m.start + m.len <= from || self.media_ready[i] {
+                continue;
+            }
+            if !budget.take(m.len) {
+                return m.start.saturating_sub(from);
+            }
+            encode.push((self.id, i));
+        }
+        len
     }
 
     pub fn block_table(&self) -> &[u32] {
@@ -69,6 +112,8 @@ pub struct Chunk {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub chunks: Vec<Chunk>,
+    /// Media items (sequence, index in its `media`) to encode before the forward pass.
+    pub encode: Vec<(SeqId, usize)>,
     /// Sequences sent back to the queue this step.
     pub preempted: Vec<SeqId>,
 }
@@ -156,21 +201,41 @@ impl Scheduler {
         Some(seq)
     }
 
+    /// Records that the rows of media item `index` of sequence `id` are there.
+    pub fn media_ready(&mut self, id: SeqId, index: usize) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.media_ready[index] = true;
+        }
+    }
+
     /// Decides the next step.
     pub fn schedule(&mut self) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.config.max_num_batched_tokens;
+        let mut encoder = EncoderBudget {
+            left: self.config.encoder_budget,
+            spent: false,
+        };
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let seq = self.seqs.get_mut(&id).expect("running sequence");
+            let (listed, before) = (plan.encode.len(), encoder);
             let len = (seq.tokens.len() - seq.computed).min(budget);
+            let len = seq.fit_media(len, &mut encoder, &mut plan.encode);
+            if len == 0 {
+                // Waiting for the encoder budget of a later step.
+                i += 1;
+                continue;
+            }
             if self.blocks.allocate(&mut seq.blocks, seq.computed + len) {
                 plan.chunks.push(chunk(seq, len));
                 budget -= len;
                 i += 1;
                 continue;
             }
+            plan.encode.truncate(listed);
+            encoder = before;
             // Out of blocks: the newest running sequence makes room (possibly this one).
             let victim = self.running.pop().expect("running is not empty");
             self.preempt(victim);
@@ -178,25 +243,30 @@ impl Scheduler {
         }
         // Sequences preempted this step go first next time; do not let newer ones pass them.
         if plan.preempted.is_empty() {
-            self.admit(&mut plan, budget);
+            self.admit(&mut plan, budget, encoder);
         }
         plan
     }
 
     /// Moves waiting sequences into the step while budget, sequence slots and blocks last.
-    fn admit(&mut self, plan: &mut Plan, mut budget: usize) {
+    fn admit(&mut self, plan: &mut Plan, mut budget: usize, mut encoder: EncoderBudget) {
         while budget > 0 && self.running.len() < self.config.max_num_seqs {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
             if seq.computed == 0 {
-                seq.computed = self.blocks.match_prefix(&mut seq.blocks, &seq.tokens);
+                seq.computed = self
+                    .blocks
+                    .match_prefix(&mut seq.blocks, &seq.tokens, &seq.media);
                 seq.cached_prompt
                     .get_or_insert(seq.computed.min(seq.prompt_len));
             }
+            let listed = plan.encode.len();
             let len = (seq.tokens.len() - seq.computed).min(budget);
-            if !self.blocks.allocate(&mut seq.blocks, seq.computed + len) {
+            let len = seq.fit_media(len, &mut encoder, &mut plan.encode);
+            if len == 0 || !self.blocks.allocate(&mut seq.blocks, seq.computed + len) {
+                plan.encode.truncate(listed);
                 // Do not hold cached blocks while waiting: others may need them.
                 self.blocks.free(&mut seq.blocks);
                 seq.computed = 0;
@@ -225,8 +295,28 @@ impl Scheduler {
             let seq = self.seqs.get_mut(&c.id).expect("scheduled sequence");
             seq.computed = c.start + c.len;
             self.blocks
-                .commit(&mut seq.blocks, &seq.tokens, seq.computed);
+                .commit(&mut seq.blocks, &seq.tokens, &seq.media, seq.computed);
         }
+    }
+}
+
+/// Media tokens the encoders may still produce this step.
+#[derive(Clone, Copy, Debug)]
+struct EncoderBudget {
+    left: usize,
+    /// Something was encoded already this step.
+    spent: bool,
+}
+
+impl EncoderBudget {
+    /// Takes `tokens` from the budget; the first item of a step fits whatever its size.
+    fn take(&mut self, tokens: usize) -> bool {
+        if self.spent && tokens > self.left {
+            return false;
+        }
+        self.left = self.left.saturating_sub(tokens);
+        self.spent = true;
+        true
     }
 }
 
@@ -249,6 +339,7 @@ mod tests {
             SchedulerConfig {
                 max_num_seqs: seqs,
                 max_num_batched_tokens: budget,
+                encoder_budget: budget,
             },
             BlockManager::new(blocks, true),
         )
@@ -436,5 +527,61 @@ mod tests {
         assert!(s.is_idle());
         assert_eq!(s.blocks().used_blocks(), 0);
         assert!(s.remove(1).is_none());
+    }
+
+    fn image(start: usize, len: usize, hash: u128) -> MediaSpan {
+        MediaSpan { start, len, hash }
+    }
+
+    /// A chunk stops before an image the step's encoder budget cannot pay for; the first
+    /// image of a step always runs; decodes are never held up by images.
+    #[test]
+    fn images_share_a_per_step_encoder_budget() {
+        let mut s = Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: 4,
+                max_num_batched_tokens: 512,
+                encoder_budget: 60,
+            },
+            BlockManager::new(64, true),
+        );
+        s.add(Sequence::new(1, prompt(8, 0)));
+        step(&mut s, 7);
+        // Two prompts, each with a 50-token image; a 100-token image in a third.
+        s.add(Sequence::with_media(
+            2,
+            prompt(80, 1),
+            vec![image(10, 50, 1)],
+        ));
+        s.add(Sequence::with_media(
+            3,
+            prompt(80, 2),
+            vec![image(20, 50, 2)],
+        ));
+        s.add(Sequence::with_media(
+            4,
+            prompt(120, 3),
+            vec![image(5, 100, 3)],
+        ));
+        let p = s.schedule();
+        assert_eq!(p.encode, vec![(2, 0)]);
+        let lens: Vec<(SeqId, usize)> = p.chunks.iter().map(|c| (c.id, c.len)).collect();
+        // 1 decodes, 2 runs whole, 3 and 4 stop before their images.
+        assert_eq!(lens, vec![(1, 1), (2, 80), (3, 20), (4, 5)]);
+        s.complete(&p);
+        s.media_ready(2, 0);
+        s.append(1, 7);
+        s.append(2, 7);
+        // Next step: 3's image is the first of the step; 4's does not fit after it.
+        let p = s.schedule();
+        assert_eq!(p.encode, vec![(3, 0)]);
+        let lens: Vec<(SeqId, usize)> = p.chunks.iter().map(|c| (c.id, c.len)).collect();
+        assert_eq!(lens, vec![(1, 1), (2, 1), (3, 60)]);
+        s.complete(&p);
+        s.media_ready(3, 0);
+        // Then 4's image, larger than the budget, runs alone in its step.
+        let p = s.schedule();
+        assert_eq!(p.encode, vec![(4, 0)]);
+        assert!(p.chunks.iter().any(|c| c.id == 4 && c.len == 115));
     }
 }

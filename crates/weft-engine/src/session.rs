@@ -83,6 +83,11 @@ impl<'m> Session<'m> {
         }
     }
 
+    /// The session's thread pool (an encoder can run on it between turns).
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
     pub fn model(&self) -> &'m TextModel {
         self.model
     }

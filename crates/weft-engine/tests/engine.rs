@@ -2,14 +2,18 @@
 //! prefill mixed with decodes, prefix sharing, preemption) must give the tokens each
 //! sequence gets alone; aborts free their blocks.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use weft_engine::blocks::MediaSpan;
 use weft_engine::engine::{EngineConfig, EngineHandle, Event, Finished, Request};
 use weft_engine::generation::{FinishReason, GenerateParams, OutputOptions, TokenConstraint};
+use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_engine::sampler::SamplingParams;
+use weft_kernels::pool::ThreadPool;
+use weft_models::media::MediaPositions;
 use weft_models::TextModel;
 
 fn model() -> Option<Arc<TextModel>> {
@@ -26,6 +30,8 @@ fn config(max_num_seqs: usize, budget: usize, kv_tokens: usize) -> EngineConfig 
         kv_cache_tokens: kv_tokens,
         prefix_caching: true,
         max_waiting: 64,
+        encoder_budget: 2048,
+        encoder_cache_bytes: 64 << 20,
     }
 }
 
@@ -47,6 +53,7 @@ fn submit(
     let id = engine
         .submit(Request {
             prompt,
+            media: RequestMedia::default(),
             params,
             options: OutputOptions {
                 ignore_eos: true,
@@ -185,6 +192,7 @@ fn requests_beyond_the_context_or_queue_are_refused() {
     let (tx, _rx) = mpsc::channel();
     let request = |prompt: Vec<u32>| Request {
         prompt,
+        media: RequestMedia::default(),
         params: greedy(4),
         options: OutputOptions::default(),
         constraint: None,
@@ -233,6 +241,7 @@ fn a_panic_while_sampling_fails_only_that_request() {
     engine
         .submit(Request {
             prompt: prompt.clone(),
+            media: RequestMedia::default(),
             params: greedy(12),
             options: OutputOptions::default(),
             constraint: Some(Box::new(PanickingConstraint)),
@@ -251,4 +260,118 @@ fn a_panic_while_sampling_fails_only_that_request() {
     assert_eq!(engine.stats().restarts.load(Ordering::Relaxed), 0);
     assert_eq!(engine.in_flight(), 0);
     assert_eq!(engine.stats().kv_blocks_used.load(Ordering::Relaxed), 0);
+}
+
+/// A media item whose rows are the token embeddings of the tokens it covers, so the engine
+/// must reproduce the text-only result exactly; `calls` counts its runs.
+struct EmbeddingEncoder {
+    model: Arc<TextModel>,
+    tokens: Vec<u32>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl MediaEncoder for EmbeddingEncoder {
+    fn encode(&self, _: &ThreadPool) -> Result<Vec<f32>, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let d = self.model.decoder.config().n_embd;
+        let mut rows = vec![0.0; self.tokens.len() * d];
+        for (&t, row) in self.tokens.iter().zip(rows.chunks_exact_mut(d)) {
+            self.model.decoder.embed(t, row);
+        }
+        Ok(rows)
+    }
+}
+
+struct FailingEncoder(&'static str);
+
+impl MediaEncoder for FailingEncoder {
+    fn encode(&self, _: &ThreadPool) -> Result<Vec<f32>, String> {
+        match self.0 {
+            "panic" => panic!("encoder bug"),
+            "short" => Ok(vec![0.0; 3]),
+            message => Err(message.to_owned()),
+        }
+    }
+}
+
+fn with_media(
+    prompt: &[u32],
+    start: usize,
+    len: usize,
+    hash: u128,
+    encoder: Arc<dyn MediaEncoder>,
+) -> (Request, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let request = Request {
+        prompt: prompt.to_vec(),
+        media: RequestMedia {
+            items: vec![MediaItem {
+                span: MediaSpan { start, len, hash },
+                encoder,
+            }],
+            positions: MediaPositions::default(),
+        },
+        params: greedy(16),
+        options: OutputOptions {
+            ignore_eos: true,
+            logprobs: None,
+        },
+        constraint: None,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    (request, rx)
+}
+
+/// Media rows go into the batch at their tokens' places across chunk boundaries; an item
+/// already encoded is taken from the encoder cache; a failing encoder fails only its request.
+#[test]
+fn media_rows_replace_their_tokens_and_are_encoded_once() {
+    let Some(model) = model() else { return };
+    let prompt = prompts(&model).remove(0);
+    let alone = one_at_a_time(&model, std::slice::from_ref(&prompt), 16).remove(0);
+    // A 16-token step budget puts the item (tokens 5..40) into three chunks.
+    let engine = EngineHandle::start(Arc::clone(&model), config(4, 16, 1024)).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let encoder = Arc::new(EmbeddingEncoder {
+        model: Arc::clone(&model),
+        tokens: prompt[5..40].to_vec(),
+        calls: Arc::clone(&calls),
+    });
+    let (request, rx) = with_media(&prompt, 5, 35, 42, encoder.clone());
+    engine.submit(request).unwrap();
+    assert_eq!(collect(&rx).0, alone);
+    // The same content hash: not encoded again (the prefix cache covers the item too).
+    let (request, rx) = with_media(&prompt, 5, 35, 42, encoder.clone());
+    engine.submit(request).unwrap();
+    assert_eq!(collect(&rx).0, alone);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.stats().encoder_cache_hits.load(Ordering::Relaxed), 1);
+
+    // Failing encoders (a panic, an error, the wrong number of rows) beside a text request.
+    let (_, polite) = submit(&engine, prompt.clone(), greedy(16));
+    let mut failing = Vec::new();
+    for (hash, how) in [(1, "panic"), (2, "no such image"), (3, "short")] {
+        let (request, rx) = with_media(&prompt, 5, 35, hash, Arc::new(FailingEncoder(how)));
+        engine.submit(request).unwrap();
+        failing.push((how, rx));
+    }
+    for (how, rx) in failing {
+        match rx.recv_timeout(Duration::from_secs(120)).unwrap() {
+            Event::Failed(message) => {
+                assert!(message.contains("media encoder"), "{how}: {message}")
+            }
+            other => panic!("{how}: expected a failure, got {other:?}"),
+        }
+    }
+    assert_eq!(collect(&polite).0, alone);
+    assert_eq!(engine.stats().failures.load(Ordering::Relaxed), 3);
+    assert_eq!(engine.stats().restarts.load(Ordering::Relaxed), 0);
+    assert_eq!(engine.in_flight(), 0);
+
+    // Spans that do not fit the prompt are refused at submission.
+    let (request, _) = with_media(&prompt, prompt.len() - 2, 5, 9, encoder);
+    assert!(matches!(
+        engine.submit(request),
+        Err(weft_engine::EngineError::InvalidMedia(_))
+    ));
 }

@@ -7,25 +7,40 @@
 
 use crate::batch::Position;
 
+/// Where every token of a sequence sits for the rotary embedding: the prompt's positions as
+/// [`positions`] assigns them (empty for a text-only prompt), and the offset of every later
+/// token from its index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MediaPositions {
+    /// Every prompt token's position; empty for text positions.
+    pub prompt: Vec<Position>,
+    /// Tokens after the prompt sit at their index plus this in all three components.
+    pub delta: i64,
+}
+
+impl MediaPositions {
+    /// The position of the token at `index` of a sequence that starts with this prompt.
+    pub fn at(&self, index: usize) -> Position {
+        match self.prompt.get(index) {
+            Some(&p) => p,
+            None => Position::text((index as i64 + self.delta).max(0) as usize),
+        }
+    }
+}
+
 /// What a prompt carries besides its token ids.
 #[derive(Clone, Debug, Default)]
 pub struct PromptMedia {
     /// (prompt index, row of `n_embd` values) replacing those tokens' embeddings, in
     /// increasing index order.
     pub embeddings: Vec<(usize, Vec<f32>)>,
-    /// Every prompt token's position; empty for text positions.
-    pub positions: Vec<Position>,
-    /// Tokens after the prompt sit at their index plus this in all three components.
-    pub position_delta: i64,
+    pub positions: MediaPositions,
 }
 
 impl PromptMedia {
     /// The position of the token at `index` of a sequence that starts with this prompt.
     pub fn position(&self, index: usize) -> Position {
-        match self.positions.get(index) {
-            Some(&p) => p,
-            None => Position::text((index as i64 + self.position_delta).max(0) as usize),
-        }
+        self.positions.at(index)
     }
 
     /// Index of the first token whose embedding is given (no text-only prefix beyond it can
@@ -56,7 +71,7 @@ pub fn positions(
     tokens: &[u32],
     image_token: u32,
     grids: &[MediaGrid],
-) -> Result<(Vec<Position>, i64), PositionError> {
+) -> Result<MediaPositions, PositionError> {
     let expected: usize = grids.iter().map(|g| g.rows * g.cols).sum();
     let found = tokens.iter().filter(|&&t| t == image_token).count();
     if found != expected {
@@ -82,8 +97,10 @@ pub fn positions(
         i += g.rows * g.cols;
         next += g.rows.max(g.cols) as u32;
     }
-    let delta = i64::from(next) - tokens.len() as i64;
-    Ok((out, delta))
+    Ok(MediaPositions {
+        delta: i64::from(next) - tokens.len() as i64,
+        prompt: out,
+    })
 }
 
 #[cfg(test)]
@@ -120,7 +137,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let (got, delta) = positions(&tokens, 409, &grids).unwrap();
+            let MediaPositions { prompt: got, delta } = positions(&tokens, 409, &grids).unwrap();
             let want = case["position_ids"].as_array().unwrap();
             for (i, p) in got.iter().enumerate() {
                 for (c, (&ours, theirs)) in p.0.iter().zip(want).enumerate() {

@@ -3,7 +3,8 @@
 //! directory as a Qwen2 model with multimodal RoPE; each golden prompt is run with
 //! transformers' own vision-tower outputs in place of the image tokens (`Batch::embeddings`)
 //! and transformers' three-component position ids, and log-probabilities and greedy tokens
-//! must agree. This checks embeddings in the batch and M-RoPE apart from the vision tower.
+//! must agree. This checks embeddings in the batch and M-RoPE apart from the vision tower,
+//! from the Hugging Face directory and from its GGUF conversion.
 
 use std::path::PathBuf;
 
@@ -38,9 +39,20 @@ fn floats(v: &Value) -> Vec<f64> {
 
 #[test]
 fn language_model_matches_transformers_with_its_image_embeddings() {
+    check(&TextModel::load(&dir()).unwrap_or_else(|e| panic!("{e}")));
+}
+
+/// The same checkpoint converted by llama.cpp's convert_hf_to_gguf.py (arch qwen2vl,
+/// `rope.dimension_sections`; scripts/gen_tiny_vl_gguf.py) computes the same.
+#[test]
+fn its_gguf_conversion_matches_transformers_too() {
+    let path = dir().join("../hf-tiny-vl-gguf/model-f32.gguf");
+    check(&TextModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+}
+
+fn check(model: &TextModel) {
     let golden: Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap();
-    let model = TextModel::load(&dir()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(model.decoder.config().mrope_section, Some([2, 3, 3]));
     let pool = ThreadPool::new(2);
     let mut scratch = ForwardScratch::default();

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
+use weft_engine::media::RequestMedia;
+use weft_vision::qwen25vl::PreparedPrompt;
 
 use crate::error::ApiError;
 use crate::generate::{
@@ -20,6 +22,7 @@ use crate::generate::{
 };
 use crate::limits::Limits;
 use crate::logprobs_format::chat_entries;
+use crate::media::{self, ImageSource};
 use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
 use crate::prompt::{content_bytes, encode_prompt, render_chat};
@@ -48,16 +51,19 @@ pub async fn chat_completions(
     let text = Arc::clone(state.text()?);
     let limits = &state.config.limits;
     precheck(&text.prompt, limits, &req)?;
+    let sources = request_images(&text.prompt, limits, &req)?;
+    let images = media::fetch(&state.media_client, sources, &limits.media).await?;
     let prepared = state
         .prep
         .run({
             let (text, limits) = (Arc::clone(&text), limits.clone());
-            move || prepare(&text.prompt, &limits, req)
+            move || prepare(&text.prompt, &limits, req, &images)
         })
         .await?;
     let Prepared {
         req,
         prompt,
+        media,
         params,
         tools,
         constraint,
@@ -70,7 +76,12 @@ pub async fn chat_completions(
         state: Arc::clone(&state),
         text: Arc::clone(&text),
     };
-    let choices = submit(&state, &[(&prompt, &params)], constraint.as_ref(), started)?;
+    let choices = submit(
+        &state,
+        &[(&prompt, &media, &params)],
+        constraint.as_ref(),
+        started,
+    )?;
     if req.sampling.stream {
         let usage = req
             .sampling
@@ -86,14 +97,16 @@ pub async fn chat_completions(
 struct Prepared {
     req: ChatRequest,
     prompt: Vec<u32>,
+    /// The prompt's images, placed and waiting for the vision tower.
+    media: RequestMedia,
     params: ChoiceParams,
     tools: ToolMode,
     constraint: Option<ConstraintFactory>,
 }
 
 /// Runs a chat request's body through everything the server does to it before the engine
-/// (parsing, limits, grammars, template, tokens, parameters) and returns the prompt tokens:
-/// the entry point of the request fuzz target.
+/// (parsing, limits, images given inline, grammars, template, tokens, parameters) and returns
+/// the prompt tokens: the entry point of the request fuzz target.
 pub fn prepare_chat_body(
     ctx: &PromptContext,
     limits: &Limits,
@@ -101,7 +114,14 @@ pub fn prepare_chat_body(
 ) -> Result<Vec<u32>, ApiError> {
     let req: ChatRequest = parse_json(body)?;
     precheck(ctx, limits, &req)?;
-    prepare(ctx, limits, req).map(|p| p.prompt)
+    let images = request_images(ctx, limits, &req)?
+        .into_iter()
+        .map(|source| match source {
+            ImageSource::Inline(bytes) => Ok(bytes),
+            _ => Err(ApiError::bad_request("only data: URLs are read here")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    prepare(ctx, limits, req, &images).map(|p| p.prompt)
 }
 
 /// What can be refused from the request's size alone, before any work is queued.
@@ -111,9 +131,31 @@ fn precheck(ctx: &PromptContext, limits: &Limits, req: &ChatRequest) -> Result<(
     ctx.check_text_fits(content_bytes(&req.messages), "messages")
 }
 
+/// Where the request's images come from; refused at once, before anything is fetched, for a
+/// model without a vision tower.
+fn request_images(
+    ctx: &PromptContext,
+    limits: &Limits,
+    req: &ChatRequest,
+) -> Result<Vec<ImageSource>, ApiError> {
+    let sources = media::image_sources(&req.messages, &limits.media)?;
+    if !sources.is_empty() && ctx.vision.is_none() {
+        return Err(ApiError::invalid(
+            "messages",
+            "this model does not accept images (it has no vision tower)",
+        ));
+    }
+    Ok(sources)
+}
+
 /// The CPU-heavy part of a chat request, run off the async executor: tool and response
 /// grammars, the template, tokenization, and the parameters that depend on the prompt.
-fn prepare(ctx: &PromptContext, limits: &Limits, req: ChatRequest) -> Result<Prepared, ApiError> {
+fn prepare(
+    ctx: &PromptContext,
+    limits: &Limits,
+    req: ChatRequest,
+    images: &[Vec<u8>],
+) -> Result<Prepared, ApiError> {
     if req.top_logprobs.is_some() && !req.logprobs {
         return Err(ApiError::invalid(
             "top_logprobs",
@@ -122,7 +164,7 @@ fn prepare(ctx: &PromptContext, limits: &Limits, req: ChatRequest) -> Result<Pre
     }
     let tools = Tools::from_request(req.tools.as_deref(), req.tool_choice.as_ref())?;
     let rendered = render_chat(
-        &ctx.model,
+        ctx,
         &req.messages,
         tools.render.as_deref(),
         req.chat_template_kwargs.as_ref(),
@@ -130,6 +172,7 @@ fn prepare(ctx: &PromptContext, limits: &Limits, req: ChatRequest) -> Result<Pre
     )?;
     ctx.check_text_fits(rendered.len(), "messages")?;
     let prompt = encode_prompt(&ctx.model, &rendered);
+    let (prompt, media) = with_images(ctx, limits, prompt, images)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let params = choice_params(
@@ -145,10 +188,33 @@ fn prepare(ctx: &PromptContext, limits: &Limits, req: ChatRequest) -> Result<Pre
     Ok(Prepared {
         req,
         prompt,
+        media,
         params,
         tools: mode,
         constraint,
     })
+}
+
+/// The prompt with its images placed (each placeholder repeated once per image token) and
+/// waiting for the vision tower; unchanged for a model without one.
+pub(crate) fn with_images(
+    ctx: &PromptContext,
+    limits: &Limits,
+    prompt: Vec<u32>,
+    images: &[Vec<u8>],
+) -> Result<(Vec<u32>, RequestMedia), ApiError> {
+    let Some(vision) = &ctx.vision else {
+        return Ok((prompt, RequestMedia::default()));
+    };
+    let images = media::decode_images(images, &limits.media)?;
+    let PreparedPrompt {
+        tokens,
+        images,
+        positions,
+    } = vision
+        .plan(&prompt, &images)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok((tokens, media::request_media(vision, images, positions)))
 }
 
 async fn whole(

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
+use weft_engine::media::RequestMedia;
 
 use crate::error::ApiError;
 use crate::generate::{
@@ -156,10 +157,11 @@ pub async fn completions(
             move || prepare(&text.prompt, &limits, &req)
         })
         .await?;
-    let jobs: Vec<(&[u32], &ChoiceParams)> = prompts
+    let text_only = RequestMedia::default();
+    let jobs: Vec<(&[u32], &RequestMedia, &ChoiceParams)> = prompts
         .iter()
-        .map(|p| p.tokens.as_slice())
         .zip(&params)
+        .map(|(p, params)| (p.tokens.as_slice(), &text_only, params))
         .collect();
     let all = submit(&state, &jobs, constraint.as_ref(), started)?;
     let prompt_tokens = prompts.iter().map(|p| p.tokens.len()).sum();

@@ -96,6 +96,7 @@ impl From<EngineError> for ApiError {
             EngineError::EmptyPrompt | EngineError::TokenOutOfRange { .. } => {
                 ApiError::invalid("prompt", e.to_string())
             }
+            EngineError::InvalidMedia(_) => ApiError::invalid("messages", e.to_string()),
             EngineError::TextTooShort { .. } | EngineError::Config(_) | EngineError::Batch(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
             }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use weft_engine::engine::{Event, Finished, Request};
 use weft_engine::generation::{FinishReason, TokenConstraint};
+use weft_engine::media::RequestMedia;
 
 use crate::error::ApiError;
 use crate::params::ChoiceParams;
@@ -47,18 +48,19 @@ impl Drop for AbortOnDrop {
 /// `EngineHandle::submit_all`). Choices are numbered across prompts, in order.
 pub fn submit(
     state: &Arc<AppState>,
-    prompts: &[(&[u32], &ChoiceParams)],
+    prompts: &[(&[u32], &RequestMedia, &ChoiceParams)],
     constraint: Option<&ConstraintFactory>,
     started: Instant,
 ) -> Result<Vec<Choice>, ApiError> {
     let text = state.text()?;
     let mut requests = Vec::new();
     let mut receivers = Vec::new();
-    for &(prompt, p) in prompts {
+    for &(prompt, media, p) in prompts {
         for i in 0..p.n {
             let (tx, rx) = mpsc::unbounded_channel();
             requests.push(Request {
                 prompt: prompt.to_vec(),
+                media: media.clone(),
                 params: p.for_choice(i),
                 options: p.options.clone(),
                 constraint: constraint.map(|f| f()),

@@ -11,6 +11,7 @@ mod error;
 mod generate;
 mod limits;
 mod logprobs_format;
+mod media;
 mod metrics;
 mod misc;
 mod openai;
@@ -41,6 +42,7 @@ pub use audio::{AudioConfig, AudioService};
 pub use chat::prepare_chat_body;
 pub use error::ApiError;
 pub use limits::Limits;
+pub use media::MediaLimits;
 pub use reasoning::ReasoningParser;
 pub use state::{AppState, PromptContext, ServerConfig, SharedState, TextService};
 

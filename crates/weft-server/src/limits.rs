@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::media::MediaLimits;
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -26,6 +27,8 @@ pub struct Limits {
     pub max_concurrent_preparations: usize,
     /// Requests that may wait for a preparation slot; beyond, 503.
     pub max_waiting_preparations: usize,
+    /// Images: how many, how large, from where.
+    pub media: MediaLimits,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_tools: 128,
             max_concurrent_preparations: 2,
             max_waiting_preparations: 64,
+            media: MediaLimits::default(),
         }
     }
 }

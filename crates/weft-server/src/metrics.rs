@@ -260,4 +260,39 @@ fn render_engine(
         "Scheduler restarts after an internal error outside a forward pass.",
         load64(&engine.restarts),
     );
+    gauge(
+        out,
+        "weft_encoder_runs_total",
+        "counter",
+        "Media items (images) run through their encoder.",
+        load64(&engine.encoder_runs),
+    );
+    gauge(
+        out,
+        "weft_encoder_tokens_total",
+        "counter",
+        "Language-model tokens (rows) the encoders produced.",
+        load64(&engine.encoder_tokens),
+    );
+    gauge(
+        out,
+        "weft_encoder_seconds_total",
+        "counter",
+        "Seconds spent in media encoders.",
+        load64(&engine.encoder_micros) / 1e6,
+    );
+    gauge(
+        out,
+        "weft_encoder_cache_hits_total",
+        "counter",
+        "Media items whose encoder output was found in the encoder cache.",
+        load64(&engine.encoder_cache_hits),
+    );
+    gauge(
+        out,
+        "weft_encoder_cache_bytes",
+        "gauge",
+        "Bytes of encoder outputs kept in the encoder cache.",
+        load(&engine.encoder_cache_bytes),
+    );
 }

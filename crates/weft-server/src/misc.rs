@@ -27,6 +27,7 @@ pub async fn models(State(state): State<SharedState>) -> Json<Value> {
                 "owned_by": "weft",
                 "root": text.model.name(),
                 "max_model_len": text.max_model_len(),
+                "input_modalities": text.prompt.input_modalities(),
             })
         }));
     }
@@ -117,7 +118,7 @@ fn tokenize_request(ctx: &PromptContext, req: TokenizeRequest) -> Result<Vec<u32
             .tokenizer
             .encode(&prompt, req.add_special_tokens, false)),
         (None, Some(messages)) => {
-            let rendered = render_chat(model, &messages, None, None, req.add_generation_prompt)?;
+            let rendered = render_chat(ctx, &messages, None, None, req.add_generation_prompt)?;
             Ok(encode_prompt(model, &rendered))
         }
         _ => Err(ApiError::bad_request(

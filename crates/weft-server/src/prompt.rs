@@ -6,9 +6,13 @@ use weft_models::chat_template::RenderOptions;
 use crate::error::ApiError;
 use weft_models::TextModel;
 
+use crate::state::PromptContext;
+
 /// Checks one message and rewrites it into what chat templates expect: `content` as a
-/// string, `tool_calls[].function.arguments` as an object (transformers' convention).
-fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
+/// string, or, when it holds images, as a list of `{"type": "text", "text": ...}` and
+/// `{"type": "image"}` parts (transformers' convention, which multimodal templates read to
+/// place their image placeholders); `tool_calls[].function.arguments` as an object.
+fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value, ApiError> {
     let param = format!("messages[{i}]");
     let obj = m
         .as_object()
@@ -30,26 +34,9 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
         }
     };
     let content = match obj.get("content") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                    (kind, _) => {
-                        return Err(ApiError::invalid(
-                            &param,
-                            format!(
-                                "{param}.content: only text parts are supported, got {}",
-                                kind.unwrap_or("a part without a type")
-                            ),
-                        ))
-                    }
-                }
-            }
-            text
-        }
+        None | Some(Value::Null) => json!(""),
+        Some(Value::String(s)) => json!(s),
+        Some(Value::Array(parts)) => content_parts(&param, parts, accepts_images)?,
         Some(_) => {
             return Err(ApiError::invalid(
                 &param,
@@ -59,7 +46,7 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
     };
     let mut out = Map::new();
     out.insert("role".into(), json!(role));
-    out.insert("content".into(), json!(content));
+    out.insert("content".into(), content);
     for key in ["name", "tool_call_id"] {
         if let Some(v) = obj.get(key) {
             out.insert(key.into(), v.clone());
@@ -83,6 +70,41 @@ fn normalize_message(i: usize, m: &Value) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
+/// A list of content parts as the template gets it: one string when all are text, else the
+/// parts with each `image_url` as `{"type": "image"}`.
+fn content_parts(param: &str, parts: &[Value], accepts_images: bool) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for part in parts {
+        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+            (Some("text"), Some(Value::String(t))) => {
+                text.push_str(t);
+                out.push(json!({"type": "text", "text": t}));
+            }
+            (Some("image_url"), _) if accepts_images => out.push(json!({"type": "image"})),
+            (Some("image_url"), _) => {
+                return Err(ApiError::invalid(
+                    param,
+                    "this model does not accept images (it has no vision tower)",
+                ))
+            }
+            (kind, _) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!(
+                        "{param}.content: parts must be text or image_url, got {}",
+                        kind.unwrap_or("a part without a type")
+                    ),
+                ))
+            }
+        }
+    }
+    match out.iter().any(|p| p["type"] == "image") {
+        true => Ok(Value::Array(out)),
+        false => Ok(json!(text)),
+    }
+}
+
 /// Bytes of text in the messages' contents: the prompt holds at least these.
 pub fn content_bytes(messages: &[Value]) -> usize {
     messages
@@ -101,7 +123,7 @@ pub fn content_bytes(messages: &[Value]) -> usize {
 
 /// Renders the conversation with the model's template (the text to [`encode_prompt`]).
 pub fn render_chat(
-    model: &TextModel,
+    ctx: &PromptContext,
     messages: &[Value],
     tools: Option<&[Value]>,
     extra: Option<&Map<String, Value>>,
@@ -110,13 +132,13 @@ pub fn render_chat(
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let template = model.chat_template.as_ref().ok_or_else(|| {
+    let template = ctx.model.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template (a base model): use /v1/completions")
     })?;
     let messages = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| normalize_message(i, m))
+        .map(|(i, m)| normalize_message(i, m, ctx.vision.is_some()))
         .collect::<Result<Vec<_>, _>>()?;
     let options = RenderOptions {
         add_generation_prompt,

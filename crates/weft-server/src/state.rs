@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use weft_engine::constrained::VocabIndex;
 use weft_engine::engine::EngineHandle;
 use weft_models::TextModel;
+use weft_vision::qwen25vl::Qwen25VlVision;
 
 use crate::audio::AudioService;
 use crate::error::ApiError;
@@ -43,8 +44,14 @@ pub struct TextService {
 }
 
 impl TextService {
-    pub fn new(engine: EngineHandle, model: Arc<TextModel>) -> TextService {
-        let prompt = PromptContext::new(Arc::clone(&model), engine.config().max_model_len);
+    /// `vision`: the model's vision tower, when it reads images.
+    pub fn new(
+        engine: EngineHandle,
+        model: Arc<TextModel>,
+        vision: Option<Arc<Qwen25VlVision>>,
+    ) -> TextService {
+        let prompt = PromptContext::new(Arc::clone(&model), engine.config().max_model_len)
+            .with_vision(vision);
         TextService {
             engine,
             model,
@@ -61,6 +68,8 @@ impl TextService {
 /// the engine that runs it (so that request preparation can be exercised, fuzzed, alone).
 pub struct PromptContext {
     pub model: Arc<TextModel>,
+    /// What turns the prompt's images into its media items (a model that reads images).
+    pub vision: Option<Arc<Qwen25VlVision>>,
     max_model_len: usize,
     /// Bytes of text the longest token stands for.
     max_token_bytes: usize,
@@ -77,10 +86,24 @@ impl PromptContext {
             .unwrap_or(1);
         PromptContext {
             model,
+            vision: None,
             max_model_len,
             max_token_bytes,
             vocab: OnceLock::new(),
         }
+    }
+
+    pub fn with_vision(self, vision: Option<Arc<Qwen25VlVision>>) -> PromptContext {
+        PromptContext { vision, ..self }
+    }
+
+    /// What the prompt may hold: `["text"]`, plus `"image"` for a model with a vision tower.
+    pub fn input_modalities(&self) -> Vec<&'static str> {
+        let mut m = vec!["text"];
+        if self.vision.is_some() {
+            m.push("image");
+        }
+        m
     }
 
     /// Longest sequence, prompt plus output.
@@ -125,15 +148,23 @@ pub struct AppState {
     pub created: u64,
     /// Where requests are tokenized, rendered and compiled.
     pub prep: PrepPool,
+    /// Fetches the images that requests name by URL.
+    pub media_client: reqwest::Client,
 }
 
 impl AppState {
     /// A server for a text model.
     pub fn new(engine: EngineHandle, model: Arc<TextModel>, config: ServerConfig) -> AppState {
+        AppState::for_text(TextService::new(engine, model, None), config)
+    }
+
+    /// A server for a text model, possibly one with a vision tower.
+    pub fn for_text(text: TextService, config: ServerConfig) -> AppState {
         AppState {
-            text: Some(Arc::new(TextService::new(engine, model))),
+            text: Some(Arc::new(text)),
             audio: None,
             prep: prep_pool(&config.limits),
+            media_client: media_client(&config.limits),
             config,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
@@ -147,6 +178,7 @@ impl AppState {
             text: None,
             audio: Some(Arc::new(audio)),
             prep: prep_pool(&config.limits),
+            media_client: media_client(&config.limits),
             config: ServerConfig {
                 served_model_names: Vec::new(),
                 ..config
@@ -221,6 +253,17 @@ fn prep_pool(limits: &Limits) -> PrepPool {
         limits.max_concurrent_preparations,
         limits.max_waiting_preparations,
     )
+}
+
+/// The client that fetches image URLs: each fetch is also bounded by
+/// `limits.media.fetch_timeout` as a whole; a few redirects are followed.
+fn media_client(limits: &Limits) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(limits.media.fetch_timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
 }
 
 pub fn unix_now() -> u64 {

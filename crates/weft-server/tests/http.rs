@@ -62,6 +62,8 @@ async fn start(model: Arc<TextModel>, o: Options) -> Server {
             kv_cache_tokens: 4096,
             prefix_caching: true,
             max_waiting: o.max_waiting,
+            encoder_budget: 2048,
+            encoder_cache_bytes: 64 << 20,
         },
     )
     .unwrap();

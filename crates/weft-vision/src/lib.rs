@@ -16,6 +16,7 @@ pub mod color;
 pub mod config;
 pub mod error;
 pub mod image;
+pub mod mmproj;
 pub mod normalize;
 pub mod qwen25vl;
 pub mod qwen25vl_tower;

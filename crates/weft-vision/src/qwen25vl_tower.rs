@@ -87,6 +87,12 @@ impl TowerConfig {
                 .or(vision["in_chans"].as_u64())
                 .unwrap_or(3) as usize,
         };
+        c.validated()
+    }
+
+    /// `self` if the tower can run with it.
+    pub fn validated(self) -> Result<TowerConfig, TowerError> {
+        let c = self;
         let head_dim = c.hidden / c.heads;
         if !c.hidden.is_multiple_of(c.heads) || !head_dim.is_multiple_of(4) {
             return Err(TowerError::Config(format!(
@@ -140,10 +146,21 @@ pub struct Grid {
     pub w: usize,
 }
 
-impl Qwen25VisionTower {
-    /// Reads the tower's tensors from `weights` under Hugging Face's names (`visual.` or
-    /// `model.visual.`), converted to f32.
-    pub fn load(weights: &dyn WeightSource, config: TowerConfig) -> Result<Self, TowerError> {
+/// Where a tower's tensors come from: the f32 values of the tensor Hugging Face's checkpoint
+/// calls `visual.{name}`, checked to have `shape` (outermost dimension first).
+pub trait TowerWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError>;
+}
+
+/// A Hugging Face checkpoint's tensors (`visual.` or, as transformers 5 saves them,
+/// `model.visual.`).
+pub struct HfTowerWeights<'a> {
+    weights: &'a dyn WeightSource,
+    prefix: &'static str,
+}
+
+impl<'a> HfTowerWeights<'a> {
+    pub fn new(weights: &'a dyn WeightSource) -> Result<Self, TowerError> {
         let prefix = ["visual.", "model.visual."]
             .into_iter()
             .find(|p| {
@@ -152,23 +169,42 @@ impl Qwen25VisionTower {
                     .is_some()
             })
             .ok_or_else(|| TowerError::MissingTensor("visual.patch_embed.proj.weight".into()))?;
-        let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, TowerError> {
-            let full = format!("{prefix}{name}");
-            let info = weights
-                .tensor(&full)
-                .ok_or_else(|| TowerError::MissingTensor(full.clone()))?;
-            let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-            if dims != shape {
-                return Err(TowerError::Shape {
-                    name: full,
-                    found: dims,
-                    expected: shape.to_vec(),
-                });
-            }
-            let mut out = vec![0.0f32; shape.iter().product()];
-            dequantize_row(info.ggml_type, weights.tensor_data(info), &mut out);
-            Ok(out)
-        };
+        Ok(HfTowerWeights { weights, prefix })
+    }
+}
+
+impl TowerWeights for HfTowerWeights<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
+        read_f32(self.weights, &format!("{}{name}", self.prefix), shape)
+    }
+}
+
+/// Tensor `name` of `weights` as f32 values, checked to have `shape`.
+pub fn read_f32(
+    weights: &dyn WeightSource,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, TowerError> {
+    let info = weights
+        .tensor(name)
+        .ok_or_else(|| TowerError::MissingTensor(name.to_owned()))?;
+    let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+    if dims != shape {
+        return Err(TowerError::Shape {
+            name: name.to_owned(),
+            found: dims,
+            expected: shape.to_vec(),
+        });
+    }
+    let mut out = vec![0.0f32; shape.iter().product()];
+    dequantize_row(info.ggml_type, weights.tensor_data(info), &mut out);
+    Ok(out)
+}
+
+impl Qwen25VisionTower {
+    /// Builds the tower from `weights` (tensors by their Hugging Face names).
+    pub fn load(weights: &dyn TowerWeights, config: TowerConfig) -> Result<Self, TowerError> {
+        let tensor = |name: &str, shape: &[usize]| weights.tensor(name, shape);
         let linear = |name: &str,
                       out: usize,
                       inp: usize,
@@ -225,6 +261,36 @@ impl Qwen25VisionTower {
 
     pub fn config(&self) -> &TowerConfig {
         &self.config
+    }
+
+    /// Floating-point operations (a multiply-add counts two) of [`Qwen25VisionTower::encode`]
+    /// on `grids`: its products and attention scores/sums, not its norms and activations.
+    pub fn flops(&self, grids: &[Grid]) -> f64 {
+        let c = &self.config;
+        let rows: usize = grids.iter().map(|g| g.t * g.h * g.w).sum();
+        let (n, d, ff) = (rows as f64, c.hidden as f64, c.intermediate as f64);
+        let layout = WindowLayout::new(c, grids);
+        // Q.K and P.V over each segment: 4 * d * len^2.
+        let attention = |segments: &[Range<usize>]| -> f64 {
+            segments
+                .iter()
+                .map(|r| 4.0 * d * (r.len() as f64).powi(2))
+                .sum()
+        };
+        let blocks: f64 = (0..c.depth)
+            .map(|i| {
+                let segments = match c.full_attention_blocks.contains(&i) {
+                    true => &layout.frames,
+                    false => &layout.windows,
+                };
+                2.0 * n * d * (3.0 * d + d + 3.0 * ff) + attention(segments)
+            })
+            .sum();
+        let merged = n / (c.merge_size * c.merge_size) as f64;
+        let wide = d * (c.merge_size * c.merge_size) as f64;
+        2.0 * n * c.patch_len() as f64 * d
+            + blocks
+            + 2.0 * merged * wide * (wide + c.out_hidden as f64)
     }
 
     /// Embeddings for the language model, one row of `out_hidden` per merged patch, image by

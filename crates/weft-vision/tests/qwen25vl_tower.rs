@@ -1,15 +1,18 @@
 //! Qwen2.5-VL's vision tower against transformers on the tiny random checkpoint of
 //! tests/data/hf-tiny-vl (scripts/gen_hf_tiny_vl.py): the test images through weft's
 //! processor and tower must give transformers' merged embeddings within 1e-4 relative, alone
-//! and two images in one call (windows never cross an image).
+//! and two images in one call (windows never cross an image); the same checkpoint converted
+//! to an mmproj file by llama.cpp's converter (tests/data/hf-tiny-vl-gguf,
+//! scripts/gen_tiny_vl_gguf.py) must give the same tower, value for value.
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 use weft_kernels::pool::ThreadPool;
 use weft_models::weights::SafetensorsFiles;
+use weft_vision::mmproj::MmprojFile;
 use weft_vision::qwen25vl::Qwen25VlVision;
-use weft_vision::qwen25vl_tower::{Grid, Qwen25VisionTower, TowerConfig};
+use weft_vision::qwen25vl_tower::{Grid, HfTowerWeights, Qwen25VisionTower, TowerConfig};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
@@ -33,7 +36,7 @@ fn floats(v: &Value) -> Vec<f32> {
 fn tower() -> Qwen25VisionTower {
     let config = TowerConfig::from_hf(&json("config.json")["vision_config"]).unwrap();
     let weights = SafetensorsFiles::open_dir(&dir()).unwrap();
-    Qwen25VisionTower::load(&weights, config).unwrap()
+    Qwen25VisionTower::load(&HfTowerWeights::new(&weights).unwrap(), config).unwrap()
 }
 
 fn grid(image: &Value) -> Grid {
@@ -105,5 +108,49 @@ fn images_through_processor_and_tower_match_transformers() {
             tokens.len() - names.len() + media.embeddings.len()
         );
         assert!(media.embeddings.iter().all(|(i, _)| expanded[*i] == pad));
+    }
+}
+
+/// The mmproj file holds the same tower: the same settings (window size and full-attention
+/// blocks recovered from llama.cpp's keys), the same preprocessing and the same outputs, bit
+/// for bit.
+#[test]
+fn the_mmproj_conversion_is_the_same_tower() {
+    let golden = json("golden.json");
+    let path = dir().join("../hf-tiny-vl-gguf/mmproj-f32.gguf");
+    let config = MmprojFile::open(&path).unwrap().qwen25vl_config().unwrap();
+    assert_eq!(
+        config,
+        TowerConfig::from_hf(&json("config.json")["vision_config"]).unwrap()
+    );
+    let tokenizer = weft_models::TextModel::load(&dir()).unwrap().tokenizer;
+    let from_gguf = Qwen25VlVision::load_mmproj(&path, &tokenizer).unwrap();
+    let from_hf = Qwen25VlVision::load(&dir()).unwrap().unwrap();
+    let pool = ThreadPool::new(2);
+    for name in ["small", "wide", "large"] {
+        let file = golden["images"][name]["file"].as_str().unwrap();
+        let image = weft_vision::decode(
+            &std::fs::read(dir().join(file)).unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
+        let tokens = [406, 409, 407];
+        let (a, b) = (
+            from_gguf
+                .plan(&tokens, std::slice::from_ref(&image))
+                .unwrap(),
+            from_hf.plan(&tokens, std::slice::from_ref(&image)).unwrap(),
+        );
+        assert_eq!(
+            (&a.tokens, &a.positions),
+            (&b.tokens, &b.positions),
+            "{name}"
+        );
+        assert_eq!(a.images[0].hash, b.images[0].hash, "{name}: preprocessing");
+        assert_eq!(
+            from_gguf.encode(&pool, &a.images[0]),
+            from_hf.encode(&pool, &b.images[0]),
+            "{name}"
+        );
     }
 }

@@ -8,7 +8,7 @@ mod run;
 mod serve;
 mod transcribe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use weft_engine::sampler::SamplingParams;
 use weft_engine::session::{GenerateParams, SessionConfig};
 use weft_models::TextModel;
+use weft_vision::qwen25vl::Qwen25VlVision;
 
 #[derive(Parser)]
 #[command(
@@ -219,6 +220,29 @@ pub fn load_model(spec: &str) -> Result<TextModel> {
         t0.elapsed().as_secs_f64()
     );
     Ok(model)
+}
+
+/// The vision tower of `model`: from llama.cpp's mmproj file `mmproj` when given, else
+/// from the model's Hugging Face directory when it has one.
+pub fn load_vision(model: &TextModel, mmproj: Option<&Path>) -> Result<Option<Qwen25VlVision>> {
+    let t0 = Instant::now();
+    let dir = model.weights.path();
+    let vision = match mmproj {
+        Some(path) => Some(
+            Qwen25VlVision::load_mmproj(path, &model.tokenizer)
+                .with_context(|| format!("loading the vision tower of {}", path.display()))?,
+        ),
+        None if dir.is_dir() => Qwen25VlVision::load(dir)
+            .with_context(|| format!("loading the vision tower of {}", dir.display()))?,
+        None => None,
+    };
+    if vision.is_some() {
+        tracing::info!(
+            "loaded the vision tower in {:.2}s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(vision)
 }
 
 fn main() -> Result<()> {

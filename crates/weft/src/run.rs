@@ -1,7 +1,7 @@
 //! `weft run`: one prompt in, one streamed reply out.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -12,7 +12,6 @@ use weft_engine::session::{GenerateOutcome, Session};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::Qwen25VlVision;
 use weft_vision::DecodeOptions;
 
 use crate::chat::chat_prompt_tokens;
@@ -34,6 +33,9 @@ pub struct RunArgs {
     /// Needs a model with a vision tower (a Qwen2.5-VL Hugging Face directory).
     #[arg(long = "image", value_name = "PATH")]
     images: Vec<PathBuf>,
+    /// The vision tower of a GGUF model: llama.cpp's mmproj file for it.
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -76,7 +78,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let tokens = chat_prompt_tokens(&model, &messages)?;
         match args.images.is_empty() {
             true => (tokens, PromptMedia::default()),
-            false => with_images(&model, tokens, &args.images, args.context.threads())?,
+            false => with_images(
+                &model,
+                args.mmproj.as_deref(),
+                tokens,
+                &args.images,
+                args.context.threads(),
+            )?,
         }
     };
     let mut session = Session::new(&model, args.context.session_config(&model));
@@ -96,18 +104,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// The prompt with its images: placeholders expanded, the vision tower's rows, positions.
 fn with_images(
     model: &TextModel,
+    mmproj: Option<&Path>,
     tokens: Vec<u32>,
     paths: &[PathBuf],
     threads: usize,
 ) -> Result<(Vec<u32>, PromptMedia)> {
-    let dir = model.weights.path();
-    let vision = match dir.is_dir() {
-        true => Qwen25VlVision::load(dir)?,
-        false => None,
-    };
-    let Some(vision) = vision else {
+    let Some(vision) = crate::load_vision(model, mmproj)? else {
         bail!(
-            "{} has no vision tower: --image needs a Qwen2.5-VL Hugging Face model directory",
+            "{} has no vision tower: --image needs a Qwen2.5-VL Hugging Face model directory, \
+             or a GGUF model with --mmproj",
             model.name()
         );
     };
@@ -121,13 +126,32 @@ fn with_images(
         })
         .collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let (tokens, media) = vision.prepare(&ThreadPool::new(threads), &tokens, &images)?;
+    let plan = vision.plan(&tokens, &images)?;
+    let preprocess = t0.elapsed();
+    let pool = ThreadPool::new(threads);
+    let mut rows = Vec::with_capacity(plan.images.len());
+    for (i, image) in plan.images.iter().enumerate() {
+        let t1 = Instant::now();
+        rows.push(vision.encode(&pool, image));
+        let seconds = t1.elapsed().as_secs_f64();
+        let flops = vision.encode_flops(image);
+        eprintln!(
+            "weft: image {}: {} tokens ({}x{} patches), encoded in {:.0} ms, {:.1} GFLOP at {:.1} GFLOP/s",
+            i + 1,
+            image.len,
+            image.pixels.grid_thw[1],
+            image.pixels.grid_thw[2],
+            seconds * 1e3,
+            flops / 1e9,
+            flops / 1e9 / seconds.max(1e-9)
+        );
+    }
     tracing::info!(
-        "{} images: {} tokens, encoded in {:.2} s",
+        "{} images preprocessed in {:.0} ms",
         images.len(),
-        media.embeddings.len(),
-        t0.elapsed().as_secs_f64()
+        preprocess.as_secs_f64() * 1e3
     );
+    let (tokens, media) = plan.into_media(rows, vision.embedding_width());
     Ok((tokens, media))
 }
 

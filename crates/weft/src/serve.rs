@@ -2,7 +2,7 @@
 //! both (`weft serve CHAT_MODEL --audio-model whisper-base`).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use weft_audio::{Transcriber, Whisper};
 use weft_engine::engine::{EngineConfig, EngineHandle};
-use weft_server::{AppState, AudioConfig, AudioService, Limits, ReasoningParser, ServerConfig};
+use weft_server::{
+    AppState, AudioConfig, AudioService, Limits, MediaLimits, ReasoningParser, ServerConfig,
+    TextService,
+};
 
 use crate::pull::DEFAULT_MODEL;
 use crate::{load_model, ThreadArgs};
@@ -22,6 +25,10 @@ pub struct ServeArgs {
     /// serve /v1/audio/transcriptions and /v1/audio/translations alone.
     #[arg(default_value = DEFAULT_MODEL)]
     model: String,
+    /// The vision tower of a GGUF chat model: llama.cpp's mmproj file for it (a Hugging Face
+    /// directory brings its own).
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
     /// A Whisper model served next to the text model, under its packaged or directory name.
     #[arg(long)]
     audio_model: Option<String>,
@@ -72,6 +79,15 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot; beyond, 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     max_waiting: usize,
+    /// Image tokens the vision tower may produce in one step (an image larger than this
+    /// still runs, alone in its step): bounds how long one step's encoding holds up the
+    /// running streams' decodes.
+    #[arg(long, default_value_t = 2048)]
+    encoder_budget: usize,
+    /// Bytes of vision-tower outputs kept by image content, so that an image sent again
+    /// (every turn of a conversation) is encoded once.
+    #[arg(long, default_value_t = 512 << 20)]
+    encoder_cache_bytes: usize,
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -114,11 +130,54 @@ struct LimitArgs {
     /// Requests that may wait to be tokenized (503 beyond).
     #[arg(long, default_value_t = Limits::default().max_waiting_preparations)]
     max_waiting_preparations: usize,
+    /// Most media items per prompt, as vLLM writes it: '{"image": 4}' (or image=4).
+    #[arg(long, value_parser = parse_mm_limit)]
+    limit_mm_per_prompt: Option<usize>,
+    /// Largest image file in bytes, however it arrives (data: URL, http(s), file://).
+    #[arg(long, default_value_t = MediaLimits::default().max_image_bytes)]
+    max_image_bytes: usize,
+    /// Largest image in pixels (width x height), checked before decoding.
+    #[arg(long, default_value_t = MediaLimits::default().max_image_pixels)]
+    max_image_pixels: u64,
+    /// Seconds one image URL may take to fetch.
+    #[arg(long, default_value_t = MediaLimits::default().fetch_timeout.as_secs_f64())]
+    media_fetch_timeout: f64,
+    /// Let requests name images as file:// URLs below this directory.
+    #[arg(long)]
+    allowed_local_media_path: Option<PathBuf>,
+}
+
+/// `--limit-mm-per-prompt`: vLLM's JSON object or `image=N`; the image count.
+fn parse_mm_limit(s: &str) -> std::result::Result<usize, String> {
+    let bad = || format!("expected '{{\"image\": N}}' or image=N, got {s}");
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(s) {
+        if let Some((key, _)) = m.iter().find(|(k, _)| k.as_str() != "image") {
+            return Err(format!("only images are read so far, not {key}"));
+        }
+        return m
+            .get("image")
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(bad);
+    }
+    s.strip_prefix("image=")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(bad)
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
+    fn limits(&self) -> Result<Limits> {
+        let allowed_local_media_path = match &self.allowed_local_media_path {
+            None => None,
+            Some(dir) => Some(
+                dir.canonicalize()
+                    .with_context(|| format!("--allowed-local-media-path {}", dir.display()))?,
+            ),
+        };
+        if !(self.media_fetch_timeout > 0.0 && self.media_fetch_timeout.is_finite()) {
+            bail!("--media-fetch-timeout must be a positive number of seconds");
+        }
+        Ok(Limits {
             max_messages: self.max_messages,
             max_stop_strings: self.max_stop_strings,
             max_stop_bytes: self.max_stop_bytes,
@@ -127,7 +186,16 @@ impl LimitArgs {
             max_tools: self.max_tools,
             max_concurrent_preparations: self.max_concurrent_preparations,
             max_waiting_preparations: self.max_waiting_preparations,
-        }
+            media: MediaLimits {
+                max_images: self
+                    .limit_mm_per_prompt
+                    .unwrap_or(MediaLimits::default().max_images),
+                max_image_bytes: self.max_image_bytes,
+                max_image_pixels: self.max_image_pixels,
+                fetch_timeout: Duration::from_secs_f64(self.media_fetch_timeout),
+                allowed_local_media_path,
+            },
+        })
     }
 }
 
@@ -140,13 +208,14 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         },
     };
     let api_key = args.api_key.clone().filter(|k| !k.is_empty());
+    let limits = args.limits.limits()?;
     let config = |names: Vec<String>| ServerConfig {
         served_model_names: names,
         api_key: api_key.clone(),
         max_body_bytes: args.max_body_bytes,
         reasoning_parser,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        limits: args.limits.limits(),
+        limits: limits.clone(),
     };
     let names = |spec: &str, id: fn(&str) -> String| {
         if args.served_model_name.is_empty() {
@@ -197,10 +266,16 @@ fn text_state(args: &ServeArgs, config: ServerConfig) -> Result<AppState> {
             kv_cache_tokens: args.kv_cache_tokens.unwrap_or(max_model_len.max(16384)),
             prefix_caching: !args.no_enable_prefix_caching,
             max_waiting: args.max_waiting,
+            encoder_budget: args.encoder_budget,
+            encoder_cache_bytes: args.encoder_cache_bytes,
         },
     )
     .context("starting the engine")?;
-    Ok(AppState::new(engine, model, config))
+    let vision = crate::load_vision(&model, args.mmproj.as_deref())?.map(Arc::new);
+    Ok(AppState::for_text(
+        TextService::new(engine, model, vision),
+        config,
+    ))
 }
 
 /// Loads a Whisper model for the audio routes.

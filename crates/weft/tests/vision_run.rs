@@ -1,5 +1,5 @@
 //! `weft run DIR --image PATH… PROMPT` end to end on the tiny random Qwen2.5-VL checkpoint of
-//! tests/data/hf-tiny-vl: the reply at temperature 0 must be transformers' greedy
+//! tests/data/hf-tiny-vl (and on its GGUF + mmproj conversion): the reply at temperature 0 must be transformers' greedy
 //! continuation of the same conversation (golden.json, scripts/gen_hf_tiny_vl.py), which
 //! covers the chat template with image parts, image decoding and preprocessing, the tower,
 //! placeholder expansion, M-RoPE and the embeddings in the batch.
@@ -103,6 +103,22 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
 /// `weft run DIR --image PATH PROMPT` prints transformers' greedy reply.
 #[test]
 fn run_with_an_image_prints_transformers_greedy_reply() {
+    run_prints_transformers_greedy_reply(&[dir().into_os_string()]);
+}
+
+/// So does `weft run MODEL.gguf --mmproj MMPROJ.gguf --image PATH PROMPT` on the files
+/// llama.cpp's converter makes of the same checkpoint (scripts/gen_tiny_vl_gguf.py).
+#[test]
+fn run_with_gguf_and_mmproj_prints_the_same_reply() {
+    let gguf = dir().join("../hf-tiny-vl-gguf");
+    run_prints_transformers_greedy_reply(&[
+        gguf.join("model-f32.gguf").into_os_string(),
+        "--mmproj".into(),
+        gguf.join("mmproj-f32.gguf").into_os_string(),
+    ]);
+}
+
+fn run_prints_transformers_greedy_reply(model_args: &[std::ffi::OsString]) {
     let golden = golden();
     let model = TextModel::load(&dir()).unwrap();
     let case = &golden["cases"][1];
@@ -110,7 +126,7 @@ fn run_with_an_image_prints_transformers_greedy_reply() {
     let prompt = content.iter().find_map(|p| p["text"].as_str()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("run")
-        .arg(dir())
+        .args(model_args)
         .arg("--image")
         .arg(image_file(&golden, &case["images"][0]))
         .args([prompt, "--temperature", "0", "-n", "16"])
@@ -121,7 +137,10 @@ fn run_with_an_image_prints_transformers_greedy_reply() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let want = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
+    // A reply cut inside a UTF-8 character ends before it (the detokenizer never prints
+    // half a character).
+    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
+    let want = full.trim_end_matches('\u{FFFD}');
     let got = String::from_utf8(out.stdout).unwrap();
     assert_eq!(got.trim_end_matches('\n'), want);
 }
@@ -153,4 +172,39 @@ fn images_need_a_vision_model_and_a_readable_image() {
         err.contains("decoding") && err.contains("not an image"),
         "{err}"
     );
+}
+
+/// `weft chat DIR` with `/image PATH` before a message replies as transformers does to that
+/// conversation; an unreadable image is reported and the conversation goes on.
+#[test]
+fn chat_attaches_images_with_a_command() {
+    use std::io::Write;
+    let golden = golden();
+    let model = TextModel::load(&dir()).unwrap();
+    let case = &golden["cases"][1];
+    let prompt = case["messages"][0]["content"][1]["text"].as_str().unwrap();
+    let image = image_file(&golden, &case["images"][0]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("chat")
+        .arg(dir())
+        .args(["--temperature", "0", "-n", "16"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(
+        child.stdin.take().unwrap(),
+        "/image missing.png\n/image {}\n{prompt}\n",
+        image.display()
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("reading missing.png"), "{err}");
+    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
+    let want = full.trim_end_matches('\u{FFFD}');
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(got.trim_end_matches('\n'), want);
 }

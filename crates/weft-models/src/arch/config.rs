@@ -14,12 +14,13 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const SUPPORTED: &'static [&'static str] = &["llama", "qwen2", "gemma3"];
+    pub const SUPPORTED: &'static [&'static str] = &["llama", "qwen2", "qwen2vl", "gemma3"];
 
     pub fn from_name(name: &str) -> Option<Arch> {
         match name {
             "llama" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
+            // Qwen2-VL's and Qwen2.5-VL's language model: qwen2 with multimodal RoPE sections.
+            "qwen2" | "qwen2vl" => Some(Arch::Qwen2),
             "gemma3" => Some(Arch::Gemma3),
             _ => None,
         }
@@ -79,6 +80,25 @@ pub(crate) const MAX_MROPE_HALF: usize = 256;
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 /// Gemma 3: every sixth layer is global, the others slide.
 const GEMMA3_GLOBAL_EVERY: usize = 6;
+
+/// `rope.dimension_sections` of a qwen2vl GGUF: frequency pairs given to time, height and
+/// width (a fourth entry, 0 for these models, is not used).
+fn mrope_section(file: &GgufFile, key: &str) -> Result<Option<[usize; 3]>, ModelError> {
+    let Some(sections) = file.get_i32_array(key)? else {
+        return Ok(None);
+    };
+    match sections {
+        [t, h, w, rest @ ..]
+            if [*t, *h, *w].iter().all(|&s| s >= 0) && rest.iter().all(|&s| s == 0) =>
+        {
+            Ok(Some([*t as usize, *h as usize, *w as usize]))
+        }
+        _ => Err(ModelError::invalid(
+            file,
+            &format!("{key} {sections:?} is not 3 sections"),
+        )),
+    }
+}
 
 impl DecoderConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<DecoderConfig, ModelError> {
@@ -196,7 +216,7 @@ impl DecoderConfig {
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             embed_scale,
             norm_weight_offset: 0.0,
-            mrope_section: None,
+            mrope_section: mrope_section(file, &key("rope.dimension_sections"))?,
         };
         config.check().map_err(|e| ModelError::invalid(file, &e))?;
         Ok(config)

@@ -148,6 +148,21 @@ impl Decoder {
         self.vocab_size
     }
 
+    /// Writes the input embedding of `token` (scaled as the model scales it) into `out`
+    /// (`n_embd` values). `token` must be in the vocabulary.
+    pub fn embed(&self, token: u32, out: &mut [f32]) {
+        let embd = self.mat(&self.token_embd);
+        let row = embd
+            .ty
+            .row_bytes(self.config.n_embd)
+            .expect("validated at load");
+        let tok = token as usize;
+        dequantize_row(embd.ty, &embd.data[tok * row..(tok + 1) * row], out);
+        if self.config.embed_scale != 1.0 {
+            ops::scale_inplace(out, self.config.embed_scale);
+        }
+    }
+
     /// The shape a KV cache for this model must have.
     pub fn kv_shape(&self) -> KvShape {
         KvShape {
@@ -218,14 +233,8 @@ impl Decoder {
         resize(&mut s.gate, n * c.n_ff);
         resize(&mut s.up, n * c.n_ff);
 
-        let embd = self.mat(&self.token_embd);
-        let embd_row = embd.ty.row_bytes(d).expect("validated at load");
         for (&tok, x) in batch.tokens.iter().zip(s.x.chunks_exact_mut(d)) {
-            let tok = tok as usize;
-            dequantize_row(embd.ty, &embd.data[tok * embd_row..(tok + 1) * embd_row], x);
-            if c.embed_scale != 1.0 {
-                ops::scale_inplace(x, c.embed_scale);
-            }
+            self.embed(tok, x);
         }
         for e in batch.embeddings {
             s.x[e.token * d..(e.token + 1) * d].copy_from_slice(e.values);

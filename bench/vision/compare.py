@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Time from request to first token with an image, weft vs llama.cpp's llama-mtmd-cli, on the
+same GGUF language model and mmproj file, interleaved, same thread count; then decode speed
+with the image in context against text-only decode.
+
+    python3 bench/vision/compare.py DIR [--runs 3] [--threads 2] [--sizes 448x448,1280x720]
+
+DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py makes them
+at Qwen2.5-VL-3B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size.
+"Time to first token" is the encoder plus the prompt's prefill as each program reports them
+(model loading excluded; llama.cpp's warmup runs are switched off so that neither side is
+timed with warm caches the other lacks). Prints medians and the ratio llama.cpp / weft.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "Describe this image."
+
+
+def cpu() -> str:
+    model = flags = ""
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("Flags:"):
+            f = line.split()
+            flags = ", ".join(x for x in ["avx2", "avx512f", "avx512_bf16", "avx_vnni", "amx_tile"] if x in f)
+    return f"{model} ({flags})"
+
+
+def weft_run(weft, model, mmproj, image, threads, n):
+    cmd = [weft, "run", model, "--mmproj", mmproj, "-n", str(n), "-t", str(threads),
+           "--temperature", "0", PROMPT]
+    if image:
+        cmd[5:5] = ["--image", image]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WEFT_LOG": "info"})
+    if out.returncode != 0:
+        sys.exit(f"weft failed: {out.stderr[-2000:]}")
+    err = out.stderr
+    enc = [float(m) for m in re.findall(r"encoded in (\d+) ms", err)]
+    tokens = [int(m) for m in re.findall(r"image \d+: (\d+) tokens", err)]
+    gflops = [float(m) for m in re.findall(r"at ([\d.]+) GFLOP/s", err)]
+    m = re.search(r"prompt: (\d+) tokens \((\d+) reused\) at ([\d.]+) t/s; generated (\d+) tokens at ([\d.]+) t/s", err)
+    if not m:
+        sys.exit(f"weft: no timing line in:\n{err[-2000:]}")
+    prompt, reused, pp, gen, tg = int(m[1]), int(m[2]), float(m[3]), int(m[4]), float(m[5])
+    prefill_ms = (prompt - reused) / pp * 1e3
+    return dict(encode=sum(enc), prefill=prefill_ms, ttft=sum(enc) + prefill_ms, prompt=prompt,
+                image_tokens=sum(tokens), gflops=gflops[0] if gflops else None, tg=tg)
+
+
+def llama_run(bindir, model, mmproj, image, threads, n):
+    cmd = [str(bindir / "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "-p", PROMPT,
+           "-n", str(n), "-t", str(threads), "--temp", "0", "--no-warmup"]
+    if image:
+        cmd += ["--image", image]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"llama-mtmd-cli failed: {out.stderr[-2000:]}")
+    text = out.stdout + out.stderr
+    enc = [float(m) for m in re.findall(r"slice encoded in (\d+) ms", text)]
+    pe = re.search(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens", text)
+    ev = re.search(r"\beval time =\s+([\d.]+) ms /\s+(\d+) runs", text)
+    if not pe:
+        sys.exit(f"llama-mtmd-cli: no timing in:\n{text[-3000:]}")
+    tg = int(ev[2]) / float(ev[1]) * 1e3 if ev and int(ev[2]) > 0 else None
+    return dict(encode=sum(enc), prefill=float(pe[1]), ttft=sum(enc) + float(pe[1]),
+                prompt=int(pe[2]), tg=tg)
+
+
+def med(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", default="448x448,1280x720")
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    a = ap.parse_args()
+    d = Path(a.dir)
+    model, mmproj = str(d / "model-Q4_K_M.gguf"), str(d / "mmproj-f16.gguf")
+    bindir = Path(subprocess.run([str(ROOT / "bench/peers/build-llama-cpp.sh")], capture_output=True,
+                                 text=True, check=True).stdout.strip().splitlines()[-1])
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "weft"], cwd=ROOT, check=True)
+    weft = str(ROOT / "target/release/weft")
+    tmp = Path(tempfile.mkdtemp())
+    print(f"CPU: {cpu()}; {a.threads} threads; {a.runs} runs each, interleaved; medians")
+    print("| image | tokens (weft / llama.cpp) | weft encoder ms | weft GFLOP/s | weft prefill ms | weft TTFT ms | llama.cpp encoder ms | llama.cpp prefill ms | llama.cpp TTFT ms | TTFT llama.cpp / weft | weft encoder share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in a.sizes.split(","):
+        image = str(tmp / f"testsrc-{size}.png")
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=1",
+                        "-frames:v", "1", image], check=True)
+        ours, theirs = [], []
+        for r in range(a.runs):
+            pair = [("w", lambda: ours.append(weft_run(weft, model, mmproj, image, a.threads, 1))),
+                    ("l", lambda: theirs.append(llama_run(bindir, model, mmproj, image, a.threads, 1)))]
+            for _, run in (pair if r % 2 == 0 else pair[::-1]):
+                run()
+        w, l = ours, theirs
+        print(f"| {size} | {w[0]['image_tokens']} / {l[0]['prompt']} (prompt) | {med(w, 'encode'):.0f} | {med(w, 'gflops'):.1f} | "
+              f"{med(w, 'prefill'):.0f} | {med(w, 'ttft'):.0f} | {med(l, 'encode'):.0f} | {med(l, 'prefill'):.0f} | "
+              f"{med(l, 'ttft'):.0f} | {med(l, 'ttft') / med(w, 'ttft'):.2f} | {med(w, 'encode') / med(w, 'ttft'):.0%} |", flush=True)
+    # Decode with the smallest image in context vs text only.
+    image = str(tmp / f"testsrc-{a.sizes.split(',')[0]}.png")
+    n = a.decode_tokens
+    rows = []
+    for label, img in [("text only", None), ("with image", image)]:
+        w = [weft_run(weft, model, mmproj, img, a.threads, n) for _ in range(a.runs)]
+        l = [llama_run(bindir, model, mmproj, img, a.threads, n) for _ in range(a.runs)]
+        rows.append((label, med(w, "tg"), med(l, "tg")))
+    print(f"\n| decode ({n} tokens) | weft t/s | llama.cpp t/s | weft / llama.cpp |\n|---|---|---|---|")
+    for label, w, l in rows:
+        print(f"| {label} | {w:.2f} | {l:.2f} | {w / l:.2f} |")
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()

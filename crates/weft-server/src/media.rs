@@ -1,0 +1,348 @@
+//! Images in chat requests: where an `image_url` part's bytes come from (a `data:` URL, an
+//! `http(s)` URL fetched within a timeout and a size cap, a `file://` path under
+//! `--allowed-local-media-path`), and how decoded images become the engine's media items.
+//! Every failure is a 400 that says which image and why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde_json::Value;
+use weft_engine::blocks::MediaSpan;
+use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
+use weft_kernels::pool::ThreadPool;
+use weft_models::media::MediaPositions;
+use weft_vision::qwen25vl::{PreparedImage, Qwen25VlVision};
+use weft_vision::{DecodeOptions, RgbImage};
+
+use crate::error::ApiError;
+
+/// Bounds on the images of one request (each a `weft serve` flag).
+#[derive(Clone, Debug)]
+pub struct MediaLimits {
+    /// Most images in one prompt (vLLM's `--limit-mm-per-prompt`).
+    pub max_images: usize,
+    /// Largest image file, in bytes, however it arrives.
+    pub max_image_bytes: usize,
+    /// Largest decoded image, width x height (checked from the header before decoding).
+    pub max_image_pixels: u64,
+    /// How long fetching one image URL may take, connection included.
+    pub fetch_timeout: Duration,
+    /// `file://` URLs are read only below this directory (none: refused).
+    pub allowed_local_media_path: Option<PathBuf>,
+}
+
+impl Default for MediaLimits {
+    fn default() -> MediaLimits {
+        MediaLimits {
+            max_images: 4,
+            max_image_bytes: 20 << 20,
+            max_image_pixels: DecodeOptions::default().max_pixels,
+            fetch_timeout: Duration::from_secs(10),
+            allowed_local_media_path: None,
+        }
+    }
+}
+
+/// Where one image's bytes are.
+#[derive(Debug)]
+pub enum ImageSource {
+    /// A `data:` URL, already decoded.
+    Inline(Vec<u8>),
+    Http(String),
+    File(PathBuf),
+}
+
+/// The `image_url` parts of `messages`, in the order the chat template meets them.
+pub fn image_sources(
+    messages: &[Value],
+    limits: &MediaLimits,
+) -> Result<Vec<ImageSource>, ApiError> {
+    let mut sources = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(parts) = m.get("content").and_then(Value::as_array) else {
+            continue;
+        };
+        for (j, part) in parts.iter().enumerate() {
+            if part.get("type").and_then(Value::as_str) != Some("image_url") {
+                continue;
+            }
+            let param = format!("messages[{i}].content[{j}]");
+            if sources.len() == limits.max_images {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!(
+                        "at most {} images per request (--limit-mm-per-prompt)",
+                        limits.max_images
+                    ),
+                ));
+            }
+            let url = image_url(part).ok_or_else(|| {
+                ApiError::invalid(&param, format!("{param}.image_url.url is missing"))
+            })?;
+            sources.push(
+                source(url, limits)
+                    .map_err(|e| ApiError::invalid(&param, format!("{param}: {e}")))?,
+            );
+        }
+    }
+    Ok(sources)
+}
+
+/// `image_url` as OpenAI writes it (`{"url": ...}`) or as a bare string.
+fn image_url(part: &Value) -> Option<&str> {
+    match part.get("image_url")? {
+        Value::String(url) => Some(url),
+        v => v.get("url")?.as_str(),
+    }
+}
+
+fn source(url: &str, limits: &MediaLimits) -> Result<ImageSource, String> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (header, data) = rest
+            .split_once(',')
+            .ok_or("a data: URL needs a comma before its data")?;
+        if !header.ends_with(";base64") {
+            return Err("only base64 data: URLs are accepted (data:image/png;base64,...)".into());
+        }
+        // Base64 is 4 characters per 3 bytes: refuse before decoding what would be too big.
+        if data.len() / 4 * 3 > limits.max_image_bytes + 3 {
+            return Err(too_big(limits));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim_end())
+            .map_err(|e| format!("the data: URL is not valid base64: {e}"))?;
+        return Ok(ImageSource::Inline(bytes));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(ImageSource::Http(url.to_owned()));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        let Some(root) = &limits.allowed_local_media_path else {
+            return Err(
+                "file:// URLs are refused unless the server is started with \
+                        --allowed-local-media-path"
+                    .into(),
+            );
+        };
+        return Ok(ImageSource::File(local_path(root, Path::new(path))?));
+    }
+    Err("the image URL must be data:, http(s):// or file://".into())
+}
+
+/// `path` if it names a file under `root` once links and `..` are resolved.
+fn local_path(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let outside = || {
+        format!(
+            "{} is not under the allowed local media path",
+            path.display()
+        )
+    };
+    let resolved = path.canonicalize().map_err(|_| outside())?;
+    if !resolved.starts_with(root) || !resolved.is_file() {
+        return Err(outside());
+    }
+    Ok(resolved)
+}
+
+fn too_big(limits: &MediaLimits) -> String {
+    format!("the image is larger than {} bytes", limits.max_image_bytes)
+}
+
+/// Fetches what `sources` point at, all at once, each within the limits.
+pub async fn fetch(
+    client: &reqwest::Client,
+    sources: Vec<ImageSource>,
+    limits: &MediaLimits,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    let jobs = sources.into_iter().enumerate().map(|(i, s)| async move {
+        let bytes = match s {
+            ImageSource::Inline(bytes) => Ok(bytes),
+            ImageSource::Http(url) => fetch_url(client, &url, limits).await,
+            ImageSource::File(path) => read_file(path, limits).await,
+        };
+        bytes.map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+    });
+    futures_util::future::join_all(jobs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn fetch_url(
+    client: &reqwest::Client,
+    url: &str,
+    limits: &MediaLimits,
+) -> Result<Vec<u8>, String> {
+    let download = async {
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("fetching {url}: HTTP {}", response.status()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > limits.max_image_bytes as u64)
+        {
+            return Err(too_big(limits));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("fetching {url}: {e}"))?;
+            if body.len() + chunk.len() > limits.max_image_bytes {
+                return Err(too_big(limits));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(limits.fetch_timeout, download)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "fetching {url} took longer than {:.1} s",
+                limits.fetch_timeout.as_secs_f64()
+            ))
+        })
+}
+
+async fn read_file(path: PathBuf, limits: &MediaLimits) -> Result<Vec<u8>, String> {
+    let cap = limits.max_image_bytes;
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(cap as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(bytes)
+    });
+    let bytes = read.await.map_err(|e| e.to_string())??;
+    if bytes.len() > cap {
+        return Err(too_big(limits));
+    }
+    Ok(bytes)
+}
+
+/// Decodes fetched images (upright RGB) within the pixel limit.
+pub fn decode_images(files: &[Vec<u8>], limits: &MediaLimits) -> Result<Vec<RgbImage>, ApiError> {
+    let options = DecodeOptions {
+        max_pixels: limits.max_image_pixels,
+        ..DecodeOptions::default()
+    };
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            weft_vision::decode(bytes, &options)
+                .map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// A prompt's images as the engine's media items, each encoded by `vision` when the engine
+/// gets to it.
+pub fn request_media(
+    vision: &Arc<Qwen25VlVision>,
+    images: Vec<PreparedImage>,
+    positions: MediaPositions,
+) -> RequestMedia {
+    let items = images
+        .into_iter()
+        .map(|image| MediaItem {
+            span: MediaSpan {
+                start: image.start,
+                len: image.len,
+                hash: image.hash,
+            },
+            encoder: Arc::new(ImageEncoder {
+                vision: Arc::clone(vision),
+                image,
+            }),
+        })
+        .collect();
+    RequestMedia { items, positions }
+}
+
+/// One image waiting for the vision tower.
+struct ImageEncoder {
+    vision: Arc<Qwen25VlVision>,
+    image: PreparedImage,
+}
+
+impl MediaEncoder for ImageEncoder {
+    fn encode(&self, pool: &ThreadPool) -> Result<Vec<f32>, String> {
+        Ok(self.vision.encode(pool, &self.image))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> MediaLimits {
+        MediaLimits {
+            max_images: 2,
+            max_image_bytes: 8,
+            ..MediaLimits::default()
+        }
+    }
+
+    fn part(url: &str) -> Value {
+        json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]})
+    }
+
+    #[test]
+    fn data_urls_are_decoded_and_bounded() {
+        let got = image_sources(&[part("data:image/png;base64,AAECAw==")], &limits()).unwrap();
+        assert!(matches!(&got[..], [ImageSource::Inline(b)] if b == &[0, 1, 2, 3]));
+        for bad in [
+            "data:image/png;base64,@@@@",
+            "data:image/png,abc",
+            "data:image/png;base64",
+            "data:image/png;base64,AAAAAAAAAAAAAAAAAAAA",
+            "ftp://example/x.png",
+            "file:///etc/passwd",
+        ] {
+            let e = image_sources(&[part(bad)], &limits()).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+        }
+        let one = "data:image/png;base64,AA==";
+        let three = [part(one), part(one), part(one)];
+        let e = image_sources(&three, &limits()).unwrap_err();
+        assert!(e.message.contains("at most 2 images"), "{}", e.message);
+    }
+
+    #[test]
+    fn local_files_only_under_the_allowed_path() {
+        let dir = std::env::temp_dir().join(format!("weft-media-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("inside")).unwrap();
+        std::fs::write(dir.join("inside/a.png"), b"x").unwrap();
+        std::fs::write(dir.join("b.png"), b"x").unwrap();
+        let root = dir.join("inside").canonicalize().unwrap();
+        let limits = MediaLimits {
+            allowed_local_media_path: Some(root.clone()),
+            ..limits()
+        };
+        let ok = format!("file://{}", root.join("a.png").display());
+        assert!(matches!(
+            &image_sources(&[part(&ok)], &limits).unwrap()[..],
+            [ImageSource::File(p)] if p == &root.join("a.png")
+        ));
+        for bad in [
+            format!("file://{}/../b.png", root.display()),
+            format!("file://{}", dir.join("b.png").display()),
+            format!("file://{}/missing.png", root.display()),
+        ] {
+            assert!(image_sources(&[part(&bad)], &limits).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

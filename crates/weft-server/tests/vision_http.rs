@@ -1,0 +1,316 @@
+//! Images through the server over real HTTP on 127.0.0.1, with the tiny random Qwen2.5-VL
+//! checkpoint of tests/data/hf-tiny-vl: replies equal transformers' greedy continuations
+//! (golden.json) whether an image comes as a data: URL, from an http:// URL or as a file://
+//! path; the same image again costs no encoder run and reuses its KV blocks, a different
+//! image with the same placeholder tokens does not; bad images, too many images, unreachable
+//! and slow URLs are 400s that leave the server serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use weft_engine::engine::{EngineConfig, EngineHandle};
+use weft_models::TextModel;
+use weft_server::{AppState, Limits, MediaLimits, ServerConfig, TextService};
+use weft_vision::qwen25vl::Qwen25VlVision;
+
+mod common;
+use common::Listening;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
+}
+
+fn golden() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
+}
+
+fn image_bytes(golden: &Value, name: &str) -> Vec<u8> {
+    std::fs::read(dir().join(golden["images"][name]["file"].as_str().unwrap())).unwrap()
+}
+
+fn data_url(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+async fn start(model: Arc<TextModel>) -> Listening {
+    let engine = EngineHandle::start(
+        Arc::clone(&model),
+        EngineConfig {
+            n_threads: 2,
+            max_num_seqs: 8,
+            max_num_batched_tokens: 256,
+            max_model_len: 512,
+            kv_cache_tokens: 4096,
+            prefix_caching: true,
+            max_waiting: 32,
+            encoder_budget: 256,
+            encoder_cache_bytes: 16 << 20,
+        },
+    )
+    .unwrap();
+    let vision = Qwen25VlVision::load(&dir()).unwrap().map(Arc::new);
+    let config = ServerConfig {
+        served_model_names: vec!["vl".into()],
+        api_key: None,
+        max_body_bytes: 1 << 20,
+        reasoning_parser: None,
+        shutdown_grace: Duration::from_secs(60),
+        limits: Limits {
+            media: MediaLimits {
+                max_images: 2,
+                fetch_timeout: Duration::from_secs(1),
+                allowed_local_media_path: Some(dir().join("images").canonicalize().unwrap()),
+                ..MediaLimits::default()
+            },
+            ..Limits::default()
+        },
+    };
+    let state = AppState::for_text(TextService::new(engine, model, vision), config);
+    Listening::start(Arc::new(state)).await
+}
+
+/// A loopback HTTP server for image URLs: `/ok/NAME` serves an image, `/slow` never answers,
+/// anything else is a 404.
+async fn image_host(golden: &Value) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let small = image_bytes(golden, "small");
+    let app = axum::Router::new()
+        .route(
+            "/ok/small.png",
+            axum::routing::get(move || async move { small }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+async fn post(server: &Listening, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// A greedy chat request for golden `case`, its images given by `url(name)`.
+fn request(case: &Value, url: &dyn Fn(&str) -> String) -> Value {
+    let content: Vec<Value> = case["messages"][0]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| match part["type"].as_str().unwrap() {
+            "image" => json!({"type": "image_url", "image_url": {"url": url(part["image"].as_str().unwrap())}}),
+            _ => part.clone(),
+        })
+        .collect();
+    json!({
+        "model": "vl",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        "temperature": 0,
+    })
+}
+
+fn greedy_text(model: &TextModel, case: &Value) -> String {
+    let ids: Vec<u32> = case["greedy_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    // A reply cut inside a UTF-8 character ends before it (the detokenizer never sends half
+    // a character).
+    let full = model.tokenizer.decode(&ids, false);
+    full.trim_end_matches('\u{FFFD}').to_owned()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    common::metric(text, name).unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// A PNG of the size of golden image `wide` (so the same placeholder tokens) but other pixels.
+fn other_wide_image() -> Vec<u8> {
+    let image =
+        image::RgbImage::from_fn(100, 60, |x, y| image::Rgb([x as u8 * 2, y as u8 * 4, 77]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
+    let golden = golden();
+    let model = Arc::new(TextModel::load(&dir()).unwrap());
+    let server = start(Arc::clone(&model)).await;
+    let host = image_host(&golden).await;
+    let cases = golden["cases"].as_array().unwrap();
+
+    let models: Value = reqwest::get(server.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["data"][0]["input_modalities"],
+        json!(["text", "image"])
+    );
+
+    // Text only, then one image as a data: URL.
+    let by_data = |name: &str| data_url(&image_bytes(&golden, name));
+    for case in &cases[..2] {
+        let (status, body) = post(&server, &request(case, &by_data)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            greedy_text(&model, case),
+            "{}",
+            case["name"]
+        );
+        assert_eq!(
+            body["usage"]["prompt_tokens"],
+            case["input_ids"].as_array().unwrap().len()
+        );
+    }
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "weft_encoder_runs_total"), 1.0);
+    assert_eq!(metric(&m, "weft_encoder_tokens_total"), 8.0);
+
+    // The same image again: no encoder run, and every full block of the prompt is reused
+    // (66 tokens: 4 full blocks of 16; the image's 8 tokens are 34..42).
+    let one_image = &cases[1];
+    let (status, body) = post(&server, &request(one_image, &by_data)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        greedy_text(&model, one_image)
+    );
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 64);
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "weft_encoder_runs_total"), 1.0);
+    assert_eq!(metric(&m, "weft_encoder_cache_hits_total"), 1.0);
+
+    // Another image with the same size: the same token ids, but only the blocks before the
+    // image (tokens 0..32) are shared, and it is encoded.
+    let other = data_url(&other_wide_image());
+    let (status, body) = post(&server, &request(one_image, &|_| other.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 66);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 32);
+    assert_eq!(
+        metric(&server.metrics().await, "weft_encoder_runs_total"),
+        2.0
+    );
+
+    // Two images, one fetched over HTTP and one read from the allowed directory.
+    let two_images = &cases[2];
+    let by_place = |name: &str| match name {
+        "small" => format!("{host}/ok/small.png"),
+        _ => format!(
+            "file://{}",
+            dir()
+                .join(golden["images"][name]["file"].as_str().unwrap())
+                .display()
+        ),
+    };
+    let (status, body) = post(&server, &request(two_images, &by_place)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        greedy_text(&model, two_images)
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 146);
+
+    // Streamed, with usage.
+    let mut streamed = request(one_image, &by_data);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let text = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, greedy_text(&model, one_image));
+    assert_eq!(events.last().unwrap()["usage"]["prompt_tokens"], 66);
+
+    // Bad images: each a 400 that names the problem, quickly.
+    let refused = |url: String, want: &'static str| (url, want);
+    let outside = dir().join("config.json").canonicalize().unwrap();
+    for (url, want) in [
+        refused(data_url(b"not an image at all"), "image 1"),
+        refused("data:image/png;base64,!!!".into(), "base64"),
+        refused(format!("{host}/missing.png"), "404"),
+        refused(format!("{host}/slow"), "longer than"),
+        refused("http://127.0.0.1:9/x.png".into(), "fetching"),
+        refused(
+            format!("file://{}", outside.display()),
+            "allowed local media path",
+        ),
+        refused("gopher://example/x.png".into(), "must be data:"),
+    ] {
+        let started = Instant::now();
+        let (status, body) = post(&server, &request(one_image, &|_| url.clone())).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{url}: {message}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{url}");
+    }
+    // Too many images for --limit-mm-per-prompt (2).
+    let three = json!({
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": by_data("small")}},
+            {"type": "image_url", "image_url": {"url": by_data("small")}},
+            {"type": "image_url", "image_url": {"url": by_data("small")}},
+        ]}],
+    });
+    let (status, body) = post(&server, &three).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 2 images"));
+    // A placeholder typed as text, with no image for it.
+    let typed = json!({
+        "messages": [{"role": "user", "content": "<|vision_start|><|image_pad|><|vision_end|>hi"}],
+    });
+    let (status, body) = post(&server, &typed).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Still serving.
+    let (status, body) = post(&server, &request(one_image, &by_data)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        greedy_text(&model, one_image)
+    );
+    server.shutdown(Duration::from_secs(60)).await;
+}

@@ -1,0 +1,209 @@
+//! llama.cpp's mmproj files (GGUF, `general.architecture = clip`, as `convert_hf_to_gguf.py
+//! --mmproj` writes them) as a source of Qwen2.5-VL's vision tower: its shape from the
+//! `clip.vision.*` metadata, its preprocessing settings, and its tensors under Hugging Face's
+//! names. The converter splits the fused Q/K/V projection into three tensors and the two-frame
+//! patch convolution into one per frame; they are joined again here, so the tower computes
+//! exactly what it computes from the Hugging Face checkpoint.
+
+use std::path::Path;
+
+use weft_models::gguf::{GgufError, GgufFile};
+
+use crate::qwen25vl_tower::{read_f32, TowerConfig, TowerError, TowerWeights};
+use crate::Qwen2VlConfig;
+
+/// `clip.projector_type` of Qwen2.5-VL's tower and merger.
+pub const QWEN25VL_PROJECTOR: &str = "qwen2.5vl_merger";
+/// Window side in pixels that llama.cpp assumes when the file does not say
+/// (`clip.vision.window_size`; the converter does not write it): Qwen2.5-VL's.
+const DEFAULT_WINDOW_SIZE: usize = 112;
+/// Qwen2.5-VL's published `preprocessor_config.json` bounds, used when the file has none.
+const DEFAULT_MIN_PIXELS: u64 = 56 * 56;
+const DEFAULT_MAX_PIXELS: u64 = 28 * 28 * 16384;
+
+/// Why an mmproj file cannot be used.
+#[derive(thiserror::Error, Debug)]
+pub enum MmprojError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+pub struct MmprojFile {
+    file: GgufFile,
+}
+
+impl MmprojFile {
+    pub fn open(path: &Path) -> Result<MmprojFile, MmprojError> {
+        let file = GgufFile::open(path)?;
+        let mmproj = MmprojFile { file };
+        if mmproj.file.get_str("general.architecture")? != Some("clip") {
+            return Err(mmproj.invalid("not an mmproj file (general.architecture is not clip)"));
+        }
+        if mmproj.file.get_bool("clip.has_vision_encoder")? != Some(true) {
+            return Err(mmproj.invalid("the file has no vision encoder"));
+        }
+        Ok(mmproj)
+    }
+
+    fn invalid(&self, message: &str) -> MmprojError {
+        MmprojError::Invalid {
+            path: self.file.path().display().to_string(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// `clip.projector_type` (which tower and projector the file holds).
+    pub fn projector_type(&self) -> Result<Option<&str>, MmprojError> {
+        Ok(self.file.get_str("clip.projector_type")?)
+    }
+
+    fn need(&self, key: &str) -> Result<usize, MmprojError> {
+        match self.file.get_u32(key)? {
+            Some(v) if v > 0 => Ok(v as usize),
+            _ => Err(self.invalid(&format!("{key} is missing or 0"))),
+        }
+    }
+
+    /// The Qwen2.5-VL tower's shape. Blocks attend within windows except every
+    /// `n_wa_pattern`-th (llama.cpp's reading of `fullatt_block_indexes`).
+    pub fn qwen25vl_config(&self) -> Result<TowerConfig, MmprojError> {
+        let depth = self.need("clip.vision.block_count")?;
+        let full_attention_blocks = match self.file.get_u32("clip.vision.n_wa_pattern")? {
+            Some(n) if n > 0 => (0..depth).filter(|i| (i + 1) % n as usize == 0).collect(),
+            _ => (0..depth).collect(),
+        };
+        let temporal_patch_size = match self.file.tensor("v.patch_embd.weight.1") {
+            Some(_) => 2,
+            None => 1,
+        };
+        let config = TowerConfig {
+            depth,
+            hidden: self.need("clip.vision.embedding_length")?,
+            intermediate: self.need("clip.vision.feed_forward_length")?,
+            heads: self.need("clip.vision.attention.head_count")?,
+            patch_size: self.need("clip.vision.patch_size")?,
+            temporal_patch_size,
+            merge_size: self
+                .file
+                .get_u32("clip.vision.spatial_merge_size")?
+                .map_or(2, |v| v as usize),
+            window_size: self
+                .file
+                .get_u32("clip.vision.window_size")?
+                .map_or(DEFAULT_WINDOW_SIZE, |v| v as usize),
+            full_attention_blocks,
+            out_hidden: self.need("clip.vision.projection_dim")?,
+            in_channels: 3,
+        };
+        config.validated().map_err(|e| self.invalid(&e.to_string()))
+    }
+
+    /// The image processor's settings: Qwen2.5-VL's, with the file's mean, std and pixel
+    /// bounds where it has them.
+    pub fn qwen2vl_processor(&self, tower: &TowerConfig) -> Result<Qwen2VlConfig, MmprojError> {
+        let mut c = Qwen2VlConfig {
+            min_pixels: DEFAULT_MIN_PIXELS,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            patch_size: tower.patch_size as u32,
+            temporal_patch_size: tower.temporal_patch_size as u32,
+            merge_size: tower.merge_size as u32,
+            ..Qwen2VlConfig::default()
+        };
+        if let Some(v) = self.file.get_u32("clip.vision.image_min_pixels")? {
+            c.min_pixels = u64::from(v);
+        }
+        if let Some(v) = self.file.get_u32("clip.vision.image_max_pixels")? {
+            c.max_pixels = u64::from(v);
+        }
+        for (key, out) in [
+            ("clip.vision.image_mean", &mut c.normalization.mean),
+            ("clip.vision.image_std", &mut c.normalization.std),
+        ] {
+            if let Some(values) = self.file.get_f32_array(key)? {
+                let [a, b, c] = values else {
+                    return Err(self.invalid(&format!("{key} needs 3 values")));
+                };
+                *out = [f64::from(*a), f64::from(*b), f64::from(*c)];
+            }
+        }
+        if c.normalization.std.iter().any(|&s| s <= 0.0) {
+            return Err(self.invalid("clip.vision.image_std must be positive"));
+        }
+        Ok(c)
+    }
+
+    /// Q, K and V (weights `[d, d]` or biases `[d]`) stacked as the fused projection.
+    fn qkv(&self, block: &str, suffix: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
+        let mut part = shape.to_vec();
+        part[0] /= 3;
+        let mut out = Vec::with_capacity(shape.iter().product());
+        for which in ["attn_q", "attn_k", "attn_v"] {
+            out.extend(read_f32(
+                &self.file,
+                &format!("v.blk.{block}.{which}.{suffix}"),
+                &part,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The patch convolution `[d, c, t, p, p]` from its per-frame halves `[d, c, p, p]`.
+    fn patch_embed(&self, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
+        let &[d, c, t, p, q] = shape else {
+            return Err(TowerError::Config(format!("patch shape {shape:?}")));
+        };
+        let frames = (0..t)
+            .map(|i| {
+                let name = match i {
+                    0 => "v.patch_embd.weight".to_owned(),
+                    i => format!("v.patch_embd.weight.{i}"),
+                };
+                read_f32(&self.file, &name, &[d, c, p, q])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let plane = p * q;
+        let mut out = Vec::with_capacity(d * c * t * plane);
+        for oc in 0..d * c {
+            for frame in &frames {
+                out.extend_from_slice(&frame[oc * plane..(oc + 1) * plane]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl TowerWeights for MmprojFile {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
+        if name == "patch_embed.proj.weight" {
+            return self.patch_embed(shape);
+        }
+        if let Some(rest) = name.strip_prefix("blocks.") {
+            let (block, rest) = rest.split_once('.').unwrap_or((rest, ""));
+            if let Some(suffix) = rest.strip_prefix("attn.qkv.") {
+                return self.qkv(block, suffix, shape);
+            }
+            let (module, suffix) = rest.rsplit_once('.').unwrap_or((rest, ""));
+            let gguf = match module {
+                "norm1" => "ln1",
+                "norm2" => "ln2",
+                "attn.proj" => "attn_out",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                _ => return Err(TowerError::MissingTensor(name.to_owned())),
+            };
+            return read_f32(&self.file, &format!("v.blk.{block}.{gguf}.{suffix}"), shape);
+        }
+        let gguf = match name {
+            "merger.ln_q.weight" => "v.post_ln.weight",
+            "merger.mlp.0.weight" => "mm.0.weight",
+            "merger.mlp.0.bias" => "mm.0.bias",
+            "merger.mlp.2.weight" => "mm.2.weight",
+            "merger.mlp.2.bias" => "mm.2.bias",
+            _ => return Err(TowerError::MissingTensor(name.to_owned())),
+        };
+        read_f32(&self.file, gguf, shape)
+    }
+}
