@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 use weft_engine::media::RequestMedia;
-use weft_vision::qwen25vl::PreparedPrompt;
+use weft_vision::qwen25vl::{PixelBounds, PreparedPrompt};
 
 use crate::error::ApiError;
 use crate::generate::{
@@ -172,7 +172,8 @@ fn prepare(
     )?;
     ctx.check_text_fits(rendered.len(), "messages")?;
     let prompt = encode_prompt(&ctx.model, &rendered);
-    let (prompt, media) = with_images(ctx, limits, prompt, images)?;
+    let bounds = media::pixel_bounds(req.mm_processor_kwargs.as_ref())?;
+    let (prompt, media) = with_images(ctx, limits, prompt, images, bounds)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let params = choice_params(
@@ -197,22 +198,41 @@ fn prepare(
 
 /// The prompt with its images placed (each placeholder repeated once per image token) and
 /// waiting for the vision tower; unchanged for a model without one.
-pub(crate) fn with_images(
+fn with_images(
     ctx: &PromptContext,
     limits: &Limits,
     prompt: Vec<u32>,
     images: &[Vec<u8>],
+    bounds: PixelBounds,
 ) -> Result<(Vec<u32>, RequestMedia), ApiError> {
     let Some(vision) = &ctx.vision else {
         return Ok((prompt, RequestMedia::default()));
     };
     let images = media::decode_images(images, &limits.media)?;
+    // Refuse a prompt its images would push past the context before resizing any of them.
+    let mut tokens = prompt.len();
+    for image in &images {
+        tokens += vision
+            .tokens_for(image.height(), image.width(), bounds)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    }
+    let max_model_len = ctx.max_model_len();
+    if tokens >= max_model_len {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "This model's maximum context length is {max_model_len} tokens. However, your \
+                 request has {tokens} input tokens with its images. Please reduce the length \
+                 of the input or the images' size (mm_processor_kwargs.max_pixels)."
+            ),
+        ));
+    }
     let PreparedPrompt {
         tokens,
         images,
         positions,
     } = vision
-        .plan(&prompt, &images)
+        .plan_with(&prompt, &images, bounds)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     Ok((tokens, media::request_media(vision, images, positions)))
 }

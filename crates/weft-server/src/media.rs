@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use weft_engine::blocks::MediaSpan;
 use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
-use weft_vision::qwen25vl::{PreparedImage, Qwen25VlVision};
+use weft_vision::qwen25vl::{PixelBounds, PreparedImage, Qwen25VlVision};
 use weft_vision::{DecodeOptions, RgbImage};
 
 use crate::error::ApiError;
@@ -228,6 +228,31 @@ async fn read_file(path: PathBuf, limits: &MediaLimits) -> Result<Vec<u8>, Strin
         return Err(too_big(limits));
     }
     Ok(bytes)
+}
+
+/// `mm_processor_kwargs` as the image processor takes them: `min_pixels` and `max_pixels`
+/// (positive integers); anything else is refused rather than ignored.
+pub fn pixel_bounds(kwargs: Option<&Map<String, Value>>) -> Result<PixelBounds, ApiError> {
+    let mut bounds = PixelBounds::default();
+    for (key, value) in kwargs.into_iter().flatten() {
+        let slot = match key.as_str() {
+            "min_pixels" => &mut bounds.min_pixels,
+            "max_pixels" => &mut bounds.max_pixels,
+            other => {
+                return Err(ApiError::invalid(
+                    "mm_processor_kwargs",
+                    format!("unknown mm_processor_kwargs key `{other}` (min_pixels, max_pixels)"),
+                ))
+            }
+        };
+        *slot = Some(value.as_u64().filter(|&v| v > 0).ok_or_else(|| {
+            ApiError::invalid(
+                "mm_processor_kwargs",
+                format!("mm_processor_kwargs.{key} must be a positive integer"),
+            )
+        })?);
+    }
+    Ok(bounds)
 }
 
 /// Decodes fetched images (upright RGB) within the pixel limit.

@@ -65,6 +65,9 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     /// Extra template variables (vLLM's extension), e.g. `enable_thinking`.
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// Image processor settings for this request (vLLM's extension): `min_pixels`,
+    /// `max_pixels`.
+    pub mm_processor_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
 /// `prompt` of a legacy completion: text, texts, token ids or lists of token ids.

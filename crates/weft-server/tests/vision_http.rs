@@ -305,6 +305,34 @@ async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
     let (status, body) = post(&server, &typed).await;
     assert_eq!(status, 400, "{body}");
 
+    // Per-request processor bounds (vLLM's mm_processor_kwargs): at most 3136 pixels puts
+    // the 100x60 image at 28x56 (2 tokens instead of 8); bounds that would blow the context
+    // up are refused before any resizing, as are unknown keys and min > max.
+    let mut small = request(one_image, &by_data);
+    small["mm_processor_kwargs"] = json!({"max_pixels": 3136});
+    let (status, body) = post(&server, &small).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 60);
+    for (kwargs, want) in [
+        (
+            json!({"min_pixels": 2_000_000, "max_pixels": 4_000_000}),
+            "maximum context length",
+        ),
+        (
+            json!({"min_pixels": 5000, "max_pixels": 4000}),
+            "min_pixels",
+        ),
+        (json!({"size": 3}), "unknown mm_processor_kwargs"),
+        (json!({"max_pixels": -1}), "positive integer"),
+    ] {
+        let mut bad = request(one_image, &by_data);
+        bad["mm_processor_kwargs"] = kwargs.clone();
+        let (status, body) = post(&server, &bad).await;
+        assert_eq!(status, 400, "{kwargs}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{kwargs}: {message}");
+    }
+
     // Still serving.
     let (status, body) = post(&server, &request(one_image, &by_data)).await;
     assert_eq!(status, 200, "{body}");

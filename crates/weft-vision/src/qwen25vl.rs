@@ -36,6 +36,18 @@ pub enum VisionError {
     Placeholders { placeholders: usize, images: usize },
     #[error(transparent)]
     Positions(#[from] media::PositionError),
+    #[error(
+        "min_pixels {min_pixels} and max_pixels {max_pixels}: need 0 < min_pixels <= max_pixels"
+    )]
+    Bounds { min_pixels: u64, max_pixels: u64 },
+}
+
+/// Per-request pixel bounds of the processor (vLLM's `mm_processor_kwargs`); `None` keeps
+/// the model's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PixelBounds {
+    pub min_pixels: Option<u64>,
+    pub max_pixels: Option<u64>,
 }
 
 /// The token Qwen2.5-VL's chat template writes once per image.
@@ -183,6 +195,17 @@ impl Qwen25VlVision {
     /// one per image, stand for `images` in order), short of running the tower: the expanded
     /// token ids, each image's pixels and the tokens they become, and every token's position.
     pub fn plan(&self, tokens: &[u32], images: &[RgbImage]) -> Result<PreparedPrompt, VisionError> {
+        self.plan_with(tokens, images, PixelBounds::default())
+    }
+
+    /// [`Qwen25VlVision::plan`] with the processor's pixel bounds overridden.
+    pub fn plan_with(
+        &self,
+        tokens: &[u32],
+        images: &[RgbImage],
+        bounds: PixelBounds,
+    ) -> Result<PreparedPrompt, VisionError> {
+        let processor = self.processor_for(bounds)?;
         let placeholders = tokens.iter().filter(|&&t| t == self.image_token).count();
         if placeholders != images.len() {
             return Err(VisionError::Placeholders {
@@ -192,7 +215,7 @@ impl Qwen25VlVision {
         }
         let pixels = images
             .iter()
-            .map(|image| self.processor.preprocess(image))
+            .map(|image| processor.preprocess(image))
             .collect::<Result<Vec<_>, _>>()?;
         let m = self.tower.config().merge_size;
         let grids: Vec<MediaGrid> = pixels
@@ -260,11 +283,32 @@ impl Qwen25VlVision {
         Ok(plan.into_media(rows, self.embedding_width()))
     }
 
-    /// Image tokens the language model sees for an image of this size.
-    pub fn tokens_for(&self, height: u32, width: u32) -> Result<usize, VisionError> {
-        let (h, w) = self.processor.target_size(height, width)?;
-        let side = self.processor.config.patch_size * self.processor.config.merge_size;
+    /// Image tokens the language model sees for an image of this size (cheap: nothing is
+    /// resized), so that a prompt can be refused before its images are processed.
+    pub fn tokens_for(
+        &self,
+        height: u32,
+        width: u32,
+        bounds: PixelBounds,
+    ) -> Result<usize, VisionError> {
+        let processor = self.processor_for(bounds)?;
+        let (h, w) = processor.target_size(height, width)?;
+        let side = processor.config.patch_size * processor.config.merge_size;
         Ok(((h / side) * (w / side)) as usize)
+    }
+
+    /// The processor with `bounds` applied.
+    fn processor_for(&self, bounds: PixelBounds) -> Result<Qwen2VlProcessor, VisionError> {
+        let mut config = self.processor.config.clone();
+        config.min_pixels = bounds.min_pixels.unwrap_or(config.min_pixels);
+        config.max_pixels = bounds.max_pixels.unwrap_or(config.max_pixels);
+        if config.min_pixels == 0 || config.min_pixels > config.max_pixels {
+            return Err(VisionError::Bounds {
+                min_pixels: config.min_pixels,
+                max_pixels: config.max_pixels,
+            });
+        }
+        Ok(Qwen2VlProcessor::new(config, self.processor.backend))
     }
 }
 
