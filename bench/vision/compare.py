@@ -8,8 +8,11 @@ with the image in context against text-only decode.
 DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py makes them
 at Qwen2.5-VL-3B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size.
 "Time to first token" is the encoder plus the prompt's prefill as each program reports them
-(model loading excluded; llama.cpp's warmup runs are switched off so that neither side is
-timed with warm caches the other lacks). Prints medians and the ratio llama.cpp / weft.
+(weft: its encoder and prefill lines; llama.cpp: its "prompt eval time", which spans the
+image's encoding too), model loading excluded; llama.cpp's warmup runs are switched off so
+that neither side is timed with warm caches the other lacks, while weft's first prefill still
+builds its weight layouts (llama.cpp repacks at load). Prints medians and the ratio
+llama.cpp / weft.
 """
 
 import argparse
@@ -42,7 +45,8 @@ def weft_run(weft, model, mmproj, image, threads, n):
            "--temperature", "0", PROMPT]
     if image:
         cmd[5:5] = ["--image", image]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WEFT_LOG": "info"})
+    out = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
+                         env={**os.environ, "WEFT_LOG": "info"})
     if out.returncode != 0:
         sys.exit(f"weft failed: {out.stderr[-2000:]}")
     err = out.stderr
@@ -60,20 +64,22 @@ def weft_run(weft, model, mmproj, image, threads, n):
 
 def llama_run(bindir, model, mmproj, image, threads, n):
     cmd = [str(bindir / "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "-p", PROMPT,
-           "-n", str(n), "-t", str(threads), "--temp", "0", "--no-warmup"]
+           "-n", str(n), "-t", str(threads), "--temp", "0", "--no-warmup", "--perf", "-lv", "4"]
     if image:
         cmd += ["--image", image]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if out.returncode != 0:
         sys.exit(f"llama-mtmd-cli failed: {out.stderr[-2000:]}")
     text = out.stdout + out.stderr
-    enc = [float(m) for m in re.findall(r"slice encoded in (\d+) ms", text)]
+    # llama-mtmd-cli's "prompt eval time" spans the whole prompt, the image's encoding
+    # included (it is timed inside the context's prompt evaluation).
+    enc = [float(m) for m in re.findall(r"(?:slice encoded|batch encoding done) in (\d+) ms", text)]
     pe = re.search(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens", text)
     ev = re.search(r"\beval time =\s+([\d.]+) ms /\s+(\d+) runs", text)
     if not pe:
         sys.exit(f"llama-mtmd-cli: no timing in:\n{text[-3000:]}")
-    tg = int(ev[2]) / float(ev[1]) * 1e3 if ev and int(ev[2]) > 0 else None
-    return dict(encode=sum(enc), prefill=float(pe[1]), ttft=sum(enc) + float(pe[1]),
+    tg = int(ev[2]) / float(ev[1]) * 1e3 if ev and float(ev[1]) > 0 else None
+    return dict(encode=sum(enc), prefill=float(pe[1]) - sum(enc), ttft=float(pe[1]),
                 prompt=int(pe[2]), tg=tg)
 
 
@@ -89,6 +95,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="448x448,1280x720")
     ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--decode-only", action="store_true", help="skip the time-to-first-token table")
     a = ap.parse_args()
     d = Path(a.dir)
     model, mmproj = str(d / "model-Q4_K_M.gguf"), str(d / "mmproj-f16.gguf")
@@ -100,7 +107,7 @@ def main():
     print(f"CPU: {cpu()}; {a.threads} threads; {a.runs} runs each, interleaved; medians")
     print("| image | tokens (weft / llama.cpp) | weft encoder ms | weft GFLOP/s | weft prefill ms | weft TTFT ms | llama.cpp encoder ms | llama.cpp prefill ms | llama.cpp TTFT ms | TTFT llama.cpp / weft | weft encoder share |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for size in a.sizes.split(","):
+    for size in [] if a.decode_only else a.sizes.split(","):
         image = str(tmp / f"testsrc-{size}.png")
         subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=1",
                         "-frames:v", "1", image], check=True)
@@ -115,7 +122,11 @@ def main():
               f"{med(w, 'prefill'):.0f} | {med(w, 'ttft'):.0f} | {med(l, 'encode'):.0f} | {med(l, 'prefill'):.0f} | "
               f"{med(l, 'ttft'):.0f} | {med(l, 'ttft') / med(w, 'ttft'):.2f} | {med(w, 'encode') / med(w, 'ttft'):.0%} |", flush=True)
     # Decode with the smallest image in context vs text only.
-    image = str(tmp / f"testsrc-{a.sizes.split(',')[0]}.png")
+    first = a.sizes.split(",")[0]
+    image = str(tmp / f"testsrc-{first}.png")
+    if not Path(image).exists():
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={first}:rate=1",
+                        "-frames:v", "1", image], check=True)
     n = a.decode_tokens
     rows = []
     for label, img in [("text only", None), ("with image", image)]:
