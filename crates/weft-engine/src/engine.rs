@@ -456,10 +456,9 @@ impl Worker {
                 return;
             }
         };
-        let spans = req.media.spans();
         self.scheduler
-            .add(Sequence::with_media(id, req.prompt, spans.clone()));
-        let mut media = Vec::with_capacity(spans.len());
+            .add(Sequence::with_media(id, req.prompt, req.media.spans()));
+        let mut media = Vec::with_capacity(req.media.items.len());
         for (index, item) in req.media.items.into_iter().enumerate() {
             let rows = self.encoder_cache.get(item.span.hash);
             if rows.is_some() {

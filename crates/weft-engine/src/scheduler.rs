@@ -12,8 +12,10 @@
 //! Media items (images) have a second budget: the encoder's. A chunk that reaches tokens of
 //! an item whose rows are not there yet takes the item's length from the step's encoder
 //! budget and lists it for encoding, or stops before the item when the budget is spent
-//! (the first item of a step is always let in, so that any item can run). One long video
-//! therefore holds up neither the decodes of the step nor the next steps.
+//! (the first item of a step is always let in, so that any item can run). This bounds the
+//! media tokens encoded per step, and decodes stay in every step; but an item is encoded
+//! whole inside one step, so a large one delays that step (and every stream in it) by its
+//! whole encoding time.
 
 use std::collections::{HashMap, VecDeque};
 
