@@ -297,9 +297,20 @@ impl<'m> Session<'m> {
     pub fn score(
         &mut self,
         tokens: &[u32],
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        self.score_with_media(tokens, PromptMedia::default(), on_logits)
+    }
+
+    /// [`Session::score`] for a sequence with media (see [`Session::generate_with_media`]).
+    pub fn score_with_media(
+        &mut self,
+        tokens: &[u32],
+        media: PromptMedia,
         mut on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<(), EngineError> {
         self.reset();
+        self.media = media;
         let vocab = self.model.decoder.vocab_size();
         self.extend(tokens, LogitsWanted::All, |start, out| {
             for (i, row) in out.chunks_exact(vocab).enumerate() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +23,7 @@ use crate::generate::{
 };
 use crate::limits::Limits;
 use crate::logprobs_format::chat_entries;
-use crate::media::{self, ImageSource};
+use crate::media::{self, FetchedMedia, MediaKind, MediaSource, VideoFile};
 use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
 use crate::prompt::{content_bytes, encode_prompt, render_chat};
@@ -51,13 +52,13 @@ pub async fn chat_completions(
     let text = Arc::clone(state.text()?);
     let limits = &state.config.limits;
     precheck(&text.prompt, limits, &req)?;
-    let sources = request_images(&text.prompt, limits, &req)?;
-    let images = media::fetch(&state.media_client, sources, &limits.media).await?;
+    let sources = request_media_sources(&text.prompt, limits, &req)?;
+    let fetched = media::fetch(&state.media_client, sources, &limits.media).await?;
     let prepared = state
         .prep
         .run({
             let (text, limits) = (Arc::clone(&text), limits.clone());
-            move || prepare(&text.prompt, &limits, req, &images)
+            move || prepare(&text.prompt, &limits, req, &fetched)
         })
         .await?;
     let Prepared {
@@ -97,7 +98,7 @@ pub async fn chat_completions(
 struct Prepared {
     req: ChatRequest,
     prompt: Vec<u32>,
-    /// The prompt's images, placed and waiting for the vision tower.
+    /// The prompt's images and videos, placed and waiting for the vision tower.
     media: RequestMedia,
     params: ChoiceParams,
     tools: ToolMode,
@@ -105,7 +106,7 @@ struct Prepared {
 }
 
 /// Runs a chat request's body through everything the server does to it before the engine
-/// (parsing, limits, images given inline, grammars, template, tokens, parameters) and returns
+/// (parsing, limits, media given inline, grammars, template, tokens, parameters) and returns
 /// the prompt tokens: the entry point of the request fuzz target.
 pub fn prepare_chat_body(
     ctx: &PromptContext,
@@ -114,14 +115,17 @@ pub fn prepare_chat_body(
 ) -> Result<Vec<u32>, ApiError> {
     let req: ChatRequest = parse_json(body)?;
     precheck(ctx, limits, &req)?;
-    let images = request_images(ctx, limits, &req)?
-        .into_iter()
-        .map(|source| match source {
-            ImageSource::Inline(bytes) => Ok(bytes),
-            _ => Err(ApiError::bad_request("only data: URLs are read here")),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    prepare(ctx, limits, req, &images).map(|p| p.prompt)
+    let mut fetched = FetchedMedia::default();
+    for (kind, source) in request_media_sources(ctx, limits, &req)? {
+        let MediaSource::Inline(bytes) = source else {
+            return Err(ApiError::bad_request("only data: URLs are read here"));
+        };
+        match kind {
+            MediaKind::Image => fetched.images.push(bytes),
+            MediaKind::Video => fetched.videos.push(bytes),
+        }
+    }
+    prepare(ctx, limits, req, &fetched).map(|p| p.prompt)
 }
 
 /// What can be refused from the request's size alone, before any work is queued.
@@ -131,18 +135,21 @@ fn precheck(ctx: &PromptContext, limits: &Limits, req: &ChatRequest) -> Result<(
     ctx.check_text_fits(content_bytes(&req.messages), "messages")
 }
 
-/// Where the request's images come from; refused at once, before anything is fetched, for a
-/// model without a vision tower.
-fn request_images(
+/// Where the request's images and videos come from; refused at once, before anything is
+/// fetched, for a model without a vision tower.
+fn request_media_sources(
     ctx: &PromptContext,
     limits: &Limits,
     req: &ChatRequest,
-) -> Result<Vec<ImageSource>, ApiError> {
-    let sources = media::image_sources(&req.messages, &limits.media)?;
-    if !sources.is_empty() && ctx.vision.is_none() {
+) -> Result<Vec<(MediaKind, MediaSource)>, ApiError> {
+    let sources = media::media_sources(&req.messages, &limits.media)?;
+    if let Some((kind, _)) = sources.first().filter(|_| ctx.vision.is_none()) {
         return Err(ApiError::invalid(
             "messages",
-            "this model does not accept images (it has no vision tower)",
+            format!(
+                "this model does not accept {}s (it has no vision tower)",
+                kind.noun()
+            ),
         ));
     }
     Ok(sources)
@@ -154,7 +161,7 @@ fn prepare(
     ctx: &PromptContext,
     limits: &Limits,
     req: ChatRequest,
-    images: &[Vec<u8>],
+    fetched: &FetchedMedia,
 ) -> Result<Prepared, ApiError> {
     if req.top_logprobs.is_some() && !req.logprobs {
         return Err(ApiError::invalid(
@@ -173,7 +180,7 @@ fn prepare(
     ctx.check_text_fits(rendered.len(), "messages")?;
     let prompt = encode_prompt(&ctx.model, &rendered);
     let bounds = media::pixel_bounds(req.mm_processor_kwargs.as_ref())?;
-    let (prompt, media) = with_images(ctx, limits, prompt, images, bounds)?;
+    let (prompt, media) = with_media(ctx, limits, prompt, fetched, bounds)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     let params = choice_params(
@@ -196,25 +203,49 @@ fn prepare(
     })
 }
 
-/// The prompt with its images placed (each placeholder repeated once per image token) and
-/// waiting for the vision tower; unchanged for a model without one.
-fn with_images(
+/// The prompt with its images and videos placed (each placeholder repeated once per media
+/// token) and waiting for the vision tower; unchanged for a model without one.
+fn with_media(
     ctx: &PromptContext,
     limits: &Limits,
     prompt: Vec<u32>,
-    images: &[Vec<u8>],
+    fetched: &FetchedMedia,
     bounds: PixelBounds,
 ) -> Result<(Vec<u32>, RequestMedia), ApiError> {
     let Some(vision) = &ctx.vision else {
         return Ok((prompt, RequestMedia::default()));
     };
-    let images = media::decode_images(images, &limits.media)?;
-    // Refuse a prompt its images would push past the context before resizing any of them.
+    let invalid = |e: &dyn std::fmt::Display| ApiError::invalid("messages", e.to_string());
+    let images = media::decode_images(&fetched.images, &limits.media)?;
+    let video_limits = limits.media.video();
+    let videos = fetched
+        .videos
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let file = VideoFile::write(bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("writing video {} to a temporary file: {e}", i + 1),
+                )
+            })?;
+            let plan = vision
+                .probe_video(file.path(), &video_limits)
+                .map_err(|e| invalid(&format!("video {}: {e}", i + 1)))?;
+            Ok((file, plan))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    // Refuse a prompt its media would push past the context before resizing or decoding any.
     let mut tokens = prompt.len();
     for image in &images {
         tokens += vision
             .tokens_for(image.height(), image.width(), bounds)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            .map_err(|e| invalid(&e))?;
+    }
+    for (_, plan) in &videos {
+        tokens += vision
+            .video_tokens_for(plan, bounds)
+            .map_err(|e| invalid(&e))?;
     }
     let max_model_len = ctx.max_model_len();
     if tokens >= max_model_len {
@@ -222,19 +253,28 @@ fn with_images(
             "messages",
             format!(
                 "This model's maximum context length is {max_model_len} tokens. However, your \
-                 request has {tokens} input tokens with its images. Please reduce the length \
-                 of the input or the images' size (mm_processor_kwargs.max_pixels)."
+                 request has {tokens} input tokens with its media. Please reduce the length of \
+                 the input or the media's size (mm_processor_kwargs.max_pixels)."
             ),
         ));
     }
+    let videos = videos
+        .iter()
+        .enumerate()
+        .map(|(i, (file, plan))| {
+            vision
+                .read_video(file.path(), plan, bounds, &video_limits)
+                .map_err(|e| invalid(&format!("video {}: {e}", i + 1)))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let PreparedPrompt {
         tokens,
-        images,
+        inputs,
         positions,
     } = vision
-        .plan_with(&prompt, &images, bounds)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    Ok((tokens, media::request_media(vision, images, positions)))
+        .plan_with(&prompt, &images, &videos, bounds)
+        .map_err(|e| invalid(&e))?;
+    Ok((tokens, media::request_media(vision, inputs, positions)))
 }
 
 async fn whole(

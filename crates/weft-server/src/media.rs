@@ -1,7 +1,7 @@
-//! Images in chat requests: where an `image_url` part's bytes come from (a `data:` URL, an
-//! `http(s)` URL fetched within a timeout and a size cap, a `file://` path under
-//! `--allowed-local-media-path`), and how decoded images become the engine's media items.
-//! Every failure is a 400 that says which image and why.
+//! Images and videos in chat requests: where an `image_url` or `video_url` part's bytes come
+//! from (a `data:` URL, an `http(s)` URL fetched within a timeout and a size cap, a `file://`
+//! path under `--allowed-local-media-path`), and how decoded media become the engine's media
+//! items. Every failure is a 400 that says which image or video and why.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,22 +14,55 @@ use weft_engine::blocks::MediaSpan;
 use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
-use weft_vision::qwen25vl::{PixelBounds, PreparedImage, Qwen25VlVision};
+use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision, TowerInput};
+use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, RgbImage};
 
 use crate::error::ApiError;
 
-/// Bounds on the images of one request (each a `weft serve` flag).
+/// The kinds of media a chat message can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+}
+
+impl MediaKind {
+    /// The content part type that carries it (`image_url`, or vLLM's `video_url`), which is
+    /// also the key of its URL.
+    pub fn part_type(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image_url",
+            MediaKind::Video => "video_url",
+        }
+    }
+
+    pub fn noun(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// Bounds on the media of one request (each a `weft serve` flag).
 #[derive(Clone, Debug)]
 pub struct MediaLimits {
     /// Most images in one prompt (vLLM's `--limit-mm-per-prompt`).
     pub max_images: usize,
+    /// Most videos in one prompt (vLLM's `--limit-mm-per-prompt`).
+    pub max_videos: usize,
     /// Largest image file, in bytes, however it arrives.
     pub max_image_bytes: usize,
-    /// Largest decoded image, width x height (checked from the header before decoding).
+    /// Largest video file, in bytes, however it arrives.
+    pub max_video_bytes: usize,
+    /// Largest decoded image or video frame, width x height (checked from the header before
+    /// decoding).
     pub max_image_pixels: u64,
-    /// How long fetching one image URL may take, connection included.
+    /// How long fetching one URL may take, connection included.
     pub fetch_timeout: Duration,
+    /// How long probing, and then decoding, one video may take.
+    pub video_decode_timeout: Duration,
     /// `file://` URLs are read only below this directory (none: refused).
     pub allowed_local_media_path: Option<PathBuf>,
 }
@@ -38,68 +71,100 @@ impl Default for MediaLimits {
     fn default() -> MediaLimits {
         MediaLimits {
             max_images: 4,
+            max_videos: 1,
             max_image_bytes: 20 << 20,
+            max_video_bytes: 256 << 20,
             max_image_pixels: DecodeOptions::default().max_pixels,
             fetch_timeout: Duration::from_secs(10),
+            video_decode_timeout: VideoLimits::default().timeout,
             allowed_local_media_path: None,
         }
     }
 }
 
-/// Where one image's bytes are.
+impl MediaLimits {
+    fn max_count(&self, kind: MediaKind) -> usize {
+        match kind {
+            MediaKind::Image => self.max_images,
+            MediaKind::Video => self.max_videos,
+        }
+    }
+
+    fn max_bytes(&self, kind: MediaKind) -> usize {
+        match kind {
+            MediaKind::Image => self.max_image_bytes,
+            MediaKind::Video => self.max_video_bytes,
+        }
+    }
+
+    /// Bounds on reading one video.
+    pub fn video(&self) -> VideoLimits {
+        VideoLimits {
+            timeout: self.video_decode_timeout,
+            max_frame_pixels: self.max_image_pixels,
+        }
+    }
+}
+
+/// Where one medium's bytes are.
 #[derive(Debug)]
-pub enum ImageSource {
+pub enum MediaSource {
     /// A `data:` URL, already decoded.
     Inline(Vec<u8>),
     Http(String),
     File(PathBuf),
 }
 
-/// The `image_url` parts of `messages`, in the order the chat template meets them.
-pub fn image_sources(
+/// The image and video parts of `messages`, in the order the chat template meets them.
+pub fn media_sources(
     messages: &[Value],
     limits: &MediaLimits,
-) -> Result<Vec<ImageSource>, ApiError> {
-    let mut sources = Vec::new();
+) -> Result<Vec<(MediaKind, MediaSource)>, ApiError> {
+    let mut sources: Vec<(MediaKind, MediaSource)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(parts) = m.get("content").and_then(Value::as_array) else {
             continue;
         };
         for (j, part) in parts.iter().enumerate() {
-            if part.get("type").and_then(Value::as_str) != Some("image_url") {
-                continue;
-            }
+            let kind = match part.get("type").and_then(Value::as_str) {
+                Some("image_url") => MediaKind::Image,
+                Some("video_url") => MediaKind::Video,
+                _ => continue,
+            };
             let param = format!("messages[{i}].content[{j}]");
-            if sources.len() == limits.max_images {
+            let max = limits.max_count(kind);
+            if sources.iter().filter(|(k, _)| *k == kind).count() == max {
                 return Err(ApiError::invalid(
                     &param,
                     format!(
-                        "at most {} images per request (--limit-mm-per-prompt)",
-                        limits.max_images
+                        "at most {max} {}s per request (--limit-mm-per-prompt)",
+                        kind.noun()
                     ),
                 ));
             }
-            let url = image_url(part).ok_or_else(|| {
-                ApiError::invalid(&param, format!("{param}.image_url.url is missing"))
+            let url = media_url(part, kind).ok_or_else(|| {
+                ApiError::invalid(
+                    &param,
+                    format!("{param}.{}.url is missing", kind.part_type()),
+                )
             })?;
-            sources.push(
-                source(url, limits)
-                    .map_err(|e| ApiError::invalid(&param, format!("{param}: {e}")))?,
-            );
+            let source = source(url, kind, limits)
+                .map_err(|e| ApiError::invalid(&param, format!("{param}: {e}")))?;
+            sources.push((kind, source));
         }
     }
     Ok(sources)
 }
 
-/// `image_url` as OpenAI writes it (`{"url": ...}`) or as a bare string.
-fn image_url(part: &Value) -> Option<&str> {
-    match part.get("image_url")? {
+/// The URL of a part as OpenAI writes it (`{"url": ...}`) or as a bare string.
+fn media_url(part: &Value, kind: MediaKind) -> Option<&str> {
+    match part.get(kind.part_type())? {
         Value::String(url) => Some(url),
         v => v.get("url")?.as_str(),
     }
 }
 
-fn source(url: &str, limits: &MediaLimits) -> Result<ImageSource, String> {
+fn source(url: &str, kind: MediaKind, limits: &MediaLimits) -> Result<MediaSource, String> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (header, data) = rest
             .split_once(',')
@@ -108,16 +173,16 @@ fn source(url: &str, limits: &MediaLimits) -> Result<ImageSource, String> {
             return Err("only base64 data: URLs are accepted (data:image/png;base64,...)".into());
         }
         // Base64 is 4 characters per 3 bytes: refuse before decoding what would be too big.
-        if data.len() / 4 * 3 > limits.max_image_bytes + 3 {
-            return Err(too_big(limits));
+        if data.len() / 4 * 3 > limits.max_bytes(kind) + 3 {
+            return Err(too_big(kind, limits));
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim_end())
             .map_err(|e| format!("the data: URL is not valid base64: {e}"))?;
-        return Ok(ImageSource::Inline(bytes));
+        return Ok(MediaSource::Inline(bytes));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(ImageSource::Http(url.to_owned()));
+        return Ok(MediaSource::Http(url.to_owned()));
     }
     if let Some(path) = url.strip_prefix("file://") {
         let Some(root) = &limits.allowed_local_media_path else {
@@ -127,9 +192,12 @@ fn source(url: &str, limits: &MediaLimits) -> Result<ImageSource, String> {
                     .into(),
             );
         };
-        return Ok(ImageSource::File(local_path(root, Path::new(path))?));
+        return Ok(MediaSource::File(local_path(root, Path::new(path))?));
     }
-    Err("the image URL must be data:, http(s):// or file://".into())
+    Err(format!(
+        "the {} URL must be data:, http(s):// or file://",
+        kind.noun()
+    ))
 }
 
 /// `path` if it names a file under `root` once links and `..` are resolved.
@@ -147,35 +215,57 @@ fn local_path(root: &Path, path: &Path) -> Result<PathBuf, String> {
     Ok(resolved)
 }
 
-fn too_big(limits: &MediaLimits) -> String {
-    format!("the image is larger than {} bytes", limits.max_image_bytes)
+fn too_big(kind: MediaKind, limits: &MediaLimits) -> String {
+    format!(
+        "the {} is larger than {} bytes",
+        kind.noun(),
+        limits.max_bytes(kind)
+    )
+}
+
+/// The bytes of a request's media, each kind in prompt order.
+#[derive(Debug, Default)]
+pub struct FetchedMedia {
+    pub images: Vec<Vec<u8>>,
+    pub videos: Vec<Vec<u8>>,
 }
 
 /// Fetches what `sources` point at, all at once, each within the limits.
 pub async fn fetch(
     client: &reqwest::Client,
-    sources: Vec<ImageSource>,
+    sources: Vec<(MediaKind, MediaSource)>,
     limits: &MediaLimits,
-) -> Result<Vec<Vec<u8>>, ApiError> {
-    let jobs = sources.into_iter().enumerate().map(|(i, s)| async move {
+) -> Result<FetchedMedia, ApiError> {
+    let jobs = sources.into_iter().map(|(kind, s)| async move {
         let bytes = match s {
-            ImageSource::Inline(bytes) => Ok(bytes),
-            ImageSource::Http(url) => fetch_url(client, &url, limits).await,
-            ImageSource::File(path) => read_file(path, limits).await,
+            MediaSource::Inline(bytes) => Ok(bytes),
+            MediaSource::Http(url) => fetch_url(client, &url, kind, limits).await,
+            MediaSource::File(path) => read_file(path, kind, limits).await,
         };
-        bytes.map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+        (kind, bytes)
     });
-    futures_util::future::join_all(jobs)
-        .await
-        .into_iter()
-        .collect()
+    let mut fetched = FetchedMedia::default();
+    for (kind, bytes) in futures_util::future::join_all(jobs).await {
+        let list = match kind {
+            MediaKind::Image => &mut fetched.images,
+            MediaKind::Video => &mut fetched.videos,
+        };
+        let n = list.len() + 1;
+        list.push(
+            bytes
+                .map_err(|e| ApiError::invalid("messages", format!("{} {n}: {e}", kind.noun())))?,
+        );
+    }
+    Ok(fetched)
 }
 
 async fn fetch_url(
     client: &reqwest::Client,
     url: &str,
+    kind: MediaKind,
     limits: &MediaLimits,
 ) -> Result<Vec<u8>, String> {
+    let cap = limits.max_bytes(kind);
     let download = async {
         let response = client
             .get(url)
@@ -185,18 +275,15 @@ async fn fetch_url(
         if !response.status().is_success() {
             return Err(format!("fetching {url}: HTTP {}", response.status()));
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > limits.max_image_bytes as u64)
-        {
-            return Err(too_big(limits));
+        if response.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(too_big(kind, limits));
         }
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("fetching {url}: {e}"))?;
-            if body.len() + chunk.len() > limits.max_image_bytes {
-                return Err(too_big(limits));
+            if body.len() + chunk.len() > cap {
+                return Err(too_big(kind, limits));
             }
             body.extend_from_slice(&chunk);
         }
@@ -212,8 +299,12 @@ async fn fetch_url(
         })
 }
 
-async fn read_file(path: PathBuf, limits: &MediaLimits) -> Result<Vec<u8>, String> {
-    let cap = limits.max_image_bytes;
+async fn read_file(
+    path: PathBuf,
+    kind: MediaKind,
+    limits: &MediaLimits,
+) -> Result<Vec<u8>, String> {
+    let cap = limits.max_bytes(kind);
     let read = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
         use std::io::Read;
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -225,7 +316,7 @@ async fn read_file(path: PathBuf, limits: &MediaLimits) -> Result<Vec<u8>, Strin
     });
     let bytes = read.await.map_err(|e| e.to_string())??;
     if bytes.len() > cap {
-        return Err(too_big(limits));
+        return Err(too_big(kind, limits));
     }
     Ok(bytes)
 }
@@ -271,39 +362,70 @@ pub fn decode_images(files: &[Vec<u8>], limits: &MediaLimits) -> Result<Vec<RgbI
         .collect()
 }
 
-/// A prompt's images as the engine's media items, each encoded by `vision` when the engine
-/// gets to it.
+/// A fetched video in a temporary file for ffmpeg to read; removed when dropped.
+pub struct VideoFile {
+    path: PathBuf,
+}
+
+impl VideoFile {
+    pub fn write(bytes: &[u8]) -> std::io::Result<VideoFile> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "weft-video-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, bytes)?;
+        Ok(VideoFile { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for VideoFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A prompt's tower inputs as the engine's media items, each encoded by `vision` when the
+/// engine gets to it (a video's temporal patches one by one, so that a long video is
+/// encoded step by step within the encoder budget).
 pub fn request_media(
     vision: &Arc<Qwen25VlVision>,
-    images: Vec<PreparedImage>,
+    inputs: Vec<TowerInput>,
     positions: MediaPositions,
 ) -> RequestMedia {
-    let items = images
+    let items = inputs
         .into_iter()
-        .map(|image| MediaItem {
+        .map(|input| MediaItem {
             span: MediaSpan {
-                start: image.start,
-                len: image.len,
-                hash: image.hash,
+                start: input.start,
+                len: input.len,
+                hash: input.hash,
             },
-            encoder: Arc::new(ImageEncoder {
+            encoder: Arc::new(TowerEncoder {
                 vision: Arc::clone(vision),
-                image,
+                input,
             }),
         })
         .collect();
     RequestMedia { items, positions }
 }
 
-/// One image waiting for the vision tower.
-struct ImageEncoder {
+/// One tower input waiting for the vision tower.
+struct TowerEncoder {
     vision: Arc<Qwen25VlVision>,
-    image: PreparedImage,
+    input: TowerInput,
 }
 
-impl MediaEncoder for ImageEncoder {
+impl MediaEncoder for TowerEncoder {
     fn encode(&self, pool: &ThreadPool) -> Result<Vec<f32>, String> {
-        Ok(self.vision.encode(pool, &self.image))
+        Ok(self.vision.encode(pool, &self.input))
     }
 }
 
@@ -324,10 +446,19 @@ mod tests {
         json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]})
     }
 
+    fn image_sources(
+        messages: &[Value],
+        limits: &MediaLimits,
+    ) -> Result<Vec<MediaSource>, ApiError> {
+        let sources = media_sources(messages, limits)?;
+        assert!(sources.iter().all(|(k, _)| *k == MediaKind::Image));
+        Ok(sources.into_iter().map(|(_, s)| s).collect())
+    }
+
     #[test]
     fn data_urls_are_decoded_and_bounded() {
         let got = image_sources(&[part("data:image/png;base64,AAECAw==")], &limits()).unwrap();
-        assert!(matches!(&got[..], [ImageSource::Inline(b)] if b == &[0, 1, 2, 3]));
+        assert!(matches!(&got[..], [MediaSource::Inline(b)] if b == &[0, 1, 2, 3]));
         for bad in [
             "data:image/png;base64,@@@@",
             "data:image/png,abc",
@@ -359,7 +490,7 @@ mod tests {
         let ok = format!("file://{}", root.join("a.png").display());
         assert!(matches!(
             &image_sources(&[part(&ok)], &limits).unwrap()[..],
-            [ImageSource::File(p)] if p == &root.join("a.png")
+            [MediaSource::File(p)] if p == &root.join("a.png")
         ));
         for bad in [
             format!("file://{}/../b.png", root.display()),

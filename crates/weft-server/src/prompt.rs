@@ -9,9 +9,9 @@ use weft_models::TextModel;
 use crate::state::PromptContext;
 
 /// Checks one message and rewrites it into what chat templates expect: `content` as a
-/// string, or, when it holds images, as a list of `{"type": "text", "text": ...}` and
-/// `{"type": "image"}` parts (transformers' convention, which multimodal templates read to
-/// place their image placeholders); `tool_calls[].function.arguments` as an object.
+/// string, or, when it holds media, as a list of `{"type": "text", "text": ...}`,
+/// `{"type": "image"}` and `{"type": "video"}` parts (transformers' convention, which
+/// multimodal templates read to place their placeholders); `tool_calls[].function.arguments` as an object.
 fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value, ApiError> {
     let param = format!("messages[{i}]");
     let obj = m
@@ -71,7 +71,8 @@ fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value,
 }
 
 /// A list of content parts as the template gets it: one string when all are text, else the
-/// parts with each `image_url` as `{"type": "image"}`.
+/// parts with each `image_url` as `{"type": "image"}` and each `video_url` as
+/// `{"type": "video"}`.
 fn content_parts(param: &str, parts: &[Value], accepts_images: bool) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut out = Vec::new();
@@ -81,25 +82,27 @@ fn content_parts(param: &str, parts: &[Value], accepts_images: bool) -> Result<V
                 text.push_str(t);
                 out.push(json!({"type": "text", "text": t}));
             }
-            (Some("image_url"), _) if accepts_images => out.push(json!({"type": "image"})),
-            (Some("image_url"), _) => {
+            (Some(kind @ ("image_url" | "video_url")), _) if accepts_images => {
+                out.push(json!({"type": kind.trim_end_matches("_url")}))
+            }
+            (Some("image_url" | "video_url"), _) => {
                 return Err(ApiError::invalid(
                     param,
-                    "this model does not accept images (it has no vision tower)",
+                    "this model does not accept images or videos (it has no vision tower)",
                 ))
             }
             (kind, _) => {
                 return Err(ApiError::invalid(
                     param,
                     format!(
-                        "{param}.content: parts must be text or image_url, got {}",
+                        "{param}.content: parts must be text, image_url or video_url, got {}",
                         kind.unwrap_or("a part without a type")
                     ),
                 ))
             }
         }
     }
-    match out.iter().any(|p| p["type"] == "image") {
+    match out.iter().any(|p| p["type"] != "text") {
         true => Ok(Value::Array(out)),
         false => Ok(json!(text)),
     }

@@ -36,6 +36,12 @@ pub struct PreprocessorConfig {
     pub temporal_patch_size: Option<u32>,
     pub merge_size: Option<u32>,
     pub do_pan_and_scan: Option<bool>,
+    /// Video processors: frames sampled per second of video.
+    pub fps: Option<f64>,
+    pub min_frames: Option<usize>,
+    pub max_frames: Option<usize>,
+    /// Video processors: the context assumed by the total-pixel budget of a video.
+    pub max_video_tokens: Option<u64>,
 }
 
 /// A mean or std: one value for every channel, or one per channel.
@@ -150,17 +156,27 @@ impl Qwen2VlConfig {
     /// As `Qwen2VLImageProcessor.__init__` resolves it: `size` (default 56*56 .. 28*28*1280
     /// pixels), then `min_pixels` / `max_pixels` over it.
     pub fn from_preprocessor_config(c: &PreprocessorConfig) -> Result<Self, ConfigError> {
+        Self::with_default_pixels(c, 56 * 56, 28 * 28 * 1280)
+    }
+
+    /// [`Qwen2VlConfig::from_preprocessor_config`] where the class's default pixel bounds are
+    /// `min_pixels ..= max_pixels`.
+    fn with_default_pixels(
+        c: &PreprocessorConfig,
+        min_pixels: u64,
+        max_pixels: u64,
+    ) -> Result<Self, ConfigError> {
         let size = c.size.unwrap_or_default();
         let min_pixels = c
             .min_pixels
             .or(size.shortest_edge)
             .or(size.min_pixels)
-            .unwrap_or(56 * 56);
+            .unwrap_or(min_pixels);
         let max_pixels = c
             .max_pixels
             .or(size.longest_edge)
             .or(size.max_pixels)
-            .unwrap_or(28 * 28 * 1280);
+            .unwrap_or(max_pixels);
         let config = Self {
             do_resize: c.do_resize.unwrap_or(true),
             resample: c.filter(Filter::Bicubic)?,
@@ -189,6 +205,49 @@ impl Qwen2VlConfig {
         self.patch_size
             .checked_mul(self.merge_size)
             .ok_or_else(|| ConfigError::Invalid("patch_size * merge_size overflows".into()))
+    }
+}
+
+/// Settings of `Qwen2VLVideoProcessor`, transformers' defaults filled in, with frames sampled
+/// at `fps` and the total-pixel budget on (what transformers calls `do_sample_frames` and
+/// `cap_pixels_per_frame`, and vLLM and qwen-vl-utils do by default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Qwen2VlVideoConfig {
+    /// Per-frame resize and normalization (pixel bounds default to 128*28*28 .. 768*28*28).
+    pub frame: Qwen2VlConfig,
+    pub fps: f64,
+    pub min_frames: usize,
+    pub max_frames: usize,
+    pub max_video_tokens: u64,
+}
+
+impl Default for Qwen2VlVideoConfig {
+    fn default() -> Self {
+        Self::from_preprocessor_config(&PreprocessorConfig::default())
+            .expect("the defaults are valid")
+    }
+}
+
+impl Qwen2VlVideoConfig {
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        Self::from_preprocessor_config(&PreprocessorConfig::from_json(text)?)
+    }
+
+    pub fn from_preprocessor_config(c: &PreprocessorConfig) -> Result<Self, ConfigError> {
+        let config = Self {
+            frame: Qwen2VlConfig::with_default_pixels(c, 128 * 28 * 28, 768 * 28 * 28)?,
+            fps: c.fps.unwrap_or(2.0),
+            min_frames: c.min_frames.unwrap_or(4),
+            max_frames: c.max_frames.unwrap_or(768),
+            max_video_tokens: c.max_video_tokens.unwrap_or(128_000),
+        };
+        if !(config.fps.is_finite() && config.fps > 0.0) || config.max_frames == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "video fps {} / max_frames {}",
+                config.fps, config.max_frames
+            )));
+        }
+        Ok(config)
     }
 }
 

@@ -24,13 +24,14 @@ pub mod qwen2vl;
 pub mod resize;
 pub mod rgb;
 pub mod siglip;
+pub mod video;
 
 pub use color::Alpha;
-pub use config::{PreprocessorConfig, Qwen2VlConfig, SiglipConfig};
+pub use config::{PreprocessorConfig, Qwen2VlConfig, Qwen2VlVideoConfig, SiglipConfig};
 pub use error::{ConfigError, DecodeError, PreprocessError};
 pub use image::{decode, DecodeOptions};
 pub use normalize::{Backend, Normalization};
-pub use qwen2vl::{smart_resize, Qwen2VlPixels, Qwen2VlProcessor};
+pub use qwen2vl::{smart_resize, Qwen2VlPixels, Qwen2VlProcessor, Qwen2VlVideoProcessor};
 pub use resize::{resize, Filter, Resampler};
 pub use rgb::RgbImage;
 pub use siglip::{SiglipPixels, SiglipProcessor};

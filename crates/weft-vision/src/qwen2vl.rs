@@ -5,7 +5,7 @@
 //! them into one token), every patch repeated `temporal_patch_size` times (a still image is a
 //! video of identical frames).
 
-use crate::config::Qwen2VlConfig;
+use crate::config::{Qwen2VlConfig, Qwen2VlVideoConfig};
 use crate::error::PreprocessError;
 use crate::normalize::Backend;
 use crate::resize::resize;
@@ -136,47 +136,150 @@ impl Qwen2VlProcessor {
             &resized
         };
         let chw = self.config.normalization.to_chw(image, self.backend);
-        Ok(self.patchify(&chw, height, width))
+        let frames = vec![chw.as_slice(); self.config.temporal_patch_size as usize];
+        Ok(patchify(&self.config, &frames, height, width))
     }
 
     fn factor(&self) -> u32 {
         self.config.patch_size * self.config.merge_size
     }
+}
 
-    /// transformers' reshape/permute: the image `[C, H, W]` viewed as
-    /// `[C, gh/m, m, p, gw/m, m, p]`, permuted to `[gh/m, gw/m, m, m, C, p, p]`, each patch
-    /// repeated `temporal_patch_size` times after `C`, and flattened to
-    /// `[gh * gw, C * T * p * p]`.
-    fn patchify(&self, chw: &[f32], height: u32, width: u32) -> Qwen2VlPixels {
-        let p = self.config.patch_size as usize;
-        let m = self.config.merge_size as usize;
-        let t = self.config.temporal_patch_size as usize;
-        let (h, w) = (height as usize, width as usize);
-        let (grid_h, grid_w) = (h / p, w / p);
-        let patch_dim = 3 * t * p * p;
-        let mut out = Vec::with_capacity(grid_h * grid_w * patch_dim);
-        for block_y in 0..grid_h / m {
-            for block_x in 0..grid_w / m {
-                for my in 0..m {
-                    for mx in 0..m {
-                        let (y0, x0) = ((block_y * m + my) * p, (block_x * m + mx) * p);
-                        for c in 0..3 {
+/// transformers' reshape/permute: `temporal_patch_size` frames `[C, H, W]` viewed as
+/// `[T, C, gh/m, m, p, gw/m, m, p]`, permuted to `[gh/m, gw/m, m, m, C, T, p, p]` and
+/// flattened to `[gh * gw, C * T * p * p]` (an image is its one frame `T` times).
+fn patchify(config: &Qwen2VlConfig, frames: &[&[f32]], height: u32, width: u32) -> Qwen2VlPixels {
+    let p = config.patch_size as usize;
+    let m = config.merge_size as usize;
+    debug_assert_eq!(frames.len(), config.temporal_patch_size as usize);
+    let (h, w) = (height as usize, width as usize);
+    let (grid_h, grid_w) = (h / p, w / p);
+    let patch_dim = 3 * frames.len() * p * p;
+    let mut out = Vec::with_capacity(grid_h * grid_w * patch_dim);
+    for block_y in 0..grid_h / m {
+        for block_x in 0..grid_w / m {
+            for my in 0..m {
+                for mx in 0..m {
+                    let (y0, x0) = ((block_y * m + my) * p, (block_x * m + mx) * p);
+                    for c in 0..3 {
+                        for chw in frames {
                             let plane = &chw[c * h * w..][..h * w];
-                            for _ in 0..t {
-                                for py in 0..p {
-                                    out.extend_from_slice(&plane[(y0 + py) * w + x0..][..p]);
-                                }
+                            for py in 0..p {
+                                out.extend_from_slice(&plane[(y0 + py) * w + x0..][..p]);
                             }
                         }
                     }
                 }
             }
         }
-        Qwen2VlPixels {
-            pixel_values: out,
-            grid_thw: [1, grid_h as u32, grid_w as u32],
-            patch_dim,
-            merge_size: self.config.merge_size,
+    }
+    Qwen2VlPixels {
+        pixel_values: out,
+        grid_thw: [1, grid_h as u32, grid_w as u32],
+        patch_dim,
+        merge_size: config.merge_size,
+    }
+}
+
+/// `Qwen2VLVideoProcessor` with frame sampling and the total-pixel budget on: which frames
+/// of a video are read, the size they are resized to, and their temporal patches.
+#[derive(Clone, Debug, Default)]
+pub struct Qwen2VlVideoProcessor {
+    pub config: Qwen2VlVideoConfig,
+    pub backend: Backend,
+}
+
+impl Qwen2VlVideoProcessor {
+    pub fn new(config: Qwen2VlVideoConfig, backend: Backend) -> Self {
+        Self { config, backend }
+    }
+
+    /// transformers' `sample_frames` at `config.fps` for a video of `total` frames at
+    /// `video_fps`: a multiple of `temporal_patch_size` frames (between `min_frames` and
+    /// `max_frames` where the video has them) at `arange(0, total, total / n)` truncated,
+    /// computed as torch does (f64 steps rounded to f32). A video shorter than one temporal
+    /// patch keeps all its frames (transformers fails on it).
+    pub fn sample_indices(&self, total: usize, video_fps: f64) -> Vec<usize> {
+        let c = &self.config;
+        let t = c.frame.temporal_patch_size as usize;
+        let max_frames = (c.max_frames.min(total) / t * t) as f64;
+        let wanted = total as f64 / video_fps * c.fps;
+        let n = wanted
+            .max(c.min_frames as f64)
+            .min(max_frames)
+            .min(total as f64);
+        let n = ((n / t as f64).floor() as usize) * t;
+        if n == 0 {
+            return (0..total).collect();
         }
+        let step = total as f64 / n as f64;
+        let len = (total as f64 / step).ceil() as usize;
+        (0..len)
+            .map(|i| ((i as f64 * step) as f32) as usize)
+            .map(|i| i.min(total - 1))
+            .collect()
+    }
+
+    /// The `(height, width)` every one of `frames` sampled frames of a `height` x `width`
+    /// video is resized to: `smart_resize` under the per-frame bound, lowered so that the
+    /// whole video stays within 90% of `max_video_tokens` (but not below 1.05 times the
+    /// fewest pixels).
+    pub fn frame_size(
+        &self,
+        height: u32,
+        width: u32,
+        frames: usize,
+    ) -> Result<(u32, u32), PreprocessError> {
+        let c = &self.config.frame;
+        let factor = c.patch_size * c.merge_size;
+        let total_pixels =
+            (self.config.max_video_tokens as f64 * f64::from(factor * factor) * 0.9) as u64;
+        let per_frame = total_pixels * u64::from(c.temporal_patch_size) / frames.max(1) as u64;
+        let max_pixels = c
+            .max_pixels
+            .min(per_frame)
+            .max((c.min_pixels as f64 * 1.05) as u64);
+        smart_resize(height, width, factor, c.min_pixels, max_pixels)
+    }
+
+    /// One sampled frame resized to `(height, width)` (from [`Self::frame_size`]).
+    pub fn resize_frame(&self, frame: &RgbImage, height: u32, width: u32) -> RgbImage {
+        if (frame.height(), frame.width()) == (height, width) {
+            return frame.clone();
+        }
+        resize(
+            frame,
+            width,
+            height,
+            self.config.frame.resample,
+            self.backend.resampler(),
+        )
+    }
+
+    /// The temporal patches of `frames` (resized, all the same size): consecutive frames in
+    /// groups of `temporal_patch_size`, the last frame repeated to fill the last group, each
+    /// group the tower input of one grid `[1, h, w]` (the tower never mixes temporal patches,
+    /// so a video's patches can be encoded one at a time).
+    pub fn temporal_patches(&self, frames: &[RgbImage]) -> Vec<Qwen2VlPixels> {
+        let c = &self.config.frame;
+        let t = c.temporal_patch_size as usize;
+        let Some(first) = frames.first() else {
+            return Vec::new();
+        };
+        let (height, width) = (first.height(), first.width());
+        let normalized: Vec<Vec<f32>> = frames
+            .iter()
+            .map(|f| c.normalization.to_chw(f, self.backend))
+            .collect();
+        normalized
+            .chunks(t)
+            .map(|group| {
+                let last = group.last().expect("chunks are never empty");
+                let frames: Vec<&[f32]> = (0..t)
+                    .map(|i| group.get(i).unwrap_or(last).as_slice())
+                    .collect();
+                patchify(c, &frames, height, width)
+            })
+            .collect()
     }
 }

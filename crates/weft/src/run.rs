@@ -1,7 +1,7 @@
 //! `weft run`: one prompt in, one streamed reply out.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -12,6 +12,8 @@ use weft_engine::session::{GenerateOutcome, Session};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
+use weft_vision::qwen25vl::{PixelBounds, Video};
+use weft_vision::video::VideoLimits;
 use weft_vision::DecodeOptions;
 
 use crate::chat::chat_prompt_tokens;
@@ -33,6 +35,10 @@ pub struct RunArgs {
     /// Needs a model with a vision tower (a Qwen2.5-VL Hugging Face directory).
     #[arg(long = "image", value_name = "PATH")]
     images: Vec<PathBuf>,
+    /// A video (any format ffmpeg reads) placed after the images, before PROMPT; repeatable.
+    /// Frames are sampled at 2 per second within the model's frame and pixel budgets.
+    #[arg(long = "video", value_name = "PATH")]
+    videos: Vec<PathBuf>,
     /// The vision tower of a GGUF model: llama.cpp's mmproj file for it.
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
@@ -49,8 +55,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         _ => unreachable!("clap enforces one or two values"),
     };
     let model = load_model(model_spec)?;
-    if args.raw && !args.images.is_empty() {
-        bail!("--image needs the chat template (leave out --raw)");
+    let session_config = args.context.session_config(&model);
+    let ctx_size = session_config.ctx_size;
+    let has_media = !args.images.is_empty() || !args.videos.is_empty();
+    if args.raw && has_media {
+        bail!("--image and --video need the chat template (leave out --raw)");
     }
     let (tokens, media) = if args.raw {
         (
@@ -62,32 +71,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Some(system) = &args.system {
             messages.push(json!({"role": "system", "content": system}));
         }
-        let content = match args.images.is_empty() {
-            true => json!(prompt),
-            false => {
-                let mut parts: Vec<_> = args
-                    .images
-                    .iter()
-                    .map(|_| json!({"type": "image"}))
-                    .collect();
-                parts.push(json!({"type": "text", "text": prompt}));
-                json!(parts)
+        let content = match has_media {
+            false => json!(prompt),
+            true => {
+                let images = args.images.iter().map(|_| json!({"type": "image"}));
+                let videos = args.videos.iter().map(|_| json!({"type": "video"}));
+                let text = json!({"type": "text", "text": prompt});
+                json!(images.chain(videos).chain([text]).collect::<Vec<_>>())
             }
         };
         messages.push(json!({"role": "user", "content": content}));
         let tokens = chat_prompt_tokens(&model, &messages)?;
-        match args.images.is_empty() {
-            true => (tokens, PromptMedia::default()),
-            false => with_images(
-                &model,
-                args.mmproj.as_deref(),
-                tokens,
-                &args.images,
-                args.context.threads(),
-            )?,
+        match has_media {
+            false => (tokens, PromptMedia::default()),
+            true => with_media(&model, args, tokens, ctx_size)?,
         }
     };
-    let mut session = Session::new(&model, args.context.session_config(&model));
+    let mut session = Session::new(&model, session_config);
     let params = args.sampling.generate_params();
     let mut stdout = std::io::stdout().lock();
     let on_text = |text: &str| {
@@ -101,22 +101,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The prompt with its images: placeholders expanded, the vision tower's rows, positions.
-fn with_images(
+/// The prompt with its images and videos: placeholders expanded, the vision tower's rows,
+/// positions. Says on stderr what each medium became and what encoding it cost.
+fn with_media(
     model: &TextModel,
-    mmproj: Option<&Path>,
+    args: &RunArgs,
     tokens: Vec<u32>,
-    paths: &[PathBuf],
-    threads: usize,
+    ctx_size: usize,
 ) -> Result<(Vec<u32>, PromptMedia)> {
-    let Some(vision) = crate::load_vision(model, mmproj)? else {
+    let Some(vision) = crate::load_vision(model, args.mmproj.as_deref())? else {
         bail!(
-            "{} has no vision tower: --image needs a Qwen2.5-VL Hugging Face model directory, \
-             or a GGUF model with --mmproj",
+            "{} has no vision tower: --image and --video need a Qwen2.5-VL Hugging Face model \
+             directory, or a GGUF model with --mmproj",
             model.name()
         );
     };
-    let images = paths
+    let t0 = Instant::now();
+    let images = args
+        .images
         .iter()
         .map(|path| {
             let bytes =
@@ -125,34 +127,70 @@ fn with_images(
                 .with_context(|| format!("decoding {}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let t0 = Instant::now();
-    let plan = vision.plan(&tokens, &images)?;
-    let preprocess = t0.elapsed();
-    let pool = ThreadPool::new(threads);
-    let mut rows = Vec::with_capacity(plan.images.len());
-    for (i, image) in plan.images.iter().enumerate() {
+    let limits = VideoLimits::default();
+    let videos = args
+        .videos
+        .iter()
+        .map(|path| {
+            let read = || -> Result<Video> {
+                let plan = vision.probe_video(path, &limits)?;
+                let tokens = vision.video_tokens_for(&plan, PixelBounds::default())?;
+                let info = &plan.info;
+                eprintln!(
+                    "weft: video {}: {}x{}, {:.1} s at {:.2} fps; {} of {} frames sampled, {tokens} tokens",
+                    path.display(),
+                    info.width,
+                    info.height,
+                    info.duration(),
+                    info.fps,
+                    plan.indices.len(),
+                    info.frames,
+                );
+                Ok(vision.read_video(path, &plan, PixelBounds::default(), &limits)?)
+            };
+            read().with_context(|| format!("reading the video {}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = vision.plan(&tokens, &images, &videos)?;
+    // Refused before the tower runs: the session would refuse it after.
+    if plan.tokens.len() > ctx_size {
+        bail!(
+            "the prompt has {} tokens with its media but the context holds {ctx_size} (raise \
+             --ctx-size, or use smaller or fewer media)",
+            plan.tokens.len()
+        );
+    }
+    tracing::info!(
+        "{} images and {} videos read and preprocessed in {:.0} ms",
+        images.len(),
+        videos.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let pool = ThreadPool::new(args.context.threads());
+    let mut rows = Vec::with_capacity(plan.inputs.len());
+    // Per medium: tokens, encoding seconds and floating-point operations.
+    let mut cost: Vec<(usize, f64, f64)> = Vec::new();
+    for input in &plan.inputs {
         let t1 = Instant::now();
-        rows.push(vision.encode(&pool, image));
-        let seconds = t1.elapsed().as_secs_f64();
-        let flops = vision.encode_flops(image);
+        rows.push(vision.encode(&pool, input));
+        if cost.len() == input.medium {
+            cost.push((0, 0.0, 0.0));
+        }
+        let c = &mut cost[input.medium];
+        c.0 += input.len;
+        c.1 += t1.elapsed().as_secs_f64();
+        c.2 += vision.encode_flops(input);
+    }
+    for (i, (tokens, seconds, flops)) in cost.into_iter().enumerate() {
         eprintln!(
-            "weft: image {}: {} tokens ({}x{} patches), encoded in {:.0} ms, {:.1} GFLOP at {:.1} GFLOP/s",
+            "weft: medium {}: {tokens} tokens, encoded in {:.0} ms, {:.1} GFLOP at {:.1} GFLOP/s",
             i + 1,
-            image.len,
-            image.pixels.grid_thw[1],
-            image.pixels.grid_thw[2],
             seconds * 1e3,
             flops / 1e9,
             flops / 1e9 / seconds.max(1e-9)
         );
     }
-    tracing::info!(
-        "{} images preprocessed in {:.0} ms",
-        images.len(),
-        preprocess.as_secs_f64() * 1e3
-    );
-    let (tokens, media) = plan.into_media(rows, vision.embedding_width());
-    Ok((tokens, media))
+    Ok(plan.into_media(rows, vision.embedding_width()))
 }
 
 /// Timing summary on stderr, in llama.cpp's terms.

@@ -130,39 +130,60 @@ struct LimitArgs {
     /// Requests that may wait to be tokenized (503 beyond).
     #[arg(long, default_value_t = Limits::default().max_waiting_preparations)]
     max_waiting_preparations: usize,
-    /// Most media items per prompt, as vLLM writes it: '{"image": 4}' (or image=4).
+    /// Most media items per prompt, as vLLM writes it: '{"image": 4, "video": 1}' (or
+    /// image=4,video=1); a kind left out keeps its default (4 images, 1 video).
     #[arg(long, value_parser = parse_mm_limit)]
-    limit_mm_per_prompt: Option<usize>,
+    limit_mm_per_prompt: Option<MmLimit>,
     /// Largest image file in bytes, however it arrives (data: URL, http(s), file://).
     #[arg(long, default_value_t = MediaLimits::default().max_image_bytes)]
     max_image_bytes: usize,
-    /// Largest image in pixels (width x height), checked before decoding.
+    /// Largest video file in bytes, however it arrives.
+    #[arg(long, default_value_t = MediaLimits::default().max_video_bytes)]
+    max_video_bytes: usize,
+    /// Largest image or video frame in pixels (width x height), checked before decoding.
     #[arg(long, default_value_t = MediaLimits::default().max_image_pixels)]
     max_image_pixels: u64,
-    /// Seconds one image URL may take to fetch.
+    /// Seconds one image or video URL may take to fetch.
     #[arg(long, default_value_t = MediaLimits::default().fetch_timeout.as_secs_f64())]
     media_fetch_timeout: f64,
+    /// Seconds probing, and then decoding, one video may take (ffmpeg is stopped after).
+    #[arg(long, default_value_t = MediaLimits::default().video_decode_timeout.as_secs_f64())]
+    video_decode_timeout: f64,
     /// Let requests name images as file:// URLs below this directory.
     #[arg(long)]
     allowed_local_media_path: Option<PathBuf>,
 }
 
-/// `--limit-mm-per-prompt`: vLLM's JSON object or `image=N`; the image count.
-fn parse_mm_limit(s: &str) -> std::result::Result<usize, String> {
-    let bad = || format!("expected '{{\"image\": N}}' or image=N, got {s}");
-    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(s) {
-        if let Some((key, _)) = m.iter().find(|(k, _)| k.as_str() != "image") {
-            return Err(format!("only images are read so far, not {key}"));
-        }
-        return m
-            .get("image")
-            .and_then(serde_json::Value::as_u64)
-            .map(|n| n as usize)
-            .ok_or_else(bad);
+/// `--limit-mm-per-prompt`: the most images and videos per prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MmLimit {
+    image: Option<usize>,
+    video: Option<usize>,
+}
+
+/// vLLM's JSON object, or `image=N,video=M`.
+fn parse_mm_limit(s: &str) -> std::result::Result<MmLimit, String> {
+    let bad = || format!("expected '{{\"image\": N, \"video\": M}}' or image=N,video=M, got {s}");
+    let pairs: Vec<(String, Option<u64>)> = match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(m)) => m.into_iter().map(|(k, v)| (k, v.as_u64())).collect(),
+        _ => s
+            .split(',')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+                Ok((k.trim().to_owned(), v.trim().parse().ok()))
+            })
+            .collect::<std::result::Result<_, String>>()?,
+    };
+    let mut limit = MmLimit::default();
+    for (key, n) in pairs {
+        let slot = match key.as_str() {
+            "image" => &mut limit.image,
+            "video" => &mut limit.video,
+            other => return Err(format!("only images and videos are read, not {other}")),
+        };
+        *slot = Some(n.ok_or_else(bad)? as usize);
     }
-    s.strip_prefix("image=")
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(bad)
+    Ok(limit)
 }
 
 impl LimitArgs {
@@ -174,9 +195,16 @@ impl LimitArgs {
                     .with_context(|| format!("--allowed-local-media-path {}", dir.display()))?,
             ),
         };
-        if !(self.media_fetch_timeout > 0.0 && self.media_fetch_timeout.is_finite()) {
-            bail!("--media-fetch-timeout must be a positive number of seconds");
+        for (flag, seconds) in [
+            ("--media-fetch-timeout", self.media_fetch_timeout),
+            ("--video-decode-timeout", self.video_decode_timeout),
+        ] {
+            if !(seconds > 0.0 && seconds.is_finite()) {
+                bail!("{flag} must be a positive number of seconds");
+            }
         }
+        let mm = self.limit_mm_per_prompt.unwrap_or_default();
+        let defaults = MediaLimits::default();
         Ok(Limits {
             max_messages: self.max_messages,
             max_stop_strings: self.max_stop_strings,
@@ -187,12 +215,13 @@ impl LimitArgs {
             max_concurrent_preparations: self.max_concurrent_preparations,
             max_waiting_preparations: self.max_waiting_preparations,
             media: MediaLimits {
-                max_images: self
-                    .limit_mm_per_prompt
-                    .unwrap_or(MediaLimits::default().max_images),
+                max_images: mm.image.unwrap_or(defaults.max_images),
+                max_videos: mm.video.unwrap_or(defaults.max_videos),
                 max_image_bytes: self.max_image_bytes,
+                max_video_bytes: self.max_video_bytes,
                 max_image_pixels: self.max_image_pixels,
                 fetch_timeout: Duration::from_secs_f64(self.media_fetch_timeout),
+                video_decode_timeout: Duration::from_secs_f64(self.video_decode_timeout),
                 allowed_local_media_path,
             },
         })

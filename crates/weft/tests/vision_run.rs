@@ -15,7 +15,9 @@ use weft_engine::session::{GenerateParams, Session, SessionConfig};
 use weft_kernels::pool::ThreadPool;
 use weft_models::chat_template::RenderOptions;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_test_support::{log_softmax, logprob_diff};
+use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision};
+use weft_vision::video::VideoLimits;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
@@ -48,24 +50,11 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
     let golden = golden();
     let model = TextModel::load(&dir()).unwrap();
     let vision = Qwen25VlVision::load(&dir()).unwrap().unwrap();
-    let template = model.chat_template.as_ref().unwrap();
     let pool = ThreadPool::new(2);
     let mut session = Session::new(&model, SessionConfig::new(2, 512));
     for case in golden["cases"].as_array().unwrap() {
         // transformers' messages name each image; the template only needs its place.
-        let mut messages = case["messages"].clone();
-        for m in messages.as_array_mut().unwrap() {
-            for part in m["content"].as_array_mut().unwrap() {
-                part.as_object_mut().unwrap().remove("image");
-            }
-        }
-        let options = RenderOptions {
-            add_generation_prompt: true,
-            ..RenderOptions::default()
-        };
-        let text = template
-            .render_with(messages.as_array().unwrap(), &options)
-            .unwrap();
+        let text = render(&model, &case["messages"]);
         assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
         let images: Vec<_> = case["images"]
             .as_array()
@@ -77,7 +66,7 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
             })
             .collect();
         let tokens = model.tokenizer.encode(&text, true, true);
-        let (tokens, media) = vision.prepare(&pool, &tokens, &images).unwrap();
+        let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{}", case["name"]);
         // None of these continuations holds the end-of-turn token.
         let params = GenerateParams {
@@ -118,17 +107,62 @@ fn run_with_gguf_and_mmproj_prints_the_same_reply() {
     ]);
 }
 
+/// `weft run DIR --video PATH PROMPT` prints transformers' greedy reply to the video, from
+/// the Hugging Face directory and from the GGUF + mmproj files (whose processor settings are
+/// the defaults the directory also has).
+#[test]
+fn run_with_a_video_prints_transformers_greedy_reply() {
+    if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
+        return;
+    }
+    let golden = video_golden();
+    let clip = dir().join(golden["video"]["file"].as_str().unwrap());
+    let gguf = dir().join("../hf-tiny-vl-gguf");
+    for model_args in [
+        vec![dir().into_os_string()],
+        vec![
+            gguf.join("model-f32.gguf").into_os_string(),
+            "--mmproj".into(),
+            gguf.join("mmproj-f32.gguf").into_os_string(),
+        ],
+    ] {
+        // The tiny model's 512 positions would hold its 1279 prompt tokens (M-RoPE positions
+        // advance more slowly than tokens), but the context defaults to that many tokens.
+        let media = [
+            "--video".into(),
+            clip.clone().into_os_string(),
+            "--ctx-size".into(),
+            "2048".into(),
+        ];
+        check_run_reply(&model_args, &media, &golden["cases"][0]);
+    }
+}
+
 fn run_prints_transformers_greedy_reply(model_args: &[std::ffi::OsString]) {
     let golden = golden();
-    let model = TextModel::load(&dir()).unwrap();
     let case = &golden["cases"][1];
+    let image = image_file(&golden, &case["images"][0]);
+    check_run_reply(
+        model_args,
+        &["--image".into(), image.into_os_string()],
+        case,
+    );
+}
+
+/// `weft run` with `model_args` and `media_args` on the golden `case`'s text prints the
+/// case's greedy tokens.
+fn check_run_reply(
+    model_args: &[std::ffi::OsString],
+    media_args: &[std::ffi::OsString],
+    case: &Value,
+) {
+    let model = TextModel::load(&dir()).unwrap();
     let content = case["messages"][0]["content"].as_array().unwrap();
     let prompt = content.iter().find_map(|p| p["text"].as_str()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("run")
         .args(model_args)
-        .arg("--image")
-        .arg(image_file(&golden, &case["images"][0]))
+        .args(media_args)
         .args([prompt, "--temperature", "0", "-n", "16"])
         .output()
         .unwrap();
@@ -207,4 +241,186 @@ fn chat_attaches_images_with_a_command() {
     let want = full.trim_end_matches('\u{FFFD}');
     let got = String::from_utf8(out.stdout).unwrap();
     assert_eq!(got.trim_end_matches('\n'), want);
+}
+
+fn video_golden() -> Value {
+    let text = std::fs::read_to_string(dir().join("golden_video.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The largest difference between `ours` (rows of `width`) and `theirs` (a JSON list of
+/// rows), relative to the largest value of `theirs`.
+fn relative_diff(ours: &[f32], theirs: &Value) -> f64 {
+    let theirs: Vec<f64> = theirs.as_array().unwrap().iter().flat_map(floats).collect();
+    assert_eq!(ours.len(), theirs.len(), "row counts");
+    let scale = theirs.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+    diff / scale
+}
+
+/// Both golden video conversations (a video; an image, text and a video) through the
+/// library as `weft run --video` uses it: the clip read and sampled by ffmpeg, template,
+/// placeholders, tower, M-RoPE, a session. Against transformers (golden_video.json,
+/// scripts/gen_hf_tiny_vl_video.py): sampled frames, prompt tokens, position ids, the
+/// tower's rows, log-probabilities and greedy tokens.
+#[test]
+fn video_conversations_match_transformers() {
+    if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
+        return;
+    }
+    // Measured (AVX2): 3e-6 relative on the tower rows; 0.0125 nats at the first position,
+    // at most 0.02 elsewhere (f16 KV cache, as in qwen25vl_language.rs).
+    const MAX_TOWER_DIFF: f64 = 1e-4;
+    const MAX_FIRST_DIFF: f64 = 0.02;
+    const MAX_DIFF: f64 = 0.1;
+    const NEAR_TIE: f64 = 0.05;
+    let golden = video_golden();
+    let images = self::golden();
+    let model = TextModel::load(&dir()).unwrap();
+    let vision = Qwen25VlVision::load(&dir()).unwrap().unwrap();
+    let pool = ThreadPool::new(2);
+    let limits = VideoLimits::default();
+    let clip = dir().join(golden["video"]["file"].as_str().unwrap());
+    let plan = vision.probe_video(&clip, &limits).unwrap();
+    let video = vision
+        .read_video(&clip, &plan, PixelBounds::default(), &limits)
+        .unwrap();
+    let sampled = plan.indices;
+    assert_eq!(
+        sampled,
+        ids(&golden["video"]["sampled_indices"])
+            .iter()
+            .map(|&i| i as usize)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(video.frames.len(), sampled.len());
+    let sampled_fps = golden["video"]["sampled_fps"].as_f64().unwrap();
+    assert!((video.sampled_fps - sampled_fps).abs() < 1e-9);
+    let mut session = Session::new(&model, SessionConfig::new(2, 2048));
+    let video_token = model.tokenizer.token_id("<|video_pad|>").unwrap();
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let text = render(&model, &case["messages"]);
+        assert_eq!(text, case["text"].as_str().unwrap(), "{name}");
+        let pictures: Vec<_> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let bytes = std::fs::read(image_file(&images, n)).unwrap();
+                weft_vision::decode(&bytes, &Default::default()).unwrap()
+            })
+            .collect();
+        let tokens = model.tokenizer.encode(&text, true, true);
+        let plan = vision
+            .plan(&tokens, &pictures, std::slice::from_ref(&video))
+            .unwrap();
+        assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
+        let want = case["position_ids"].as_array().unwrap();
+        for (i, p) in plan.positions.prompt.iter().enumerate() {
+            for (c, (&ours, theirs)) in p.0.iter().zip(want).enumerate() {
+                assert_eq!(
+                    u64::from(ours),
+                    theirs[i].as_u64().unwrap(),
+                    "{name}: position {i}, component {c}"
+                );
+            }
+        }
+        assert_eq!(plan.positions.delta, case["rope_deltas"].as_i64().unwrap());
+        let rows: Vec<Vec<f32>> = plan
+            .inputs
+            .iter()
+            .map(|i| vision.encode(&pool, i))
+            .collect();
+        let patches: Vec<&Vec<f32>> = plan
+            .inputs
+            .iter()
+            .zip(&rows)
+            .filter(|(i, _)| plan.tokens[i.start] == video_token)
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(patches.len(), 9, "{name}: temporal patches");
+        for (ours, key) in [
+            (patches[0], "tower_output_first_patch"),
+            (patches[8], "tower_output_last_patch"),
+        ] {
+            let d = relative_diff(ours, &golden["video"][key]);
+            eprintln!("{name} {key}: {d:.2e}");
+            assert!(d <= MAX_TOWER_DIFF, "{name}: {key} differs by {d:.2e}");
+        }
+        let (tokens, media) = plan.into_media(rows, vision.embedding_width());
+        let vision_end = case["vision_end_position"].as_u64().unwrap() as usize;
+        let checks = [
+            (0, "logprobs_first", MAX_FIRST_DIFF),
+            (vision_end, "logprobs_vision_end", MAX_DIFF),
+            (tokens.len() - 1, "logprobs_last", MAX_DIFF),
+        ];
+        session
+            .score_with_media(&tokens, media.clone(), |i, logits| {
+                for &(at, key, bound) in &checks {
+                    if at == i {
+                        let (d, _) = logprob_diff(&log_softmax(logits), &floats(&case[key]), -20.0);
+                        eprintln!("{name} {key}: {d:.5}");
+                        assert!(d <= bound, "{name}: {key} differ by {d:.5} nats");
+                    }
+                }
+            })
+            .unwrap();
+        let params = GenerateParams {
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            max_tokens: 16,
+            stop: Vec::new(),
+        };
+        let outcome = session
+            .generate_with_media(&tokens, media, &params, &AtomicBool::new(false), |_| {})
+            .unwrap();
+        let want = ids(&case["greedy_tokens"]);
+        let margins = floats(&case["greedy_margins"]);
+        // Identical up to the first step where transformers' top two were a near tie.
+        let agree = outcome
+            .generated
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            agree == want.len() || margins[agree] <= NEAR_TIE,
+            "{name}: greedy {:?}, transformers {want:?}",
+            outcome.generated
+        );
+    }
+}
+
+/// The chat template's text for golden `messages` (with the media's names dropped).
+fn render(model: &TextModel, messages: &Value) -> String {
+    let mut messages = messages.clone();
+    for m in messages.as_array_mut().unwrap() {
+        for part in m["content"].as_array_mut().unwrap() {
+            part.as_object_mut().unwrap().remove("image");
+        }
+    }
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..RenderOptions::default()
+    };
+    model
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .render_with(messages.as_array().unwrap(), &options)
+        .unwrap()
 }
