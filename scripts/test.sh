@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WEFT_HOME=${WEFT_HOME:-$HOME/.cache/weft}
-# Speech tests make their audio with espeak-ng and ffmpeg (Debian packages).
+# Speech tests make their audio with espeak-ng, sox and ffmpeg; video tests read theirs with
+# ffmpeg (Debian packages).
 if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v ffmpeg >/dev/null; then
   apt-get update -qq && apt-get install -y -qq espeak-ng sox ffmpeg >/dev/null
 fi

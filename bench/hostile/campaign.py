@@ -212,6 +212,10 @@ def hostile_requests(port):
          lambda: post_json(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
              {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
              {"type": "text", "text": "what is this?"}]}]})),
+        ("a video for a model without a vision tower", {400},
+         lambda: post_json(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+             {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAAIGZ0eXA="}},
+             {"type": "text", "text": "what happens?"}]}]})),
         ("an image URL to a port that never answers", {400},
          lambda: post_json(port, "/v1/chat/completions", {"messages": [{"role": "user", "content": [
              {"type": "image_url", "image_url": {"url": "http://10.255.255.1/x.png"}}]}]})),

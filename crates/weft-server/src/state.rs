@@ -97,11 +97,12 @@ impl PromptContext {
         PromptContext { vision, ..self }
     }
 
-    /// What the prompt may hold: `["text"]`, plus `"image"` for a model with a vision tower.
+    /// What the prompt may hold: `["text"]`, plus `"image"` and `"video"` for a model with a
+    /// vision tower.
     pub fn input_modalities(&self) -> Vec<&'static str> {
         let mut m = vec!["text"];
         if self.vision.is_some() {
-            m.push("image");
+            m.extend(["image", "video"]);
         }
         m
     }

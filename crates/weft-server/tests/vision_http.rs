@@ -3,7 +3,8 @@
 //! (golden.json) whether an image comes as a data: URL, from an http:// URL or as a file://
 //! path; the same image again costs no encoder run and reuses its KV blocks, a different
 //! image with the same placeholder tokens does not; bad images, too many images, unreachable
-//! and slow URLs are 400s that leave the server serving.
+//! and slow URLs are 400s that leave the server serving. Videos (golden_video.json) likewise,
+//! their temporal patches encoded step by step within the encoder budget.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,14 +39,14 @@ fn data_url(bytes: &[u8]) -> String {
     )
 }
 
-async fn start(model: Arc<TextModel>) -> Listening {
+async fn start(model: Arc<TextModel>, max_model_len: usize) -> Listening {
     let engine = EngineHandle::start(
         Arc::clone(&model),
         EngineConfig {
             n_threads: 2,
             max_num_seqs: 8,
             max_num_batched_tokens: 256,
-            max_model_len: 512,
+            max_model_len,
             kv_cache_tokens: 4096,
             prefix_caching: true,
             max_waiting: 32,
@@ -156,7 +157,7 @@ fn other_wide_image() -> Vec<u8> {
 async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
     let golden = golden();
     let model = Arc::new(TextModel::load(&dir()).unwrap());
-    let server = start(Arc::clone(&model)).await;
+    let server = start(Arc::clone(&model), 512).await;
     let host = image_host(&golden).await;
     let cases = golden["cases"].as_array().unwrap();
 
@@ -168,7 +169,7 @@ async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
         .unwrap();
     assert_eq!(
         models["data"][0]["input_modalities"],
-        json!(["text", "image"])
+        json!(["text", "image", "video"])
     );
 
     // Text only, then one image as a data: URL.
@@ -340,5 +341,124 @@ async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
         body["choices"][0]["message"]["content"],
         greedy_text(&model, one_image)
     );
+    server.shutdown(Duration::from_secs(60)).await;
+}
+
+fn video_golden() -> Value {
+    let text = std::fs::read_to_string(dir().join("golden_video.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A greedy chat request for golden video `case`: the video as `video_url` (vLLM's part),
+/// images as data: URLs.
+fn video_request(case: &Value, video_url: &str) -> Value {
+    let images = golden();
+    let mut names = case["images"].as_array().unwrap().iter();
+    let content: Vec<Value> = case["messages"][0]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| match part["type"].as_str().unwrap() {
+            "video" => json!({"type": "video_url", "video_url": {"url": video_url}}),
+            "image" => {
+                let name = names.next().unwrap().as_str().unwrap();
+                json!({"type": "image_url", "image_url": {"url": data_url(&image_bytes(&images, name))}})
+            }
+            _ => part.clone(),
+        })
+        .collect();
+    json!({
+        "model": "vl",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        "temperature": 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
+    if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
+        return;
+    }
+    let golden = video_golden();
+    let model = Arc::new(TextModel::load(&dir()).unwrap());
+    let server = start(Arc::clone(&model), 2048).await;
+    let clip = std::fs::read(dir().join(golden["video"]["file"].as_str().unwrap())).unwrap();
+    let url = format!(
+        "data:video/mp4;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&clip)
+    );
+    let metrics = || async {
+        reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Each case's reply is transformers'; its nine temporal patches (135 tokens each) pass
+    // the encoder budget of 256 tokens per step one or two at a time.
+    for case in golden["cases"].as_array().unwrap() {
+        let (status, body) = post(&server, &video_request(case, &url)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            greedy_text(&model, case),
+            "{}",
+            case["name"]
+        );
+        assert_eq!(
+            body["usage"]["prompt_tokens"],
+            case["input_ids"].as_array().unwrap().len()
+        );
+    }
+    // The same video again: no encoder run, and its KV blocks reused.
+    let before = metric(&metrics().await, "weft_encoder_runs_total");
+    let video = &golden["cases"][0];
+    let (status, body) = post(&server, &video_request(video, &url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(metric(&metrics().await, "weft_encoder_runs_total"), before);
+    let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 1264, "{body}");
+
+    // Bad videos: each a 400 that names the problem.
+    let data = |bytes: &[u8]| {
+        format!(
+            "data:video/mp4;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    };
+    let truncated = data(&clip[..clip.len() / 3]);
+    for (url, kwargs, want) in [
+        (data(b"not a video at all"), json!({}), "video 1"),
+        (truncated, json!({}), "video 1"),
+        (
+            url.clone(),
+            json!({"min_pixels": 602112, "max_pixels": 602112}),
+            "maximum context length",
+        ),
+    ] {
+        let mut request = video_request(video, &url);
+        request["mm_processor_kwargs"] = kwargs;
+        let started = Instant::now();
+        let (status, body) = post(&server, &request).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // Two videos where --limit-mm-per-prompt allows one.
+    let part = json!({"type": "video_url", "video_url": {"url": url}});
+    let two = json!({"messages": [{"role": "user", "content": [part, part]}]});
+    let (status, body) = post(&server, &two).await;
+    assert_eq!(status, 400);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at most 1 videos"), "{message}");
+
+    // Still serving.
+    let (status, body) = post(&server, &video_request(video, &url)).await;
+    assert_eq!(status, 200, "{body}");
     server.shutdown(Duration::from_secs(60)).await;
 }

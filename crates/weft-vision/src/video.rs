@@ -166,7 +166,6 @@ pub fn read_frames(
     mut on_frame: impl FnMut(RgbImage),
 ) -> Result<(), VideoError> {
     debug_assert!(indices.windows(2).all(|w| w[0] < w[1]));
-    let select: Vec<String> = indices.iter().map(|i| format!("eq(n\\,{i})")).collect();
     let mut args: Vec<std::ffi::OsString> =
         ["-v", "error", "-nostdin", "-i"].map(Into::into).to_vec();
     args.push(path.into());
@@ -174,7 +173,7 @@ pub fn read_frames(
         "-map",
         "0:v:0",
         "-vf",
-        &format!("select='{}'", select.join("+")),
+        &format!("select='{}'", select_expression(indices)),
         "-fps_mode",
         "passthrough",
         // Stop at the last frame wanted rather than decode the rest of the file.
@@ -213,6 +212,19 @@ pub fn read_frames(
         });
     }
     Ok(())
+}
+
+/// An ffmpeg expression true for frame numbers `n` in `indices` (not empty): a balanced tree
+/// of sums, because ffmpeg's expression parser fails on a flat sum of a few hundred terms
+/// (it nests one level per term).
+fn select_expression(indices: &[usize]) -> String {
+    match indices {
+        [i] => format!("eq(n\\,{i})"),
+        _ => {
+            let (left, right) = indices.split_at(indices.len() / 2);
+            format!("({}+{})", select_expression(left), select_expression(right))
+        }
+    }
 }
 
 /// Runs `program` with `args`, handing its standard output to `read`; kills it at `timeout`.
@@ -272,4 +284,32 @@ fn run(
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_expressions_nest_by_halves() {
+        assert_eq!(select_expression(&[7]), "eq(n\\,7)");
+        assert_eq!(
+            select_expression(&[1, 2, 3]),
+            "(eq(n\\,1)+(eq(n\\,2)+eq(n\\,3)))"
+        );
+        let many: Vec<usize> = (0..768).collect();
+        let depth = select_expression(&many)
+            .chars()
+            .scan(0i32, |d, c| {
+                *d += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                Some(*d)
+            })
+            .max();
+        // 768 leaves: 10 levels of sums, each leaf's own parentheses one more.
+        assert_eq!(depth, Some(11));
+    }
 }

@@ -375,3 +375,34 @@ fn model_id(spec: &str) -> String {
     path.file_stem()
         .map_or_else(|| spec.to_owned(), |s| s.to_string_lossy().into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mm_limits_read_vllm_json_and_pairs() {
+        let both = MmLimit {
+            image: Some(2),
+            video: Some(0),
+        };
+        assert_eq!(parse_mm_limit(r#"{"image": 2, "video": 0}"#), Ok(both));
+        assert_eq!(parse_mm_limit("image=2, video=0"), Ok(both));
+        assert_eq!(
+            parse_mm_limit("video=3"),
+            Ok(MmLimit {
+                image: None,
+                video: Some(3)
+            })
+        );
+        for bad in [
+            r#"{"audio": 1}"#,
+            r#"{"image": -1}"#,
+            "image",
+            "image=x",
+            "",
+        ] {
+            assert!(parse_mm_limit(bad).is_err(), "{bad}");
+        }
+    }
+}
