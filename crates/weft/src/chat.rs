@@ -1,7 +1,8 @@
 //! `weft chat`: a multi-turn conversation in the terminal. The session keeps the KV cache of
 //! the whole conversation, so each turn evaluates only the new messages (up to the first
-//! image: a session shares no prefix past media). `/image PATH` attaches an image to the next
-//! message (a model with a vision tower); each image is encoded once per conversation.
+//! image: a session shares no prefix past media). `/image PATH` and `/video PATH` attach an
+//! image or a video to the next message (a model with a vision tower); each is read and
+//! encoded once per conversation.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -16,7 +17,8 @@ use weft_engine::session::{FinishReason, Session};
 use weft_models::chat_template::{ChatMessage, RenderOptions};
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision, Video};
+use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, RgbImage};
 
 use crate::pull::DEFAULT_MODEL;
@@ -30,7 +32,7 @@ pub struct ChatArgs {
     /// System message for the conversation.
     #[arg(long)]
     system: Option<String>,
-    /// The vision tower of a GGUF model (llama.cpp's mmproj file), for `/image PATH`.
+    /// The vision tower of a GGUF model (llama.cpp's mmproj file), for `/image` and `/video`.
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
     #[command(flatten)]
@@ -85,9 +87,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     if let Some(system) = &args.system {
         messages.push(json!({"role": "system", "content": system}));
     }
-    let mut images = Images::default();
+    let mut attached = Media::default();
     eprintln!(
-        "chatting with {} (/image PATH attaches an image; Ctrl-C stops a reply, Ctrl-D leaves)",
+        "chatting with {} (/image PATH or /video PATH attaches one; Ctrl-C stops a reply, \
+         Ctrl-D leaves)",
         model.name()
     );
     let stdin = std::io::stdin();
@@ -105,15 +108,21 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         if input.trim().is_empty() {
             continue;
         }
-        if let Some(path) = input.strip_prefix("/image ") {
-            match images.attach(&model, args.mmproj.as_deref(), Path::new(path.trim())) {
-                Ok(()) => eprintln!("[image attached to the next message]"),
+        let attachment = [("/image ", MediaKind::Image), ("/video ", MediaKind::Video)]
+            .into_iter()
+            .find_map(|(command, kind)| Some((input.strip_prefix(command)?, kind)));
+        if let Some((path, kind)) = attachment {
+            let path = Path::new(path.trim());
+            match attached.attach(&model, args.mmproj.as_deref(), kind, path) {
+                Ok(()) => eprintln!("[{} attached to the next message]", kind.name()),
                 Err(e) => eprintln!("error: {e:#}"),
             }
             continue;
         }
-        let mut parts: Vec<Value> = (0..images.pending)
-            .map(|_| json!({"type": "image"}))
+        let mut parts: Vec<Value> = attached
+            .pending
+            .iter()
+            .map(|kind| json!({"type": kind.name()}))
             .collect();
         let content = match parts.is_empty() {
             true => json!(input),
@@ -124,7 +133,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         };
         messages.push(json!({"role": "user", "content": content}));
         let prepared = chat_prompt_tokens(&model, &messages)
-            .and_then(|tokens| images.prompt(&session, tokens));
+            .and_then(|tokens| attached.prompt(&session, tokens));
         let (tokens, media) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -146,7 +155,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
                     eprintln!("[stopped]");
                 }
                 crate::run::report(&outcome);
-                images.pending = 0;
+                attached.pending.clear();
                 messages.push(json!({"role": "assistant", "content": reply}));
             }
             Err(e) => {
@@ -158,49 +167,87 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
     }
 }
 
-/// The conversation's images: the vision tower (loaded with the first image), every image
-/// in order, and their tower rows by content hash so that no image is encoded twice.
+/// What `/image` and `/video` attach.
+#[derive(Clone, Copy, Debug)]
+enum MediaKind {
+    Image,
+    Video,
+}
+
+impl MediaKind {
+    /// Its name, and its content part's type in a chat template.
+    fn name(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// The conversation's media: the vision tower (loaded with the first medium), every image
+/// and video in order, and their tower rows by content hash so that nothing is encoded twice.
 #[derive(Default)]
-struct Images {
+struct Media {
     vision: Option<Qwen25VlVision>,
-    decoded: Vec<RgbImage>,
+    images: Vec<RgbImage>,
+    videos: Vec<Video>,
     /// Attached since the last message was sent.
-    pending: usize,
+    pending: Vec<MediaKind>,
     rows: HashMap<u128, Vec<f32>>,
 }
 
-impl Images {
-    fn attach(&mut self, model: &TextModel, mmproj: Option<&Path>, path: &Path) -> Result<()> {
+impl Media {
+    fn attach(
+        &mut self,
+        model: &TextModel,
+        mmproj: Option<&Path>,
+        kind: MediaKind,
+        path: &Path,
+    ) -> Result<()> {
         if self.vision.is_none() {
             self.vision = crate::load_vision(model, mmproj)?;
         }
-        if self.vision.is_none() {
+        let Some(vision) = &self.vision else {
             bail!(
                 "{} has no vision tower (a Qwen2.5-VL directory, or GGUF with --mmproj)",
                 model.name()
             );
+        };
+        match kind {
+            MediaKind::Image => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let image = weft_vision::decode(&bytes, &DecodeOptions::default())
+                    .with_context(|| format!("decoding {}", path.display()))?;
+                self.images.push(image);
+            }
+            MediaKind::Video => {
+                let limits = VideoLimits::default();
+                let read = || -> Result<Video> {
+                    let plan = vision.probe_video(path, &limits)?;
+                    Ok(vision.read_video(path, &plan, PixelBounds::default(), &limits)?)
+                };
+                let video = read().with_context(|| format!("reading {}", path.display()))?;
+                self.videos.push(video);
+            }
         }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let image = weft_vision::decode(&bytes, &DecodeOptions::default())
-            .with_context(|| format!("decoding {}", path.display()))?;
-        self.decoded.push(image);
-        self.pending += 1;
+        self.pending.push(kind);
         Ok(())
     }
 
-    /// The prompt's tokens with every image placed, and the media that go with them.
+    /// The prompt's tokens with every medium placed, and the media that go with them.
     fn prompt(&mut self, session: &Session, tokens: Vec<u32>) -> Result<(Vec<u32>, PromptMedia)> {
         let Some(vision) = &self.vision else {
             return Ok((tokens, PromptMedia::default()));
         };
-        let plan = vision.plan(&tokens, &self.decoded, &[])?;
+        let plan = vision.plan(&tokens, &self.images, &self.videos)?;
         let rows = plan
             .inputs
             .iter()
-            .map(|image| {
+            .map(|input| {
                 self.rows
-                    .entry(image.hash)
-                    .or_insert_with(|| vision.encode(session.pool(), image))
+                    .entry(input.hash)
+                    .or_insert_with(|| vision.encode(session.pool(), input))
                     .clone()
             })
             .collect();

@@ -243,6 +243,46 @@ fn chat_attaches_images_with_a_command() {
     assert_eq!(got.trim_end_matches('\n'), want);
 }
 
+/// `/video PATH` in `weft chat` attaches a video to the next message: the reply is
+/// transformers' greedy reply to the golden video case.
+#[test]
+fn chat_attaches_videos_with_a_command() {
+    use std::io::Write;
+    if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
+        return;
+    }
+    let golden = video_golden();
+    let model = TextModel::load(&dir()).unwrap();
+    let case = &golden["cases"][0];
+    let prompt = case["messages"][0]["content"][1]["text"].as_str().unwrap();
+    let clip = dir().join(golden["video"]["file"].as_str().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("chat")
+        .arg(dir())
+        .args(["--temperature", "0", "-n", "16", "-c", "2048"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(
+        child.stdin.take().unwrap(),
+        "/video {}\n{prompt}\n",
+        clip.display()
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("[video attached"), "{err}");
+    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        got.trim_end_matches('\n'),
+        full.trim_end_matches('\u{FFFD}')
+    );
+}
+
 fn video_golden() -> Value {
     let text = std::fs::read_to_string(dir().join("golden_video.json")).unwrap();
     serde_json::from_str(&text).unwrap()
