@@ -140,6 +140,23 @@ fn greedy_text(model: &TextModel, case: &Value) -> String {
     full.trim_end_matches('\u{FFFD}').to_owned()
 }
 
+/// Posts `request` and checks that the reply is golden `case`'s greedy text and that
+/// `usage.prompt_tokens` counts its prompt as transformers does.
+async fn replies_greedily(server: &Listening, model: &TextModel, case: &Value, request: &Value) {
+    let (status, body) = post(server, request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        greedy_text(model, case),
+        "{}",
+        case["name"]
+    );
+    assert_eq!(
+        body["usage"]["prompt_tokens"],
+        case["input_ids"].as_array().unwrap().len()
+    );
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     common::metric(text, name).unwrap_or_else(|| panic!("no metric {name}"))
 }
@@ -175,18 +192,7 @@ async fn images_over_http_give_transformers_greedy_replies_and_are_cached() {
     // Text only, then one image as a data: URL.
     let by_data = |name: &str| data_url(&image_bytes(&golden, name));
     for case in &cases[..2] {
-        let (status, body) = post(&server, &request(case, &by_data)).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(
-            body["choices"][0]["message"]["content"],
-            greedy_text(&model, case),
-            "{}",
-            case["name"]
-        );
-        assert_eq!(
-            body["usage"]["prompt_tokens"],
-            case["input_ids"].as_array().unwrap().len()
-        );
+        replies_greedily(&server, &model, case, &request(case, &by_data)).await;
     }
     let m = server.metrics().await;
     assert_eq!(metric(&m, "weft_encoder_runs_total"), 1.0);
@@ -384,10 +390,13 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
     let model = Arc::new(TextModel::load(&dir()).unwrap());
     let server = start(Arc::clone(&model), 2048).await;
     let clip = std::fs::read(dir().join(golden["video"]["file"].as_str().unwrap())).unwrap();
-    let url = format!(
-        "data:video/mp4;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(&clip)
-    );
+    let data = |bytes: &[u8]| {
+        format!(
+            "data:video/mp4;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    };
+    let url = data(&clip);
     let metrics = || async {
         reqwest::get(server.url("/metrics"))
             .await
@@ -399,18 +408,7 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
     // Each case's reply is transformers'; its nine temporal patches (135 tokens each) pass
     // the encoder budget of 256 tokens per step one or two at a time.
     for case in golden["cases"].as_array().unwrap() {
-        let (status, body) = post(&server, &video_request(case, &url)).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(
-            body["choices"][0]["message"]["content"],
-            greedy_text(&model, case),
-            "{}",
-            case["name"]
-        );
-        assert_eq!(
-            body["usage"]["prompt_tokens"],
-            case["input_ids"].as_array().unwrap().len()
-        );
+        replies_greedily(&server, &model, case, &video_request(case, &url)).await;
     }
     // The same video again: no encoder run, and its KV blocks reused.
     let before = metric(&metrics().await, "weft_encoder_runs_total");
@@ -424,12 +422,6 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
     assert!(cached >= 1264, "{body}");
 
     // Bad videos: each a 400 that names the problem.
-    let data = |bytes: &[u8]| {
-        format!(
-            "data:video/mp4;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        )
-    };
     let truncated = data(&clip[..clip.len() / 3]);
     for (url, kwargs, want) in [
         (data(b"not a video at all"), json!({}), "video 1"),

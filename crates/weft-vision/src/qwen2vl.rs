@@ -267,16 +267,17 @@ impl Qwen2VlVideoProcessor {
             return Vec::new();
         };
         let (height, width) = (first.height(), first.width());
-        let normalized: Vec<Vec<f32>> = frames
-            .iter()
-            .map(|f| c.normalization.to_chw(f, self.backend))
-            .collect();
-        normalized
+        // Normalized one group at a time: a long video never holds its frames in f32 twice.
+        frames
             .chunks(t)
             .map(|group| {
-                let last = group.last().expect("chunks are never empty");
+                let normalized: Vec<Vec<f32>> = group
+                    .iter()
+                    .map(|f| c.normalization.to_chw(f, self.backend))
+                    .collect();
+                let last = normalized.last().expect("chunks are never empty");
                 let frames: Vec<&[f32]> = (0..t)
-                    .map(|i| group.get(i).unwrap_or(last).as_slice())
+                    .map(|i| normalized.get(i).unwrap_or(last).as_slice())
                     .collect();
                 patchify(c, &frames, height, width)
             })

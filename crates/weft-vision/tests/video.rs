@@ -14,6 +14,28 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A `seconds` long H.264 test pattern of `size` (WxH) at `rate` frames per second.
+fn test_pattern(name: &str, size: &str, rate: u32, seconds: u32) -> PathBuf {
+    let path = scratch(name);
+    let source = format!("testsrc2=size={size}:rate={rate}:duration={seconds}");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &source,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        &path,
+    );
+    path
+}
+
 fn ffmpeg(args: &[&str], out: &Path) {
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y"])
@@ -47,22 +69,7 @@ fn hundreds_of_sampled_frames_come_back_in_order() {
     if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
         return;
     }
-    let path = scratch("long.mp4");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=64x48:rate=30:duration=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-        &path,
-    );
+    let path = test_pattern("long.mp4", "64x48", 30, 30);
     let limits = VideoLimits::default();
     let info = video::probe(&path, &limits).unwrap();
     assert_eq!((info.width, info.height, info.frames), (64, 48, 900));
@@ -113,20 +120,7 @@ fn unreadable_files_fail_with_the_reason() {
     let e = video::probe(&audio, &limits).unwrap_err();
     assert!(matches!(e, VideoError::NoVideoStream), "{e}");
 
-    let big = scratch("big.mp4");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "color=size=640x480:rate=1:duration=1",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-        &big,
-    );
+    let big = test_pattern("big.mp4", "640x480", 1, 1);
     let small = VideoLimits {
         max_frame_pixels: 100_000,
         ..limits
@@ -135,22 +129,7 @@ fn unreadable_files_fail_with_the_reason() {
     assert!(matches!(e, VideoError::TooLarge { .. }), "{e}");
 
     // A deadline shorter than the work: the child is killed and the error says so.
-    let long = scratch("slow.mp4");
-    ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30:duration=60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-        &long,
-    );
+    let long = test_pattern("slow.mp4", "320x240", 30, 60);
     let info = video::probe(&long, &limits).unwrap();
     let hurried = VideoLimits {
         timeout: Duration::from_millis(50),

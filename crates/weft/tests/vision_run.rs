@@ -212,75 +212,62 @@ fn images_need_a_vision_model_and_a_readable_image() {
 /// conversation; an unreadable image is reported and the conversation goes on.
 #[test]
 fn chat_attaches_images_with_a_command() {
-    use std::io::Write;
     let golden = golden();
-    let model = TextModel::load(&dir()).unwrap();
     let case = &golden["cases"][1];
-    let prompt = case["messages"][0]["content"][1]["text"].as_str().unwrap();
     let image = image_file(&golden, &case["images"][0]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .arg("chat")
-        .arg(dir())
-        .args(["--temperature", "0", "-n", "16"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(
-        child.stdin.take().unwrap(),
-        "/image missing.png\n/image {}\n{prompt}\n",
-        image.display()
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = chat_replies_greedily(
+        &[],
+        &format!("/image missing.png\n/image {}", image.display()),
+        case,
+    );
     assert!(err.contains("reading missing.png"), "{err}");
-    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
-    let want = full.trim_end_matches('\u{FFFD}');
-    let got = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(got.trim_end_matches('\n'), want);
 }
 
 /// `/video PATH` in `weft chat` attaches a video to the next message: the reply is
 /// transformers' greedy reply to the golden video case.
 #[test]
 fn chat_attaches_videos_with_a_command() {
-    use std::io::Write;
     if !weft_test_support::commands(&["ffmpeg", "ffprobe"]) {
         return;
     }
     let golden = video_golden();
-    let model = TextModel::load(&dir()).unwrap();
-    let case = &golden["cases"][0];
-    let prompt = case["messages"][0]["content"][1]["text"].as_str().unwrap();
     let clip = dir().join(golden["video"]["file"].as_str().unwrap());
+    let err = chat_replies_greedily(
+        &["-c", "2048"],
+        &format!("/video {}", clip.display()),
+        &golden["cases"][0],
+    );
+    assert!(err.contains("[video attached"), "{err}");
+}
+
+/// `weft chat DIR ARGS` given the `commands` lines and then golden `case`'s text prints the
+/// case's greedy reply; returns what it wrote to stderr.
+fn chat_replies_greedily(args: &[&str], commands: &str, case: &Value) -> String {
+    use std::io::Write;
+    let model = TextModel::load(&dir()).unwrap();
+    let content = case["messages"][0]["content"].as_array().unwrap();
+    let prompt = content.iter().find_map(|p| p["text"].as_str()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("chat")
         .arg(dir())
-        .args(["--temperature", "0", "-n", "16", "-c", "2048"])
+        .args(["--temperature", "0", "-n", "16"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    write!(
-        child.stdin.take().unwrap(),
-        "/video {}\n{prompt}\n",
-        clip.display()
-    )
-    .unwrap();
+    write!(child.stdin.take().unwrap(), "{commands}\n{prompt}\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("[video attached"), "{err}");
     let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
     let got = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         got.trim_end_matches('\n'),
         full.trim_end_matches('\u{FFFD}')
     );
+    err
 }
 
 fn video_golden() -> Value {
