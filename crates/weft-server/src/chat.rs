@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 use weft_engine::media::RequestMedia;
-use weft_vision::qwen25vl::{PixelBounds, PreparedPrompt};
+use weft_vision::qwen25vl::{PreparedPrompt, ProcessorKwargs};
 
 use crate::error::ApiError;
 use crate::generate::{
@@ -179,7 +179,7 @@ fn prepare(
     )?;
     ctx.check_text_fits(rendered.len(), "messages")?;
     let prompt = encode_prompt(&ctx.model, &rendered);
-    let bounds = media::pixel_bounds(req.mm_processor_kwargs.as_ref())?;
+    let bounds = media::processor_kwargs(req.mm_processor_kwargs.as_ref())?;
     let (prompt, media) = with_media(ctx, limits, prompt, fetched, bounds)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
@@ -210,7 +210,7 @@ fn with_media(
     limits: &Limits,
     prompt: Vec<u32>,
     fetched: &FetchedMedia,
-    bounds: PixelBounds,
+    bounds: ProcessorKwargs,
 ) -> Result<(Vec<u32>, RequestMedia), ApiError> {
     let Some(vision) = &ctx.vision else {
         return Ok((prompt, RequestMedia::default()));
@@ -230,7 +230,7 @@ fn with_media(
                 )
             })?;
             let plan = vision
-                .probe_video(file.path(), &video_limits)
+                .probe_video(file.path(), bounds, &video_limits)
                 .map_err(|e| invalid(&format!("video {}: {e}", i + 1)))?;
             Ok((file, plan))
         })

@@ -14,7 +14,7 @@ use weft_engine::blocks::MediaSpan;
 use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
-use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision, TowerInput};
+use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, TowerInput};
 use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, RgbImage};
 
@@ -321,26 +321,33 @@ async fn read_file(
     Ok(bytes)
 }
 
-/// `mm_processor_kwargs` as the image processor takes them: `min_pixels` and `max_pixels`
-/// (positive integers); anything else is refused rather than ignored.
-pub fn pixel_bounds(kwargs: Option<&Map<String, Value>>) -> Result<PixelBounds, ApiError> {
-    let mut bounds = PixelBounds::default();
+/// `mm_processor_kwargs` as the processors take them: `min_pixels` and `max_pixels`
+/// (positive integers), `fps` (a positive number); anything else is refused rather than
+/// ignored.
+pub fn processor_kwargs(kwargs: Option<&Map<String, Value>>) -> Result<ProcessorKwargs, ApiError> {
+    let invalid = |message: String| ApiError::invalid("mm_processor_kwargs", message);
+    let mut bounds = ProcessorKwargs::default();
     for (key, value) in kwargs.into_iter().flatten() {
         let slot = match key.as_str() {
             "min_pixels" => &mut bounds.min_pixels,
             "max_pixels" => &mut bounds.max_pixels,
+            "fps" => {
+                let fps = value.as_f64().filter(|v| *v > 0.0 && v.is_finite());
+                bounds.fps = Some(fps.ok_or_else(|| {
+                    invalid("mm_processor_kwargs.fps must be a positive number".into())
+                })?);
+                continue;
+            }
             other => {
-                return Err(ApiError::invalid(
-                    "mm_processor_kwargs",
-                    format!("unknown mm_processor_kwargs key `{other}` (min_pixels, max_pixels)"),
-                ))
+                return Err(invalid(format!(
+                    "unknown mm_processor_kwargs key `{other}` (min_pixels, max_pixels, fps)"
+                )))
             }
         };
         *slot = Some(value.as_u64().filter(|&v| v > 0).ok_or_else(|| {
-            ApiError::invalid(
-                "mm_processor_kwargs",
-                format!("mm_processor_kwargs.{key} must be a positive integer"),
-            )
+            invalid(format!(
+                "mm_processor_kwargs.{key} must be a positive integer"
+            ))
         })?);
     }
     Ok(bounds)

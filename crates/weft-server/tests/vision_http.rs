@@ -421,6 +421,14 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
         .unwrap();
     assert!(cached >= 1264, "{body}");
 
+    // One frame per second (vLLM's mm_processor_kwargs.fps): 8 of the 114 frames, 4 temporal
+    // patches of 135 tokens instead of 9.
+    let mut slower = video_request(video, &url);
+    slower["mm_processor_kwargs"] = json!({"fps": 1});
+    let (status, body) = post(&server, &slower).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], 1279 - 5 * 135);
+
     // Bad videos: each a 400 that names the problem.
     let truncated = data(&clip[..clip.len() / 3]);
     for (url, kwargs, want) in [
@@ -431,6 +439,7 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
             json!({"min_pixels": 602112, "max_pixels": 602112}),
             "maximum context length",
         ),
+        (url.clone(), json!({"fps": 0}), "positive number"),
     ] {
         let mut request = video_request(video, &url);
         request["mm_processor_kwargs"] = kwargs;

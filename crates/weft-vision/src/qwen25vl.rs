@@ -51,14 +51,18 @@ pub enum VisionError {
         "min_pixels {min_pixels} and max_pixels {max_pixels}: need 0 < min_pixels <= max_pixels"
     )]
     Bounds { min_pixels: u64, max_pixels: u64 },
+    #[error("fps {0}: need a positive number of frames per second")]
+    Fps(f64),
 }
 
-/// Per-request pixel bounds of the processor (vLLM's `mm_processor_kwargs`); `None` keeps
-/// the model's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PixelBounds {
+/// Per-request settings of the processors (vLLM's `mm_processor_kwargs`); `None` keeps the
+/// model's. The pixel bounds apply to images and to video frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessorKwargs {
     pub min_pixels: Option<u64>,
     pub max_pixels: Option<u64>,
+    /// Video frames sampled per second.
+    pub fps: Option<f64>,
 }
 
 /// The tokens Qwen2.5-VL's chat template writes once per image and once per video.
@@ -68,11 +72,23 @@ const VIDEO_PLACEHOLDER: &str = "<|video_pad|>";
 /// tokens_per_second`), for mmproj files, which do not record it.
 const TOKENS_PER_SECOND: f32 = 2.0;
 
+/// What the tower reads for one input.
+#[derive(Clone, Debug)]
+pub enum TowerPixels {
+    /// An image, preprocessed.
+    Image(Qwen2VlPixels),
+    /// One temporal patch of a video: its resized frames, normalized and cut into patches
+    /// only when encoded, so that a video waiting for the tower holds bytes, not floats.
+    Frames(Vec<RgbImage>),
+}
+
 /// One tower input of a prompt (an image, or one temporal patch of a video), ready for the
 /// tower.
 #[derive(Clone, Debug)]
 pub struct TowerInput {
-    pub pixels: Qwen2VlPixels,
+    pub pixels: TowerPixels,
+    /// `[t, h, w]` patches (`t` is 1: a temporal patch is one grid).
+    pub grid: [u32; 3],
     /// The image or video it belongs to: its index among the prompt's media, in token order.
     pub medium: usize,
     /// Its first token in the expanded prompt.
@@ -279,7 +295,7 @@ impl Qwen25VlVision {
         images: &[RgbImage],
         videos: &[Video],
     ) -> Result<PreparedPrompt, VisionError> {
-        self.plan_with(tokens, images, videos, PixelBounds::default())
+        self.plan_with(tokens, images, videos, ProcessorKwargs::default())
     }
 
     /// [`Qwen25VlVision::plan`] with the image processor's pixel bounds overridden.
@@ -288,7 +304,7 @@ impl Qwen25VlVision {
         tokens: &[u32],
         images: &[RgbImage],
         videos: &[Video],
-        bounds: PixelBounds,
+        bounds: ProcessorKwargs,
     ) -> Result<PreparedPrompt, VisionError> {
         let processor = self.processor_for(bounds)?;
         for (kind, token, given) in [
@@ -314,11 +330,31 @@ impl Qwen25VlVision {
                 pixels.grid_thw[1] as usize / m,
                 pixels.grid_thw[2] as usize / m,
             );
-            Ok::<_, VisionError>((grid, vec![pixels]))
+            let input = (
+                pixels.grid_thw,
+                content_hash(&pixels),
+                TowerPixels::Image(pixels),
+            );
+            Ok::<_, VisionError>((grid, vec![input]))
         });
         let mut videos = videos.iter().map(|video| {
-            let patches = self.video_processor.temporal_patches(&video.frames);
-            let [_, h, w] = patches.first().map_or([0; 3], |p| p.grid_thw);
+            let p = self.video_processor.config.frame.patch_size;
+            let (h, w) = video
+                .frames
+                .first()
+                .map_or((0, 0), |f| (f.height() / p, f.width() / p));
+            let patches: Vec<_> = video
+                .frames
+                .chunks(t as usize)
+                .map(|group| {
+                    let grid = [1, h, w];
+                    (
+                        grid,
+                        frames_hash(grid, group),
+                        TowerPixels::Frames(group.to_vec()),
+                    )
+                })
+                .collect();
             // transformers carries `second_per_grid_t` as an f32 tensor and scales it in f32.
             let seconds = video.seconds_per_patch(t) as f32;
             let grid = MediaGrid {
@@ -342,13 +378,14 @@ impl Qwen25VlVision {
                 expanded.push(token);
                 continue;
             };
-            for pixels in patches {
+            for (patch_grid, hash, pixels) in patches {
                 let len = grid.rows * grid.cols;
                 inputs.push(TowerInput {
                     medium: grids.len(),
                     start: expanded.len(),
                     len,
-                    hash: content_hash(&pixels),
+                    hash,
+                    grid: patch_grid,
                     pixels,
                 });
                 expanded.extend(std::iter::repeat_n(token, len));
@@ -366,14 +403,22 @@ impl Qwen25VlVision {
     /// The tower's rows for one tower input: `image.len` rows of
     /// [`Qwen25VlVision::embedding_width`] values.
     pub fn encode(&self, pool: &ThreadPool, image: &TowerInput) -> Vec<f32> {
-        let [t, h, w] = image.pixels.grid_thw.map(|x| x as usize);
+        let [t, h, w] = image.grid.map(|x| x as usize);
+        let frames;
+        let pixels = match &image.pixels {
+            TowerPixels::Image(pixels) => pixels,
+            TowerPixels::Frames(group) => {
+                frames = self.video_processor.patch(group);
+                &frames
+            }
+        };
         self.tower
-            .encode(pool, &image.pixels.pixel_values, &[Grid { t, h, w }])
+            .encode(pool, &pixels.pixel_values, &[Grid { t, h, w }])
     }
 
     /// Floating-point operations of [`Qwen25VlVision::encode`] on `image`.
     pub fn encode_flops(&self, image: &TowerInput) -> f64 {
-        let [t, h, w] = image.pixels.grid_thw.map(|x| x as usize);
+        let [t, h, w] = image.grid.map(|x| x as usize);
         self.tower.flops(&[Grid { t, h, w }])
     }
 
@@ -402,7 +447,7 @@ impl Qwen25VlVision {
         &self,
         height: u32,
         width: u32,
-        bounds: PixelBounds,
+        bounds: ProcessorKwargs,
     ) -> Result<usize, VisionError> {
         let processor = self.processor_for(bounds)?;
         let (h, w) = processor.target_size(height, width)?;
@@ -411,26 +456,38 @@ impl Qwen25VlVision {
     }
 
     /// The processor with `bounds` applied.
-    fn processor_for(&self, bounds: PixelBounds) -> Result<Qwen2VlProcessor, VisionError> {
+    fn processor_for(&self, bounds: ProcessorKwargs) -> Result<Qwen2VlProcessor, VisionError> {
         let mut config = self.processor.config.clone();
         bounds.apply(&mut config)?;
         Ok(Qwen2VlProcessor::new(config, self.processor.backend))
     }
 
-    /// The video processor with `bounds` applied to every frame.
+    /// The video processor with `bounds` applied (its pixel bounds to every frame).
     fn video_processor_for(
         &self,
-        bounds: PixelBounds,
+        bounds: ProcessorKwargs,
     ) -> Result<Qwen2VlVideoProcessor, VisionError> {
         let mut processor = self.video_processor.clone();
         bounds.apply(&mut processor.config.frame)?;
+        if let Some(fps) = bounds.fps {
+            if !(fps.is_finite() && fps > 0.0) {
+                return Err(VisionError::Fps(fps));
+            }
+            processor.config.fps = fps;
+        }
         Ok(processor)
     }
 
     /// What a video file holds, and the frames the video processor samples from it.
-    pub fn probe_video(&self, path: &Path, limits: &VideoLimits) -> Result<VideoPlan, VisionError> {
+    pub fn probe_video(
+        &self,
+        path: &Path,
+        bounds: ProcessorKwargs,
+        limits: &VideoLimits,
+    ) -> Result<VideoPlan, VisionError> {
+        let processor = self.video_processor_for(bounds)?;
         let info = video::probe(path, limits)?;
-        let indices = self.video_processor.sample_indices(info.frames, info.fps);
+        let indices = processor.sample_indices(info.frames, info.fps);
         Ok(VideoPlan { info, indices })
     }
 
@@ -439,7 +496,7 @@ impl Qwen25VlVision {
     pub fn video_tokens_for(
         &self,
         plan: &VideoPlan,
-        bounds: PixelBounds,
+        bounds: ProcessorKwargs,
     ) -> Result<usize, VisionError> {
         let processor = self.video_processor_for(bounds)?;
         let sampled = plan.indices.len();
@@ -456,7 +513,7 @@ impl Qwen25VlVision {
         &self,
         path: &Path,
         plan: &VideoPlan,
-        bounds: PixelBounds,
+        bounds: ProcessorKwargs,
         limits: &VideoLimits,
     ) -> Result<Video, VisionError> {
         let processor = self.video_processor_for(bounds)?;
@@ -482,7 +539,7 @@ pub struct VideoPlan {
     pub indices: Vec<usize>,
 }
 
-impl PixelBounds {
+impl ProcessorKwargs {
     /// `config` with these bounds over its own.
     fn apply(self, config: &mut Qwen2VlConfig) -> Result<(), VisionError> {
         config.min_pixels = self.min_pixels.unwrap_or(config.min_pixels);
@@ -543,6 +600,21 @@ fn processor_configs(dir: &Path) -> Result<(Qwen2VlConfig, Qwen2VlVideoConfig), 
         }
     };
     Ok((image, video))
+}
+
+/// The hash that names a video's temporal patch: XXH3-128 over the grid (three u32, then
+/// the frame count) and the frames' RGB bytes. (A different domain from images' hashes,
+/// which cover f32 values: the two never name the same input.)
+fn frames_hash(grid: [u32; 3], frames: &[RgbImage]) -> u128 {
+    let mut h = Xxh3Default::new();
+    for x in grid {
+        h.update(&x.to_le_bytes());
+    }
+    h.update(&(frames.len() as u32).to_le_bytes());
+    for frame in frames {
+        h.update(frame.as_raw());
+    }
+    h.digest128()
 }
 
 /// The hash that names an image's tower input: XXH3-128 over the grid (three u32) and the

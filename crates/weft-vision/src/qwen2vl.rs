@@ -256,31 +256,20 @@ impl Qwen2VlVideoProcessor {
         )
     }
 
-    /// The temporal patches of `frames` (resized, all the same size): consecutive frames in
-    /// groups of `temporal_patch_size`, the last frame repeated to fill the last group, each
-    /// group the tower input of one grid `[1, h, w]` (the tower never mixes temporal patches,
-    /// so a video's patches can be encoded one at a time).
-    pub fn temporal_patches(&self, frames: &[RgbImage]) -> Vec<Qwen2VlPixels> {
+    /// The tower input of one temporal patch: `frames` (resized, all the same size, at most
+    /// `temporal_patch_size` consecutive ones; the last is repeated to fill the patch, as
+    /// transformers pads a video) normalized and cut into patches of grid `[1, h, w]`.
+    pub fn patch(&self, frames: &[RgbImage]) -> Qwen2VlPixels {
         let c = &self.config.frame;
-        let t = c.temporal_patch_size as usize;
-        let Some(first) = frames.first() else {
-            return Vec::new();
-        };
-        let (height, width) = (first.height(), first.width());
-        // Normalized one group at a time: a long video never holds its frames in f32 twice.
-        frames
-            .chunks(t)
-            .map(|group| {
-                let normalized: Vec<Vec<f32>> = group
-                    .iter()
-                    .map(|f| c.normalization.to_chw(f, self.backend))
-                    .collect();
-                let last = normalized.last().expect("chunks are never empty");
-                let frames: Vec<&[f32]> = (0..t)
-                    .map(|i| normalized.get(i).unwrap_or(last).as_slice())
-                    .collect();
-                patchify(c, &frames, height, width)
-            })
-            .collect()
+        let first = frames.first().expect("a temporal patch has frames");
+        let normalized: Vec<Vec<f32>> = frames
+            .iter()
+            .map(|f| c.normalization.to_chw(f, self.backend))
+            .collect();
+        let last = normalized.last().expect("not empty");
+        let planes: Vec<&[f32]> = (0..c.temporal_patch_size as usize)
+            .map(|i| normalized.get(i).unwrap_or(last).as_slice())
+            .collect();
+        patchify(c, &planes, first.height(), first.width())
     }
 }

@@ -17,7 +17,7 @@ use weft_engine::session::{FinishReason, Session};
 use weft_models::chat_template::{ChatMessage, RenderOptions};
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision, Video};
+use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, Video};
 use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, RgbImage};
 
@@ -224,8 +224,8 @@ impl Media {
             MediaKind::Video => {
                 let limits = VideoLimits::default();
                 let read = || -> Result<Video> {
-                    let plan = vision.probe_video(path, &limits)?;
-                    Ok(vision.read_video(path, &plan, PixelBounds::default(), &limits)?)
+                    let plan = vision.probe_video(path, ProcessorKwargs::default(), &limits)?;
+                    Ok(vision.read_video(path, &plan, ProcessorKwargs::default(), &limits)?)
                 };
                 let video = read().with_context(|| format!("reading {}", path.display()))?;
                 self.videos.push(video);

@@ -12,7 +12,7 @@ use weft_engine::session::{GenerateOutcome, Session};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::{PixelBounds, Video};
+use weft_vision::qwen25vl::{ProcessorKwargs, Video};
 use weft_vision::video::VideoLimits;
 use weft_vision::DecodeOptions;
 
@@ -133,8 +133,8 @@ fn with_media(
         .iter()
         .map(|path| {
             let read = || -> Result<Video> {
-                let plan = vision.probe_video(path, &limits)?;
-                let tokens = vision.video_tokens_for(&plan, PixelBounds::default())?;
+                let plan = vision.probe_video(path, ProcessorKwargs::default(), &limits)?;
+                let tokens = vision.video_tokens_for(&plan, ProcessorKwargs::default())?;
                 let info = &plan.info;
                 eprintln!(
                     "weft: video {}: {}x{}, {:.1} s at {:.2} fps; {} of {} frames sampled, {tokens} tokens",
@@ -146,7 +146,7 @@ fn with_media(
                     plan.indices.len(),
                     info.frames,
                 );
-                Ok(vision.read_video(path, &plan, PixelBounds::default(), &limits)?)
+                Ok(vision.read_video(path, &plan, ProcessorKwargs::default(), &limits)?)
             };
             read().with_context(|| format!("reading the video {}", path.display()))
         })

@@ -16,7 +16,7 @@ use weft_kernels::pool::ThreadPool;
 use weft_models::chat_template::RenderOptions;
 use weft_models::TextModel;
 use weft_test_support::{log_softmax, logprob_diff};
-use weft_vision::qwen25vl::{PixelBounds, Qwen25VlVision};
+use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision};
 use weft_vision::video::VideoLimits;
 
 fn dir() -> PathBuf {
@@ -319,9 +319,11 @@ fn video_conversations_match_transformers() {
     let pool = ThreadPool::new(2);
     let limits = VideoLimits::default();
     let clip = dir().join(golden["video"]["file"].as_str().unwrap());
-    let plan = vision.probe_video(&clip, &limits).unwrap();
+    let plan = vision
+        .probe_video(&clip, ProcessorKwargs::default(), &limits)
+        .unwrap();
     let video = vision
-        .read_video(&clip, &plan, PixelBounds::default(), &limits)
+        .read_video(&clip, &plan, ProcessorKwargs::default(), &limits)
         .unwrap();
     let sampled = plan.indices;
     assert_eq!(
