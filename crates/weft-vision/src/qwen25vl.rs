@@ -298,7 +298,8 @@ impl Qwen25VlVision {
         self.plan_with(tokens, images, videos, ProcessorKwargs::default())
     }
 
-    /// [`Qwen25VlVision::plan`] with the image processor's pixel bounds overridden.
+    /// [`Qwen25VlVision::plan`] with the processors' settings overridden (`mm_processor_kwargs`;
+    /// a video's were applied when it was probed and read).
     pub fn plan_with(
         &self,
         tokens: &[u32],
