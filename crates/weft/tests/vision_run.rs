@@ -14,6 +14,7 @@ use weft_engine::sampler::SamplingParams;
 use weft_engine::session::{GenerateParams, Session, SessionConfig};
 use weft_kernels::pool::ThreadPool;
 use weft_models::chat_template::RenderOptions;
+use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 use weft_test_support::{log_softmax, logprob_diff};
 use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision};
@@ -68,20 +69,8 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
         let tokens = model.tokenizer.encode(&text, true, true);
         let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{}", case["name"]);
-        // None of these continuations holds the end-of-turn token.
-        let params = GenerateParams {
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            max_tokens: 16,
-            stop: Vec::new(),
-        };
-        let outcome = session
-            .generate_with_media(&tokens, media, &params, &AtomicBool::new(false), |_| {})
-            .unwrap();
         assert_eq!(
-            outcome.generated,
+            greedy_16(&mut session, &tokens, media),
             ids(&case["greedy_tokens"]),
             "{}",
             case["name"]
@@ -270,6 +259,23 @@ fn chat_replies_greedily(args: &[&str], commands: &str, case: &Value) -> String 
     err
 }
 
+/// The 16 tokens `session` generates greedily after `tokens` with `media` (none of the golden
+/// continuations holds the end-of-turn token).
+fn greedy_16(session: &mut Session, tokens: &[u32], media: PromptMedia) -> Vec<u32> {
+    let params = GenerateParams {
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_tokens: 16,
+        stop: Vec::new(),
+    };
+    session
+        .generate_with_media(tokens, media, &params, &AtomicBool::new(false), |_| {})
+        .unwrap()
+        .generated
+}
+
 fn video_golden() -> Value {
     let text = std::fs::read_to_string(dir().join("golden_video.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -406,30 +412,18 @@ fn video_conversations_match_transformers() {
                 }
             })
             .unwrap();
-        let params = GenerateParams {
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            max_tokens: 16,
-            stop: Vec::new(),
-        };
-        let outcome = session
-            .generate_with_media(&tokens, media, &params, &AtomicBool::new(false), |_| {})
-            .unwrap();
+        let generated = greedy_16(&mut session, &tokens, media);
         let want = ids(&case["greedy_tokens"]);
         let margins = floats(&case["greedy_margins"]);
         // Identical up to the first step where transformers' top two were a near tie.
-        let agree = outcome
-            .generated
+        let agree = generated
             .iter()
             .zip(&want)
             .take_while(|(a, b)| a == b)
             .count();
         assert!(
             agree == want.len() || margins[agree] <= NEAR_TIE,
-            "{name}: greedy {:?}, transformers {want:?}",
-            outcome.generated
+            "{name}: greedy {generated:?}, transformers {want:?}"
         );
     }
 }
