@@ -23,7 +23,7 @@ use crate::generate::{
 };
 use crate::limits::Limits;
 use crate::logprobs_format::chat_entries;
-use crate::media::{self, FetchedMedia, MediaKind, MediaSource, VideoFile};
+use crate::media::{self, FetchedMedia, MediaSource, VideoFile};
 use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
 use crate::prompt::{content_bytes, encode_prompt, render_chat};
@@ -31,6 +31,7 @@ use crate::shaper::{Shaper, ToolMode};
 use crate::state::{new_id, unix_now, PromptContext, SharedState, TextService};
 use crate::structured::{constraint, Tools};
 use crate::{parse_json, ApiJson};
+use weft_vision::MediaKind;
 
 /// What every chunk or choice of one response shares.
 struct Meta {
@@ -148,7 +149,7 @@ fn request_media_sources(
             "messages",
             format!(
                 "this model does not accept {}s (it has no vision tower)",
-                kind.noun()
+                kind.name()
             ),
         ));
     }

@@ -16,32 +16,16 @@ use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
 use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, TowerInput};
 use weft_vision::video::VideoLimits;
-use weft_vision::{DecodeOptions, RgbImage};
+use weft_vision::{DecodeOptions, MediaKind, RgbImage};
 
 use crate::error::ApiError;
 
-/// The kinds of media a chat message can carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MediaKind {
-    Image,
-    Video,
-}
-
-impl MediaKind {
-    /// The content part type that carries it (`image_url`, or vLLM's `video_url`), which is
-    /// also the key of its URL.
-    pub fn part_type(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image_url",
-            MediaKind::Video => "video_url",
-        }
-    }
-
-    pub fn noun(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Video => "video",
-        }
+/// The content part type that carries a medium (`image_url`, or vLLM's `video_url`), which
+/// is also the key of its URL.
+pub fn part_type(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Image => "image_url",
+        MediaKind::Video => "video_url",
     }
 }
 
@@ -138,14 +122,14 @@ pub fn media_sources(
                     &param,
                     format!(
                         "at most {max} {}s per request (--limit-mm-per-prompt)",
-                        kind.noun()
+                        kind.name()
                     ),
                 ));
             }
             let url = media_url(part, kind).ok_or_else(|| {
                 ApiError::invalid(
                     &param,
-                    format!("{param}.{}.url is missing", kind.part_type()),
+                    format!("{param}.{}.url is missing", part_type(kind)),
                 )
             })?;
             let source = source(url, kind, limits)
@@ -158,7 +142,7 @@ pub fn media_sources(
 
 /// The URL of a part as OpenAI writes it (`{"url": ...}`) or as a bare string.
 fn media_url(part: &Value, kind: MediaKind) -> Option<&str> {
-    match part.get(kind.part_type())? {
+    match part.get(part_type(kind))? {
         Value::String(url) => Some(url),
         v => v.get("url")?.as_str(),
     }
@@ -196,7 +180,7 @@ fn source(url: &str, kind: MediaKind, limits: &MediaLimits) -> Result<MediaSourc
     }
     Err(format!(
         "the {} URL must be data:, http(s):// or file://",
-        kind.noun()
+        kind.name()
     ))
 }
 
@@ -218,7 +202,7 @@ fn local_path(root: &Path, path: &Path) -> Result<PathBuf, String> {
 fn too_big(kind: MediaKind, limits: &MediaLimits) -> String {
     format!(
         "the {} is larger than {} bytes",
-        kind.noun(),
+        kind.name(),
         limits.max_bytes(kind)
     )
 }
@@ -253,7 +237,7 @@ pub async fn fetch(
         let n = list.len() + 1;
         list.push(
             bytes
-                .map_err(|e| ApiError::invalid("messages", format!("{} {n}: {e}", kind.noun())))?,
+                .map_err(|e| ApiError::invalid("messages", format!("{} {n}: {e}", kind.name())))?,
         );
     }
     Ok(fetched)

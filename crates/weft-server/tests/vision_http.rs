@@ -108,6 +108,16 @@ async fn post(server: &Listening, body: &Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// A chat request for 16 greedy tokens after one user message of `content` parts.
+fn greedy_body(content: Vec<Value>) -> Value {
+    json!({
+        "model": "vl",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        "temperature": 0,
+    })
+}
+
 /// A greedy chat request for golden `case`, its images given by `url(name)`.
 fn request(case: &Value, url: &dyn Fn(&str) -> String) -> Value {
     let content: Vec<Value> = case["messages"][0]["content"]
@@ -119,12 +129,7 @@ fn request(case: &Value, url: &dyn Fn(&str) -> String) -> Value {
             _ => part.clone(),
         })
         .collect();
-    json!({
-        "model": "vl",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 16,
-        "temperature": 0,
-    })
+    greedy_body(content)
 }
 
 fn greedy_text(model: &TextModel, case: &Value) -> String {
@@ -373,12 +378,7 @@ fn video_request(case: &Value, video_url: &str) -> Value {
             _ => part.clone(),
         })
         .collect();
-    json!({
-        "model": "vl",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 16,
-        "temperature": 0,
-    })
+    greedy_body(content)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

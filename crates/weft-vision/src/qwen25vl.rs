@@ -19,7 +19,7 @@ use crate::mmproj::{MmprojFile, QWEN25VL_PROJECTOR};
 use crate::qwen25vl_tower::{Grid, HfTowerWeights, Qwen25VisionTower, TowerConfig, TowerError};
 use crate::video::{self, VideoError, VideoInfo, VideoLimits};
 use crate::{
-    Backend, Qwen2VlConfig, Qwen2VlPixels, Qwen2VlProcessor, Qwen2VlVideoConfig,
+    Backend, MediaKind, Qwen2VlConfig, Qwen2VlPixels, Qwen2VlProcessor, Qwen2VlVideoConfig,
     Qwen2VlVideoProcessor, RgbImage,
 };
 
@@ -37,9 +37,9 @@ pub enum VisionError {
     Tower(#[from] TowerError),
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
-    #[error("the prompt has {placeholders} {kind} placeholders for {given} {kind}s")]
+    #[error("the prompt has {placeholders} {} placeholders for {given} {}s", kind.name(), kind.name())]
     Placeholders {
-        kind: &'static str,
+        kind: MediaKind,
         placeholders: usize,
         given: usize,
     },
@@ -309,8 +309,8 @@ impl Qwen25VlVision {
     ) -> Result<PreparedPrompt, VisionError> {
         let processor = self.processor_for(bounds)?;
         for (kind, token, given) in [
-            ("image", self.image_token, images.len()),
-            ("video", self.video_token, videos.len()),
+            (MediaKind::Image, self.image_token, images.len()),
+            (MediaKind::Video, self.video_token, videos.len()),
         ] {
             let placeholders = tokens.iter().filter(|&&t| t == token).count();
             if placeholders != given {

@@ -19,7 +19,7 @@ use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, Video};
 use weft_vision::video::VideoLimits;
-use weft_vision::{DecodeOptions, RgbImage};
+use weft_vision::{DecodeOptions, MediaKind, RgbImage};
 
 use crate::pull::DEFAULT_MODEL;
 use crate::{load_model, ContextArgs, SamplingArgs};
@@ -163,23 +163,6 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
                 eprintln!("error: {e}");
                 messages.pop();
             }
-        }
-    }
-}
-
-/// What `/image` and `/video` attach.
-#[derive(Clone, Copy, Debug)]
-enum MediaKind {
-    Image,
-    Video,
-}
-
-impl MediaKind {
-    /// Its name, and its content part's type in a chat template.
-    fn name(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Video => "video",
         }
     }
 }

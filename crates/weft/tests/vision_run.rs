@@ -36,6 +36,19 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The golden images `names` (a JSON list), decoded.
+fn decoded_images(golden: &Value, names: &Value) -> Vec<weft_vision::RgbImage> {
+    names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| {
+            let bytes = std::fs::read(image_file(golden, name)).unwrap();
+            weft_vision::decode(&bytes, &Default::default()).unwrap()
+        })
+        .collect()
+}
+
 fn image_file(golden: &Value, name: &Value) -> PathBuf {
     dir().join(
         golden["images"][name.as_str().unwrap()]["file"]
@@ -57,15 +70,7 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
         // transformers' messages name each image; the template only needs its place.
         let text = render(&model, &case["messages"]);
         assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
-        let images: Vec<_> = case["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|name| {
-                let bytes = std::fs::read(image_file(&golden, name)).unwrap();
-                weft_vision::decode(&bytes, &Default::default()).unwrap()
-            })
-            .collect();
+        let images = decoded_images(&golden, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
         let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{}", case["name"]);
@@ -348,15 +353,7 @@ fn video_conversations_match_transformers() {
         let name = case["name"].as_str().unwrap();
         let text = render(&model, &case["messages"]);
         assert_eq!(text, case["text"].as_str().unwrap(), "{name}");
-        let pictures: Vec<_> = case["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                let bytes = std::fs::read(image_file(&images, n)).unwrap();
-                weft_vision::decode(&bytes, &Default::default()).unwrap()
-            })
-            .collect();
+        let pictures = decoded_images(&images, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
         let plan = vision
             .plan(&tokens, &pictures, std::slice::from_ref(&video))
