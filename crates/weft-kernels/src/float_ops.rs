@@ -88,16 +88,36 @@ pub fn gelu_inplace(x: &mut [f32]) {
     }
 }
 
-/// Layer norm over each row of `x` (rows of `gamma.len()` values), eps 1e-5.
+/// Layer norm over each row of `x` (rows of `gamma.len()` values), eps 1e-5 (PyTorch's
+/// default, Whisper's).
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
+    layer_norm_eps(x, gamma, beta, 1e-5, out);
+}
+
+/// [`layer_norm`] with the model's epsilon (SigLIP's is 1e-6).
+pub fn layer_norm_eps(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let d = gamma.len();
     for (row, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = row.iter().sum::<f32>() / d as f32;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + 1e-5).sqrt();
+        let inv = 1.0 / (var + eps).sqrt();
         for (((o, &v), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
             *o = (v - mean) * inv * g + b;
         }
+    }
+}
+
+/// GELU in its tanh approximation (PyTorch's `gelu(approximate="tanh")`), in f32.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// [`gelu_tanh`] of every element, in place (SigLIP's MLP activation).
+pub fn gelu_tanh_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = gelu_tanh(*v);
     }
 }
 

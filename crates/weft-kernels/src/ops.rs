@@ -7,6 +7,8 @@
 use half::f16;
 use std::sync::OnceLock;
 
+use crate::float_ops::gelu_tanh;
+
 /// RMS norm of each `dim`-long row of `x` into `out`, times `weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
@@ -175,12 +177,6 @@ mod x86 {
         }
         super::geglu_scalar(gates.into_remainder(), ups.remainder(), table);
     }
-}
-
-fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
 }
 
 /// `acc += x`, element-wise.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_engine::engine::Event;
 use weft_engine::media::RequestMedia;
-use weft_vision::qwen25vl::{PreparedPrompt, ProcessorKwargs};
+use weft_vision::{PreparedPrompt, ProcessorKwargs};
 
 use crate::error::ApiError;
 use crate::generate::{
@@ -26,7 +26,7 @@ use crate::logprobs_format::chat_entries;
 use crate::media::{self, FetchedMedia, MediaSource, VideoFile};
 use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
-use crate::prompt::{content_bytes, encode_prompt, render_chat};
+use crate::prompt::{content_bytes, render_chat};
 use crate::shaper::{Shaper, ToolMode};
 use crate::state::{new_id, unix_now, PromptContext, SharedState, TextService};
 use crate::structured::{constraint, Tools};
@@ -144,13 +144,14 @@ fn request_media_sources(
     req: &ChatRequest,
 ) -> Result<Vec<(MediaKind, MediaSource)>, ApiError> {
     let sources = media::media_sources(&req.messages, &limits.media)?;
-    if let Some((kind, _)) = sources.first().filter(|_| ctx.vision.is_none()) {
+    if let Some((kind, _)) = sources.iter().find(|(kind, _)| !ctx.accepts(*kind)) {
+        let why = match ctx.vision {
+            None => "it has no vision tower",
+            Some(_) => "its vision tower reads only images",
+        };
         return Err(ApiError::invalid(
             "messages",
-            format!(
-                "this model does not accept {}s (it has no vision tower)",
-                kind.name()
-            ),
+            format!("this model does not accept {}s ({why})", kind.name()),
         ));
     }
     Ok(sources)
@@ -179,7 +180,7 @@ fn prepare(
         true,
     )?;
     ctx.check_text_fits(rendered.len(), "messages")?;
-    let prompt = encode_prompt(&ctx.model, &rendered);
+    let prompt = ctx.encode_prompt(&rendered);
     let bounds = media::processor_kwargs(req.mm_processor_kwargs.as_ref())?;
     let (prompt, media) = with_media(ctx, limits, prompt, fetched, bounds)?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));

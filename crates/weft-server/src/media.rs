@@ -14,9 +14,9 @@ use weft_engine::blocks::MediaSpan;
 use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
-use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, TowerInput};
 use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, MediaKind, RgbImage};
+use weft_vision::{ProcessorKwargs, TowerInput, Vision};
 
 use crate::error::ApiError;
 
@@ -387,7 +387,7 @@ impl Drop for VideoFile {
 /// engine gets to it (a video's temporal patches one by one, so that a long video is
 /// encoded step by step within the encoder budget).
 pub fn request_media(
-    vision: &Arc<Qwen25VlVision>,
+    vision: &Arc<Vision>,
     inputs: Vec<TowerInput>,
     positions: MediaPositions,
 ) -> RequestMedia {
@@ -410,7 +410,7 @@ pub fn request_media(
 
 /// One tower input waiting for the vision tower.
 struct TowerEncoder {
-    vision: Arc<Qwen25VlVision>,
+    vision: Arc<Vision>,
     input: TowerInput,
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::openai::{DetokenizeRequest, TokenizeRequest};
-use crate::prompt::{encode_prompt, render_chat};
+use crate::prompt::render_chat;
 use crate::state::{PromptContext, SharedState};
 use crate::ApiJson;
 
@@ -119,7 +119,7 @@ fn tokenize_request(ctx: &PromptContext, req: TokenizeRequest) -> Result<Vec<u32
             .encode(&prompt, req.add_special_tokens, false)),
         (None, Some(messages)) => {
             let rendered = render_chat(ctx, &messages, None, None, req.add_generation_prompt)?;
-            Ok(encode_prompt(model, &rendered))
+            Ok(ctx.encode_prompt(&rendered))
         }
         _ => Err(ApiError::bad_request(
             "give exactly one of `prompt` and `messages`",

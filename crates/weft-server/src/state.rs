@@ -11,13 +11,14 @@ use axum::http::StatusCode;
 use weft_engine::constrained::VocabIndex;
 use weft_engine::engine::EngineHandle;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::{MediaKind, Vision};
 
 use crate::audio::AudioService;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::prep::PrepPool;
+use crate::prompt::encode_prompt;
 use crate::reasoning::ReasoningParser;
 
 #[derive(Clone, Debug)]
@@ -48,7 +49,7 @@ impl TextService {
     pub fn new(
         engine: EngineHandle,
         model: Arc<TextModel>,
-        vision: Option<Arc<Qwen25VlVision>>,
+        vision: Option<Arc<Vision>>,
     ) -> TextService {
         let prompt = PromptContext::new(Arc::clone(&model), engine.config().max_model_len)
             .with_vision(vision);
@@ -69,7 +70,7 @@ impl TextService {
 pub struct PromptContext {
     pub model: Arc<TextModel>,
     /// What turns the prompt's images into its media items (a model that reads images).
-    pub vision: Option<Arc<Qwen25VlVision>>,
+    pub vision: Option<Arc<Vision>>,
     max_model_len: usize,
     /// Bytes of text the longest token stands for.
     max_token_bytes: usize,
@@ -93,18 +94,34 @@ impl PromptContext {
         }
     }
 
-    pub fn with_vision(self, vision: Option<Arc<Qwen25VlVision>>) -> PromptContext {
+    pub fn with_vision(self, vision: Option<Arc<Vision>>) -> PromptContext {
         PromptContext { vision, ..self }
     }
 
-    /// What the prompt may hold: `["text"]`, plus `"image"` and `"video"` for a model with a
-    /// vision tower.
+    /// What the prompt may hold: `["text"]`, plus what the model's vision tower reads.
     pub fn input_modalities(&self) -> Vec<&'static str> {
         let mut m = vec!["text"];
-        if self.vision.is_some() {
-            m.extend(["image", "video"]);
-        }
+        m.extend(
+            [MediaKind::Image, MediaKind::Video]
+                .into_iter()
+                .filter(|&kind| self.accepts(kind))
+                .map(MediaKind::name),
+        );
         m
+    }
+
+    /// Whether prompts may carry media of `kind`.
+    pub fn accepts(&self, kind: MediaKind) -> bool {
+        self.vision.as_ref().is_some_and(|v| v.accepts(kind))
+    }
+
+    /// Tokenizes a rendered chat prompt as the model's processor does (Gemma 3's writes each
+    /// image's token run into the text first).
+    pub fn encode_prompt(&self, rendered: &str) -> Vec<u32> {
+        match &self.vision {
+            Some(vision) => encode_prompt(&self.model, &vision.prompt_text(rendered)),
+            None => encode_prompt(&self.model, rendered),
+        }
     }
 
     /// Longest sequence, prompt plus output.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use weft_engine::engine::{EngineConfig, EngineHandle};
 use weft_models::TextModel;
 use weft_server::{AppState, Limits, MediaLimits, ServerConfig, TextService};
-use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::Vision;
 
 mod common;
 use common::Listening;
@@ -55,7 +55,7 @@ async fn start(model: Arc<TextModel>, max_model_len: usize) -> Listening {
         },
     )
     .unwrap();
-    let vision = Qwen25VlVision::load(&dir()).unwrap().map(Arc::new);
+    let vision = Vision::load(&dir()).unwrap().map(Arc::new);
     let config = ServerConfig {
         served_model_names: vec!["vl".into()],
         api_key: None,

@@ -15,6 +15,8 @@
 pub mod color;
 pub mod config;
 pub mod error;
+pub mod gemma3_tower;
+pub mod gemma3vl;
 pub mod image;
 pub mod media_kind;
 pub mod mmproj;
@@ -25,7 +27,9 @@ pub mod qwen2vl;
 pub mod resize;
 pub mod rgb;
 pub mod siglip;
+pub mod tower;
 pub mod video;
+pub mod vision;
 
 pub use color::Alpha;
 pub use config::{PreprocessorConfig, Qwen2VlConfig, Qwen2VlVideoConfig, SiglipConfig};
@@ -37,3 +41,6 @@ pub use qwen2vl::{smart_resize, Qwen2VlPixels, Qwen2VlProcessor, Qwen2VlVideoPro
 pub use resize::{resize, Filter, Resampler};
 pub use rgb::RgbImage;
 pub use siglip::{SiglipPixels, SiglipProcessor};
+pub use vision::{
+    PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels, Video, VideoPlan, Vision, VisionError,
+};

@@ -9,11 +9,19 @@ use std::path::Path;
 
 use weft_models::gguf::{GgufError, GgufFile};
 
-use crate::qwen25vl_tower::{read_f32, TowerConfig, TowerError, TowerWeights};
-use crate::Qwen2VlConfig;
+use crate::gemma3_tower::Gemma3TowerConfig;
+use crate::qwen25vl_tower::TowerConfig;
+use crate::tower::{read_f32, TowerError, TowerWeights};
+use crate::{Normalization, Qwen2VlConfig, SiglipConfig};
 
 /// `clip.projector_type` of Qwen2.5-VL's tower and merger.
 pub const QWEN25VL_PROJECTOR: &str = "qwen2.5vl_merger";
+/// `clip.projector_type` of Gemma 3's SigLIP tower and pooling projector.
+pub const GEMMA3_PROJECTOR: &str = "gemma3";
+/// Patches pooled per token along each side when the file does not say
+/// (`clip.vision.projector.scale_factor`; the converter writes it only when it differs):
+/// the released Gemma 3's 64 x 64 patches into 16 x 16 tokens.
+const GEMMA3_DEFAULT_POOL: usize = 4;
 /// Window side in pixels that llama.cpp assumes when the file does not say
 /// (`clip.vision.window_size`; the converter does not write it): Qwen2.5-VL's.
 const DEFAULT_WINDOW_SIZE: usize = 112;
@@ -45,6 +53,10 @@ impl MmprojFile {
             return Err(mmproj.invalid("the file has no vision encoder"));
         }
         Ok(mmproj)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
     }
 
     fn invalid(&self, message: &str) -> MmprojError {
@@ -100,6 +112,71 @@ impl MmprojFile {
         config.validated().map_err(|e| self.invalid(&e.to_string()))
     }
 
+    /// The Gemma 3 tower's shape.
+    pub fn gemma3_config(&self) -> Result<Gemma3TowerConfig, MmprojError> {
+        let image_size = self.need("clip.vision.image_size")?;
+        let patch_size = self.need("clip.vision.patch_size")?;
+        let pool = match self.file.get_u32("clip.vision.projector.scale_factor")? {
+            Some(0) => return Err(self.invalid("clip.vision.projector.scale_factor is 0")),
+            Some(v) => v as usize,
+            None => GEMMA3_DEFAULT_POOL,
+        };
+        let side = image_size / patch_size / pool;
+        let config = Gemma3TowerConfig {
+            hidden: self.need("clip.vision.embedding_length")?,
+            intermediate: self.need("clip.vision.feed_forward_length")?,
+            layers: self.need("clip.vision.block_count")?,
+            heads: self.need("clip.vision.attention.head_count")?,
+            image_size,
+            patch_size,
+            eps: self
+                .file
+                .get_f32("clip.vision.attention.layer_norm_epsilon")?
+                .unwrap_or(1e-6),
+            tokens_per_image: side * side,
+            out_hidden: self.need("clip.vision.projection_dim")?,
+        };
+        config.validated().map_err(|e| self.invalid(&e.to_string()))
+    }
+
+    /// The SigLIP processor's settings: the tower's square size, bilinear resampling, and the
+    /// file's mean and std (SigLIP's 0.5 where it has none).
+    pub fn siglip_processor(&self, tower: &Gemma3TowerConfig) -> Result<SiglipConfig, MmprojError> {
+        let mut c = SiglipConfig {
+            height: tower.image_size as u32,
+            width: tower.image_size as u32,
+            ..SiglipConfig::default()
+        };
+        c.normalization.mean = [0.5; 3];
+        c.normalization.std = [0.5; 3];
+        self.normalization(&mut c.normalization)?;
+        Ok(c)
+    }
+
+    /// The file's `clip.vision.image_mean` and `image_std` over `n`'s.
+    fn normalization(&self, n: &mut Normalization) -> Result<(), MmprojError> {
+        for (key, out) in [
+            ("clip.vision.image_mean", &mut n.mean),
+            ("clip.vision.image_std", &mut n.std),
+        ] {
+            if let Some(values) = self.file.get_f32_array(key)? {
+                let [a, b, c] = values else {
+                    return Err(self.invalid(&format!("{key} needs 3 values")));
+                };
+                *out = [f64::from(*a), f64::from(*b), f64::from(*c)];
+            }
+        }
+        if n.std.iter().any(|&s| s <= 0.0) {
+            return Err(self.invalid("clip.vision.image_std must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The Gemma 3 tower's tensors under their Hugging Face names.
+    pub fn gemma3_weights(&self) -> Gemma3Weights<'_> {
+        Gemma3Weights(self)
+    }
+
     /// The image processor's settings: Qwen2.5-VL's, with the file's mean, std and pixel
     /// bounds where it has them.
     pub fn qwen2vl_processor(&self, tower: &TowerConfig) -> Result<Qwen2VlConfig, MmprojError> {
@@ -117,20 +194,7 @@ impl MmprojFile {
         if let Some(v) = self.file.get_u32("clip.vision.image_max_pixels")? {
             c.max_pixels = u64::from(v);
         }
-        for (key, out) in [
-            ("clip.vision.image_mean", &mut c.normalization.mean),
-            ("clip.vision.image_std", &mut c.normalization.std),
-        ] {
-            if let Some(values) = self.file.get_f32_array(key)? {
-                let [a, b, c] = values else {
-                    return Err(self.invalid(&format!("{key} needs 3 values")));
-                };
-                *out = [f64::from(*a), f64::from(*b), f64::from(*c)];
-            }
-        }
-        if c.normalization.std.iter().any(|&s| s <= 0.0) {
-            return Err(self.invalid("clip.vision.image_std must be positive"));
-        }
+        self.normalization(&mut c.normalization)?;
         Ok(c)
     }
 
@@ -205,5 +269,55 @@ impl TowerWeights for MmprojFile {
             _ => return Err(TowerError::MissingTensor(name.to_owned())),
         };
         read_f32(&self.file, gguf, shape)
+    }
+}
+
+/// An mmproj file's Gemma 3 tower under Hugging Face's names. The converter stores the soft
+/// embedding norm's weight as `1 + w` (what llama.cpp multiplies by); the tower adds the one
+/// itself, as for the checkpoint's `w`.
+pub struct Gemma3Weights<'a>(&'a MmprojFile);
+
+impl TowerWeights for Gemma3Weights<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
+        let file = &self.0.file;
+        let missing = || TowerError::MissingTensor(name.to_owned());
+        if let Some(rest) = name.strip_prefix("vision_tower.vision_model.") {
+            if let Some(rest) = rest.strip_prefix("encoder.layers.") {
+                let (block, rest) = rest.split_once('.').ok_or_else(missing)?;
+                let (module, suffix) = rest.rsplit_once('.').ok_or_else(missing)?;
+                let gguf = match module {
+                    "layer_norm1" => "ln1",
+                    "layer_norm2" => "ln2",
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.out_proj" => "attn_out",
+                    "mlp.fc1" => "ffn_up",
+                    "mlp.fc2" => "ffn_down",
+                    _ => return Err(missing()),
+                };
+                return read_f32(file, &format!("v.blk.{block}.{gguf}.{suffix}"), shape);
+            }
+            let gguf = match rest {
+                "embeddings.patch_embedding.weight" => "v.patch_embd.weight",
+                "embeddings.patch_embedding.bias" => "v.patch_embd.bias",
+                "embeddings.position_embedding.weight" => "v.position_embd.weight",
+                "post_layernorm.weight" => "v.post_ln.weight",
+                "post_layernorm.bias" => "v.post_ln.bias",
+                _ => return Err(missing()),
+            };
+            return read_f32(file, gguf, shape);
+        }
+        match name {
+            "multi_modal_projector.mm_input_projection_weight" => {
+                read_f32(file, "mm.input_projection.weight", shape)
+            }
+            "multi_modal_projector.mm_soft_emb_norm.weight" => {
+                let mut w = read_f32(file, "mm.soft_emb_norm.weight", shape)?;
+                w.iter_mut().for_each(|v| *v -= 1.0);
+                Ok(w)
+            }
+            _ => Err(missing()),
+        }
     }
 }

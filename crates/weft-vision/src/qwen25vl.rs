@@ -10,60 +10,22 @@ use std::path::Path;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use weft_kernels::pool::ThreadPool;
-use weft_models::media::{self, MediaGrid, MediaPositions, PromptMedia};
+use weft_models::media::{self, MediaGrid};
 use weft_models::tokenizer::Tokenizer;
 use weft_models::weights::SafetensorsFiles;
 
-use crate::error::{ConfigError, PreprocessError};
-use crate::mmproj::{MmprojFile, QWEN25VL_PROJECTOR};
-use crate::qwen25vl_tower::{Grid, HfTowerWeights, Qwen25VisionTower, TowerConfig, TowerError};
-use crate::video::{self, VideoError, VideoInfo, VideoLimits};
-use crate::{
-    Backend, MediaKind, Qwen2VlConfig, Qwen2VlPixels, Qwen2VlProcessor, Qwen2VlVideoConfig,
-    Qwen2VlVideoProcessor, RgbImage,
+use crate::error::ConfigError;
+use crate::mmproj::MmprojFile;
+use crate::qwen25vl_tower::{self, Grid, Qwen25VisionTower, TowerConfig};
+use crate::video::{self, VideoLimits};
+use crate::vision::{
+    pixels_hash, PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels, Video, VideoPlan,
+    VisionError,
 };
-
-/// Why the vision side of a model, or a prompt's images, could not be used.
-#[derive(thiserror::Error, Debug)]
-pub enum VisionError {
-    #[error("{}: {message}", path.display())]
-    Model {
-        path: std::path::PathBuf,
-        message: String,
-    },
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Tower(#[from] TowerError),
-    #[error(transparent)]
-    Preprocess(#[from] PreprocessError),
-    #[error("the prompt has {placeholders} {} placeholders for {given} {}s", kind.name(), kind.name())]
-    Placeholders {
-        kind: MediaKind,
-        placeholders: usize,
-        given: usize,
-    },
-    #[error(transparent)]
-    Video(#[from] VideoError),
-    #[error(transparent)]
-    Positions(#[from] media::PositionError),
-    #[error(
-        "min_pixels {min_pixels} and max_pixels {max_pixels}: need 0 < min_pixels <= max_pixels"
-    )]
-    Bounds { min_pixels: u64, max_pixels: u64 },
-    #[error("fps {0}: need a positive number of frames per second")]
-    Fps(f64),
-}
-
-/// Per-request settings of the processors (vLLM's `mm_processor_kwargs`); `None` keeps the
-/// model's. The pixel bounds apply to images and to video frames.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ProcessorKwargs {
-    pub min_pixels: Option<u64>,
-    pub max_pixels: Option<u64>,
-    /// Video frames sampled per second.
-    pub fps: Option<f64>,
-}
+use crate::{
+    Backend, MediaKind, Qwen2VlConfig, Qwen2VlProcessor, Qwen2VlVideoConfig, Qwen2VlVideoProcessor,
+    RgbImage,
+};
 
 /// The tokens Qwen2.5-VL's chat template writes once per image and once per video.
 const IMAGE_PLACEHOLDER: &str = "<|image_pad|>";
@@ -71,81 +33,6 @@ const VIDEO_PLACEHOLDER: &str = "<|video_pad|>";
 /// Temporal positions per second of video of every released Qwen2.5-VL (`vision_config.
 /// tokens_per_second`), for mmproj files, which do not record it.
 const TOKENS_PER_SECOND: f32 = 2.0;
-
-/// What the tower reads for one input.
-#[derive(Clone, Debug)]
-pub enum TowerPixels {
-    /// An image, preprocessed.
-    Image(Qwen2VlPixels),
-    /// One temporal patch of a video: its resized frames, normalized and cut into patches
-    /// only when encoded, so that a video waiting for the tower holds bytes, not floats.
-    Frames(Vec<RgbImage>),
-}
-
-/// One tower input of a prompt (an image, or one temporal patch of a video), ready for the
-/// tower.
-#[derive(Clone, Debug)]
-pub struct TowerInput {
-    pub pixels: TowerPixels,
-    /// `[t, h, w]` patches (`t` is 1: a temporal patch is one grid).
-    pub grid: [u32; 3],
-    /// The image or video it belongs to: its index among the prompt's media, in token order.
-    pub medium: usize,
-    /// Its first token in the expanded prompt.
-    pub start: usize,
-    /// Its tokens (merged patches): rows of the tower's output.
-    pub len: usize,
-    /// XXH3-128 of the pixel values and grid the tower reads: two inputs that preprocess to
-    /// the same values have the same hash, whatever their files looked like.
-    pub hash: u128,
-}
-
-/// A video's sampled frames, resized for the tower.
-#[derive(Clone, Debug)]
-pub struct Video {
-    pub frames: Vec<RgbImage>,
-    /// Sampled frames per second of video (transformers' `VideoMetadata.sampled_fps`).
-    pub sampled_fps: f64,
-    /// The file's stream.
-    pub source: VideoInfo,
-}
-
-impl Video {
-    /// Seconds of video one temporal patch of `temporal_patch_size` frames spans.
-    fn seconds_per_patch(&self, temporal_patch_size: u32) -> f64 {
-        f64::from(temporal_patch_size) / self.sampled_fps
-    }
-}
-
-/// A prompt with its media placed, before any of them is encoded.
-#[derive(Clone, Debug)]
-pub struct PreparedPrompt {
-    /// Token ids with each placeholder repeated once per merged patch.
-    pub tokens: Vec<u32>,
-    /// The prompt's tower inputs, in token order.
-    pub inputs: Vec<TowerInput>,
-    pub positions: MediaPositions,
-}
-
-impl PreparedPrompt {
-    /// The token ids and media of this prompt, given each tower input's rows (rows of
-    /// `width` values) in order.
-    pub fn into_media(self, rows: Vec<Vec<f32>>, width: usize) -> (Vec<u32>, PromptMedia) {
-        let mut embeddings = Vec::with_capacity(self.inputs.iter().map(|i| i.len).sum());
-        for (image, rows) in self.inputs.iter().zip(&rows) {
-            embeddings.extend(
-                rows.chunks_exact(width)
-                    .enumerate()
-                    .map(|(k, row)| (image.start + k, row.to_vec())),
-            );
-        }
-        let media = PromptMedia {
-            embeddings,
-            positions: self.positions,
-        };
-        (self.tokens, media)
-    }
-}
 
 pub struct Qwen25VlVision {
     tower: Qwen25VisionTower,
@@ -197,33 +84,24 @@ impl Qwen25VlVision {
         let tower_config = TowerConfig::from_hf(&config["vision_config"])?;
         let weights =
             SafetensorsFiles::open_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
-        let tower = Qwen25VisionTower::load(&HfTowerWeights::new(&weights)?, tower_config)?;
+        let tower = Qwen25VisionTower::load(&qwen25vl_tower::hf_weights(&weights)?, tower_config)?;
         let (image, video) = processor_configs(dir)?;
         Self::new(tower, image, video, tokens)
             .map(Some)
             .map_err(|message| model_error(dir, message))
     }
 
-    /// The vision side of a GGUF language model from llama.cpp's mmproj file `path`; the
-    /// placeholder is the language model's `<|image_pad|>` token.
-    pub fn load_mmproj(path: &Path, tokenizer: &Tokenizer) -> Result<Qwen25VlVision, VisionError> {
+    /// The vision side of a GGUF language model from llama.cpp's mmproj file (projector type
+    /// [`crate::mmproj::QWEN25VL_PROJECTOR`]); the placeholder is the language model's
+    /// `<|image_pad|>` token.
+    pub fn load_mmproj(
+        mmproj: &MmprojFile,
+        tokenizer: &Tokenizer,
+    ) -> Result<Qwen25VlVision, VisionError> {
         let model_error = |message: String| VisionError::Model {
-            path: path.to_path_buf(),
+            path: mmproj.path().to_path_buf(),
             message,
         };
-        let mmproj = MmprojFile::open(path).map_err(|e| model_error(e.to_string()))?;
-        match mmproj
-            .projector_type()
-            .map_err(|e| model_error(e.to_string()))?
-        {
-            Some(QWEN25VL_PROJECTOR) => {}
-            other => {
-                return Err(model_error(format!(
-                    "projector type {} is not supported (weft reads {QWEN25VL_PROJECTOR})",
-                    other.unwrap_or("(none)")
-                )))
-            }
-        }
         let token = |text: &str| {
             tokenizer.token_id(text).ok_or_else(|| {
                 model_error(format!(
@@ -249,7 +127,7 @@ impl Qwen25VlVision {
             max_pixels: video.frame.max_pixels,
             ..processor.clone()
         };
-        let tower = Qwen25VisionTower::load(&mmproj, config)?;
+        let tower = Qwen25VisionTower::load(mmproj, config)?;
         Self::new(tower, processor, video, tokens).map_err(model_error)
     }
 
@@ -285,21 +163,8 @@ impl Qwen25VlVision {
         })
     }
 
-    /// The language model's input for `tokens` (a tokenized prompt whose placeholders, one
-    /// per image and one per video, stand for `images` and `videos` in order), short of
-    /// running the tower: the expanded token ids, the tower inputs and the tokens they
-    /// become, and every token's position.
-    pub fn plan(
-        &self,
-        tokens: &[u32],
-        images: &[RgbImage],
-        videos: &[Video],
-    ) -> Result<PreparedPrompt, VisionError> {
-        self.plan_with(tokens, images, videos, ProcessorKwargs::default())
-    }
-
-    /// [`Qwen25VlVision::plan`] with the processors' settings overridden (`mm_processor_kwargs`;
-    /// a video's were applied when it was probed and read).
+    /// [`crate::Vision::plan_with`] for Qwen2.5-VL: one placeholder token per image and per
+    /// video, each repeated once per merged patch.
     pub fn plan_with(
         &self,
         tokens: &[u32],
@@ -333,7 +198,7 @@ impl Qwen25VlVision {
             );
             let input = (
                 pixels.grid_thw,
-                content_hash(&pixels),
+                pixels_hash(&pixels.grid_thw, &pixels.pixel_values),
                 TowerPixels::Image(pixels),
             );
             Ok::<_, VisionError>((grid, vec![input]))
@@ -382,6 +247,7 @@ impl Qwen25VlVision {
             for (patch_grid, hash, pixels) in patches {
                 let len = grid.rows * grid.cols;
                 inputs.push(TowerInput {
+                    bidirectional: false,
                     medium: grids.len(),
                     start: expanded.len(),
                     len,
@@ -412,6 +278,7 @@ impl Qwen25VlVision {
                 frames = self.video_processor.patch(group);
                 &frames
             }
+            TowerPixels::Square(_) => unreachable!("Qwen2.5-VL plans no SigLIP inputs"),
         };
         self.tower
             .encode(pool, &pixels.pixel_values, &[Grid { t, h, w }])
@@ -426,20 +293,6 @@ impl Qwen25VlVision {
     /// Values per row the tower gives the language model (its hidden size).
     pub fn embedding_width(&self) -> usize {
         self.tower.config().out_hidden
-    }
-
-    /// [`Qwen25VlVision::plan`] with every tower input encoded: the expanded token ids and
-    /// the media (tower rows and positions) that go with them.
-    pub fn prepare(
-        &self,
-        pool: &ThreadPool,
-        tokens: &[u32],
-        images: &[RgbImage],
-        videos: &[Video],
-    ) -> Result<(Vec<u32>, PromptMedia), VisionError> {
-        let plan = self.plan(tokens, images, videos)?;
-        let rows: Vec<Vec<f32>> = plan.inputs.iter().map(|i| self.encode(pool, i)).collect();
-        Ok(plan.into_media(rows, self.embedding_width()))
     }
 
     /// Image tokens the language model sees for an image of this size (cheap: nothing is
@@ -532,14 +385,6 @@ impl Qwen25VlVision {
     }
 }
 
-/// A video file's stream and the frames sampled from it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VideoPlan {
-    pub info: VideoInfo,
-    /// Indices of the sampled frames, increasing.
-    pub indices: Vec<usize>,
-}
-
 impl ProcessorKwargs {
     /// `config` with these bounds over its own.
     fn apply(self, config: &mut Qwen2VlConfig) -> Result<(), VisionError> {
@@ -614,23 +459,6 @@ fn frames_hash(grid: [u32; 3], frames: &[RgbImage]) -> u128 {
     h.update(&(frames.len() as u32).to_le_bytes());
     for frame in frames {
         h.update(frame.as_raw());
-    }
-    h.digest128()
-}
-
-/// The hash that names an image's tower input: XXH3-128 over the grid (three u32) and the
-/// pixel values (f32), all little-endian.
-fn content_hash(pixels: &Qwen2VlPixels) -> u128 {
-    let mut h = Xxh3Default::new();
-    for x in pixels.grid_thw {
-        h.update(&x.to_le_bytes());
-    }
-    let mut buf = [0u8; 4096];
-    for values in pixels.pixel_values.chunks(buf.len() / 4) {
-        for (b, v) in buf.chunks_exact_mut(4).zip(values) {
-            b.copy_from_slice(&v.to_le_bytes());
-        }
-        h.update(&buf[..values.len() * 4]);
     }
     h.digest128()
 }

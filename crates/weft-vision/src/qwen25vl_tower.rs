@@ -15,29 +15,15 @@ use weft_kernels::encoder_attention::self_attention;
 use weft_kernels::float_ops::gelu_inplace;
 use weft_kernels::ops::{self, RopeStyle};
 use weft_kernels::pool::ThreadPool;
-use weft_kernels::quant::dequantize_row;
 use weft_kernels::sgemm::{Linear, PackedB};
 use weft_models::weights::WeightSource;
+
+use crate::tower::{HfTowerWeights, TowerError, TowerWeights};
 
 /// RMSNorm epsilon of the tower's norms (fixed in transformers' implementation).
 const NORM_EPS: f32 = 1e-6;
 /// Base of the tower's rotary frequencies.
 const ROPE_THETA: f32 = 10_000.0;
-
-/// Why a tower could not be built.
-#[derive(thiserror::Error, Debug)]
-pub enum TowerError {
-    #[error("vision tower: {0}")]
-    Config(String),
-    #[error("vision tower: tensor '{0}' is missing")]
-    MissingTensor(String),
-    #[error("vision tower: tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
-}
 
 /// The tower's shape, from `config.json`'s `vision_config`.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,59 +132,14 @@ pub struct Grid {
     pub w: usize,
 }
 
-/// Where a tower's tensors come from: the f32 values of the tensor Hugging Face's checkpoint
-/// calls `visual.{name}`, checked to have `shape` (outermost dimension first).
-pub trait TowerWeights {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError>;
-}
-
-/// A Hugging Face checkpoint's tensors (`visual.` or, as transformers 5 saves them,
-/// `model.visual.`).
-pub struct HfTowerWeights<'a> {
-    weights: &'a dyn WeightSource,
-    prefix: &'static str,
-}
-
-impl<'a> HfTowerWeights<'a> {
-    pub fn new(weights: &'a dyn WeightSource) -> Result<Self, TowerError> {
-        let prefix = ["visual.", "model.visual."]
-            .into_iter()
-            .find(|p| {
-                weights
-                    .tensor(&format!("{p}patch_embed.proj.weight"))
-                    .is_some()
-            })
-            .ok_or_else(|| TowerError::MissingTensor("visual.patch_embed.proj.weight".into()))?;
-        Ok(HfTowerWeights { weights, prefix })
-    }
-}
-
-impl TowerWeights for HfTowerWeights<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
-        read_f32(self.weights, &format!("{}{name}", self.prefix), shape)
-    }
-}
-
-/// Tensor `name` of `weights` as f32 values, checked to have `shape`.
-pub fn read_f32(
-    weights: &dyn WeightSource,
-    name: &str,
-    shape: &[usize],
-) -> Result<Vec<f32>, TowerError> {
-    let info = weights
-        .tensor(name)
-        .ok_or_else(|| TowerError::MissingTensor(name.to_owned()))?;
-    let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-    if dims != shape {
-        return Err(TowerError::Shape {
-            name: name.to_owned(),
-            found: dims,
-            expected: shape.to_vec(),
-        });
-    }
-    let mut out = vec![0.0f32; shape.iter().product()];
-    dequantize_row(info.ggml_type, weights.tensor_data(info), &mut out);
-    Ok(out)
+/// The tower's tensors in a Hugging Face checkpoint: under `visual.`, or `model.visual.` as
+/// transformers 5 saves them.
+pub fn hf_weights(weights: &dyn WeightSource) -> Result<HfTowerWeights<'_>, TowerError> {
+    HfTowerWeights::new(
+        weights,
+        &["visual.", "model.visual."],
+        "patch_embed.proj.weight",
+    )
 }
 
 impl Qwen25VisionTower {

@@ -11,8 +11,8 @@ use serde_json::Value;
 use weft_kernels::pool::ThreadPool;
 use weft_models::weights::SafetensorsFiles;
 use weft_vision::mmproj::MmprojFile;
-use weft_vision::qwen25vl::Qwen25VlVision;
-use weft_vision::qwen25vl_tower::{Grid, HfTowerWeights, Qwen25VisionTower, TowerConfig};
+use weft_vision::qwen25vl_tower::{hf_weights, Grid, Qwen25VisionTower, TowerConfig};
+use weft_vision::Vision;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
@@ -36,7 +36,7 @@ fn floats(v: &Value) -> Vec<f32> {
 fn tower() -> Qwen25VisionTower {
     let config = TowerConfig::from_hf(&json("config.json")["vision_config"]).unwrap();
     let weights = SafetensorsFiles::open_dir(&dir()).unwrap();
-    Qwen25VisionTower::load(&HfTowerWeights::new(&weights).unwrap(), config).unwrap()
+    Qwen25VisionTower::load(&hf_weights(&weights).unwrap(), config).unwrap()
 }
 
 fn grid(image: &Value) -> Grid {
@@ -73,13 +73,11 @@ fn tower_matches_transformers_on_its_own_pixel_values() {
 }
 
 /// The test images from their PNG files through the processor and the tower (one call per
-/// image, then two images in one call), via `Qwen25VlVision::prepare`.
+/// image, then two images in one call), via `Vision::prepare`.
 #[test]
 fn images_through_processor_and_tower_match_transformers() {
     let golden = json("golden.json");
-    let vision = Qwen25VlVision::load(&dir())
-        .unwrap()
-        .expect("a vision tower");
+    let vision = Vision::load(&dir()).unwrap().expect("a vision tower");
     let pool = ThreadPool::new(2);
     let load = |name: &str| {
         let file = golden["images"][name]["file"].as_str().unwrap();
@@ -124,8 +122,8 @@ fn the_mmproj_conversion_is_the_same_tower() {
         TowerConfig::from_hf(&json("config.json")["vision_config"]).unwrap()
     );
     let tokenizer = weft_models::TextModel::load(&dir()).unwrap().tokenizer;
-    let from_gguf = Qwen25VlVision::load_mmproj(&path, &tokenizer).unwrap();
-    let from_hf = Qwen25VlVision::load(&dir()).unwrap().unwrap();
+    let from_gguf = Vision::load_mmproj(&path, &tokenizer).unwrap();
+    let from_hf = Vision::load(&dir()).unwrap().unwrap();
     let pool = ThreadPool::new(2);
     for name in ["small", "wide", "large"] {
         let file = golden["images"][name]["file"].as_str().unwrap();

@@ -17,9 +17,9 @@ use weft_engine::session::{FinishReason, Session};
 use weft_models::chat_template::{ChatMessage, RenderOptions};
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision, Video};
 use weft_vision::video::VideoLimits;
 use weft_vision::{DecodeOptions, MediaKind, RgbImage};
+use weft_vision::{ProcessorKwargs, Video, Vision};
 
 use crate::pull::DEFAULT_MODEL;
 use crate::{load_model, ContextArgs, SamplingArgs};
@@ -42,9 +42,11 @@ pub struct ChatArgs {
 }
 
 /// Renders `messages` with the model's chat template (plus the assistant prompt) and
-/// tokenizes the result, special-token text included.
+/// tokenizes the result as the model's processor does (`vision`'s prompt text), special-token
+/// text included.
 pub fn chat_prompt_tokens<M: serde::Serialize>(
     model: &TextModel,
+    vision: Option<&Vision>,
     messages: &[M],
 ) -> Result<Vec<u32>> {
     let Some(template) = &model.chat_template else {
@@ -60,6 +62,10 @@ pub fn chat_prompt_tokens<M: serde::Serialize>(
     let text = template
         .render_with(messages, &options)
         .context("rendering the chat template")?;
+    let text = match vision {
+        Some(vision) => vision.prompt_text(&text),
+        None => text.into(),
+    };
     let mut tokens = model.tokenizer.encode(&text, true, true);
     // Templates often write BOS themselves; do not add a second one.
     if let Some(bos) = model.tokenizer.bos() {
@@ -73,7 +79,7 @@ pub fn chat_prompt_tokens<M: serde::Serialize>(
 pub fn chat(args: &ChatArgs) -> Result<()> {
     let model = load_model(&args.model)?;
     if model.chat_template.is_none() {
-        chat_prompt_tokens::<ChatMessage>(&model, &[])?;
+        chat_prompt_tokens::<ChatMessage>(&model, None, &[])?;
     }
     let mut session = Session::new(&model, args.context.session_config(&model));
     let cancel = Arc::new(AtomicBool::new(false));
@@ -132,7 +138,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             }
         };
         messages.push(json!({"role": "user", "content": content}));
-        let prepared = chat_prompt_tokens(&model, &messages)
+        let prepared = chat_prompt_tokens(&model, attached.vision.as_ref(), &messages)
             .and_then(|tokens| attached.prompt(&session, tokens));
         let (tokens, media) = match prepared {
             Ok(p) => p,
@@ -171,7 +177,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
 /// and video in order, and their tower rows by content hash so that nothing is encoded twice.
 #[derive(Default)]
 struct Media {
-    vision: Option<Qwen25VlVision>,
+    vision: Option<Vision>,
     images: Vec<RgbImage>,
     videos: Vec<Video>,
     /// Attached since the last message was sent.
@@ -192,7 +198,7 @@ impl Media {
         }
         let Some(vision) = &self.vision else {
             bail!(
-                "{} has no vision tower (a Qwen2.5-VL directory, or GGUF with --mmproj)",
+                "{} has no vision tower (a Qwen2.5-VL or Gemma 3 directory, or GGUF with --mmproj)",
                 model.name()
             );
         };

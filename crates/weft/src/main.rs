@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use weft_engine::sampler::SamplingParams;
 use weft_engine::session::{GenerateParams, SessionConfig};
 use weft_models::TextModel;
-use weft_vision::qwen25vl::Qwen25VlVision;
+use weft_vision::Vision;
 
 #[derive(Parser)]
 #[command(
@@ -224,15 +224,15 @@ pub fn load_model(spec: &str) -> Result<TextModel> {
 
 /// The vision tower of `model`: from llama.cpp's mmproj file `mmproj` when given, else
 /// from the model's Hugging Face directory when it has one.
-pub fn load_vision(model: &TextModel, mmproj: Option<&Path>) -> Result<Option<Qwen25VlVision>> {
+pub fn load_vision(model: &TextModel, mmproj: Option<&Path>) -> Result<Option<Vision>> {
     let t0 = Instant::now();
     let dir = model.weights.path();
     let vision = match mmproj {
         Some(path) => Some(
-            Qwen25VlVision::load_mmproj(path, &model.tokenizer)
+            Vision::load_mmproj(path, &model.tokenizer)
                 .with_context(|| format!("loading the vision tower of {}", path.display()))?,
         ),
-        None if dir.is_dir() => Qwen25VlVision::load(dir)
+        None if dir.is_dir() => Vision::load(dir)
             .with_context(|| format!("loading the vision tower of {}", dir.display()))?,
         None => None,
     };

@@ -12,9 +12,9 @@ use weft_engine::session::{GenerateOutcome, Session};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_vision::qwen25vl::{ProcessorKwargs, Video};
 use weft_vision::video::VideoLimits;
 use weft_vision::DecodeOptions;
+use weft_vision::{ProcessorKwargs, Video, Vision};
 
 use crate::chat::chat_prompt_tokens;
 use crate::pull::DEFAULT_MODEL;
@@ -32,11 +32,13 @@ pub struct RunArgs {
     #[arg(long)]
     system: Option<String>,
     /// An image (PNG, JPEG, WebP, GIF) placed before PROMPT in the user message; repeatable.
-    /// Needs a model with a vision tower (a Qwen2.5-VL Hugging Face directory).
+    /// Needs a model with a vision tower (Qwen2.5-VL or Gemma 3: a Hugging Face directory, or
+    /// GGUF with --mmproj).
     #[arg(long = "image", value_name = "PATH")]
     images: Vec<PathBuf>,
     /// A video (any format ffmpeg reads) placed after the images, before PROMPT; repeatable.
-    /// Frames are sampled at 2 per second within the model's frame and pixel budgets.
+    /// Frames are sampled at 2 per second within the model's frame and pixel budgets
+    /// (Qwen2.5-VL; Gemma 3 reads no video).
     #[arg(long = "video", value_name = "PATH")]
     videos: Vec<PathBuf>,
     /// The vision tower of a GGUF model: llama.cpp's mmproj file for it.
@@ -81,10 +83,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         };
         messages.push(json!({"role": "user", "content": content}));
-        let tokens = chat_prompt_tokens(&model, &messages)?;
         match has_media {
-            false => (tokens, PromptMedia::default()),
-            true => with_media(&model, args, tokens, ctx_size)?,
+            false => (
+                chat_prompt_tokens(&model, None, &messages)?,
+                PromptMedia::default(),
+            ),
+            true => {
+                let vision = load_vision(&model, args)?;
+                let tokens = chat_prompt_tokens(&model, Some(&vision), &messages)?;
+                with_media(&vision, args, tokens, ctx_size)?
+            }
         }
     };
     let mut session = Session::new(&model, session_config);
@@ -101,21 +109,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The model's vision tower, which `--image` and `--video` need.
+fn load_vision(model: &TextModel, args: &RunArgs) -> Result<Vision> {
+    crate::load_vision(model, args.mmproj.as_deref())?.with_context(|| {
+        format!(
+            "{} has no vision tower: --image and --video need a Qwen2.5-VL or Gemma 3 Hugging \
+             Face model directory, or a GGUF model with --mmproj",
+            model.name()
+        )
+    })
+}
+
 /// The prompt with its images and videos: placeholders expanded, the vision tower's rows,
 /// positions. Says on stderr what each medium became and what encoding it cost.
 fn with_media(
-    model: &TextModel,
+    vision: &Vision,
     args: &RunArgs,
     tokens: Vec<u32>,
     ctx_size: usize,
 ) -> Result<(Vec<u32>, PromptMedia)> {
-    let Some(vision) = crate::load_vision(model, args.mmproj.as_deref())? else {
-        bail!(
-            "{} has no vision tower: --image and --video need a Qwen2.5-VL Hugging Face model \
-             directory, or a GGUF model with --mmproj",
-            model.name()
-        );
-    };
     let t0 = Instant::now();
     let images = args
         .images

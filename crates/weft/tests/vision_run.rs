@@ -17,8 +17,8 @@ use weft_models::chat_template::RenderOptions;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 use weft_test_support::{log_softmax, logprob_diff};
-use weft_vision::qwen25vl::{ProcessorKwargs, Qwen25VlVision};
 use weft_vision::video::VideoLimits;
+use weft_vision::{ProcessorKwargs, Vision};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
@@ -58,12 +58,12 @@ fn image_file(golden: &Value, name: &Value) -> PathBuf {
 }
 
 /// Every golden conversation (text only, one image, two images between texts) through the
-/// library as `weft run` uses it: template, tokens, `Qwen25VlVision::prepare`, a session.
+/// library as `weft run` uses it: template, tokens, `Vision::prepare`, a session.
 #[test]
 fn conversations_with_images_give_transformers_greedy_tokens() {
     let golden = golden();
     let model = TextModel::load(&dir()).unwrap();
-    let vision = Qwen25VlVision::load(&dir()).unwrap().unwrap();
+    let vision = Vision::load(&dir()).unwrap().unwrap();
     let pool = ThreadPool::new(2);
     let mut session = Session::new(&model, SessionConfig::new(2, 512));
     for case in golden["cases"].as_array().unwrap() {
@@ -326,7 +326,7 @@ fn video_conversations_match_transformers() {
     let golden = video_golden();
     let images = self::golden();
     let model = TextModel::load(&dir()).unwrap();
-    let vision = Qwen25VlVision::load(&dir()).unwrap().unwrap();
+    let vision = Vision::load(&dir()).unwrap().unwrap();
     let pool = ThreadPool::new(2);
     let limits = VideoLimits::default();
     let clip = dir().join(golden["video"]["file"].as_str().unwrap());

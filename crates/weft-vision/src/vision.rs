@@ -1,0 +1,359 @@
+//! The vision side of a model, whichever tower it has: [`Vision`] loads Qwen2.5-VL's or Gemma
+//! 3's from a Hugging Face directory or an mmproj file and gives the server and the CLI one
+//! interface to a prompt's images and videos (how the prompt text names them, their tokens,
+//! their tower inputs and encodings); and the types that interface passes around.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use xxhash_rust::xxh3::Xxh3Default;
+
+use weft_kernels::pool::ThreadPool;
+use weft_models::media::{self, MediaPositions, PromptMedia};
+use weft_models::tokenizer::Tokenizer;
+
+use crate::error::{ConfigError, PreprocessError};
+use crate::gemma3vl::Gemma3Vision;
+use crate::qwen25vl::Qwen25VlVision;
+use crate::tower::TowerError;
+use crate::video::{VideoError, VideoInfo, VideoLimits};
+use crate::{MediaKind, Qwen2VlPixels, RgbImage, SiglipPixels};
+
+/// Why the vision side of a model, or a prompt's images, could not be used.
+#[derive(thiserror::Error, Debug)]
+pub enum VisionError {
+    #[error("{}: {message}", path.display())]
+    Model {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tower(#[from] TowerError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error("the prompt has {placeholders} {} placeholders for {given} {}s", kind.name(), kind.name())]
+    Placeholders {
+        kind: MediaKind,
+        placeholders: usize,
+        given: usize,
+    },
+    #[error(transparent)]
+    Video(#[from] VideoError),
+    #[error(transparent)]
+    Positions(#[from] media::PositionError),
+    #[error(
+        "min_pixels {min_pixels} and max_pixels {max_pixels}: need 0 < min_pixels <= max_pixels"
+    )]
+    Bounds { min_pixels: u64, max_pixels: u64 },
+    #[error("fps {0}: need a positive number of frames per second")]
+    Fps(f64),
+    #[error("this model does not accept {}s", .0.name())]
+    Unsupported(MediaKind),
+}
+
+/// Per-request settings of the processors (vLLM's `mm_processor_kwargs`); `None` keeps the
+/// model's. The pixel bounds apply to images and to video frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessorKwargs {
+    pub min_pixels: Option<u64>,
+    pub max_pixels: Option<u64>,
+    /// Video frames sampled per second.
+    pub fps: Option<f64>,
+}
+
+/// What the tower reads for one input.
+#[derive(Clone, Debug)]
+pub enum TowerPixels {
+    /// An image, preprocessed.
+    Image(Qwen2VlPixels),
+    /// A fixed-size image (Gemma 3's SigLIP input), preprocessed.
+    Square(SiglipPixels),
+    /// One temporal patch of a video: its resized frames, normalized and cut into patches
+    /// only when encoded, so that a video waiting for the tower holds bytes, not floats.
+    Frames(Vec<RgbImage>),
+}
+
+/// One tower input of a prompt (an image, or one temporal patch of a video), ready for the
+/// tower.
+#[derive(Clone, Debug)]
+pub struct TowerInput {
+    pub pixels: TowerPixels,
+    /// `[t, h, w]` patches (`t` is 1: a temporal patch is one grid).
+    pub grid: [u32; 3],
+    /// The image or video it belongs to: its index among the prompt's media, in token order.
+    pub medium: usize,
+    /// Its first token in the expanded prompt.
+    pub start: usize,
+    /// Its tokens (merged patches): rows of the tower's output.
+    pub len: usize,
+    /// Its tokens attend to each other both ways in the language model (Gemma 3's images),
+    /// not only to the ones before them.
+    pub bidirectional: bool,
+    /// XXH3-128 of the pixel values and grid the tower reads: two inputs that preprocess to
+    /// the same values have the same hash, whatever their files looked like.
+    pub hash: u128,
+}
+
+/// A video's sampled frames, resized for the tower.
+#[derive(Clone, Debug)]
+pub struct Video {
+    pub frames: Vec<RgbImage>,
+    /// Sampled frames per second of video (transformers' `VideoMetadata.sampled_fps`).
+    pub sampled_fps: f64,
+    /// The file's stream.
+    pub source: VideoInfo,
+}
+
+impl Video {
+    /// Seconds of video one temporal patch of `temporal_patch_size` frames spans.
+    pub(crate) fn seconds_per_patch(&self, temporal_patch_size: u32) -> f64 {
+        f64::from(temporal_patch_size) / self.sampled_fps
+    }
+}
+
+/// A prompt with its media placed, before any of them is encoded.
+#[derive(Clone, Debug)]
+pub struct PreparedPrompt {
+    /// Token ids with each placeholder repeated once per merged patch.
+    pub tokens: Vec<u32>,
+    /// The prompt's tower inputs, in token order.
+    pub inputs: Vec<TowerInput>,
+    pub positions: MediaPositions,
+}
+
+impl PreparedPrompt {
+    /// The token ids and media of this prompt, given each tower input's rows (rows of
+    /// `width` values) in order.
+    pub fn into_media(self, rows: Vec<Vec<f32>>, width: usize) -> (Vec<u32>, PromptMedia) {
+        let mut embeddings = Vec::with_capacity(self.inputs.iter().map(|i| i.len).sum());
+        for (image, rows) in self.inputs.iter().zip(&rows) {
+            embeddings.extend(
+                rows.chunks_exact(width)
+                    .enumerate()
+                    .map(|(k, row)| (image.start + k, row.to_vec())),
+            );
+        }
+        let media = PromptMedia {
+            embeddings,
+            positions: self.positions,
+        };
+        (self.tokens, media)
+    }
+}
+
+/// A video file's stream and the frames sampled from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VideoPlan {
+    pub info: VideoInfo,
+    /// Indices of the sampled frames, increasing.
+    pub indices: Vec<usize>,
+}
+
+/// The vision side of a model.
+pub enum Vision {
+    Qwen25Vl(Qwen25VlVision),
+    Gemma3(Gemma3Vision),
+}
+
+impl Vision {
+    /// The vision side of the Hugging Face directory `dir`, or `None` when its `config.json`
+    /// describes no vision tower weft knows.
+    pub fn load(dir: &Path) -> Result<Option<Vision>, VisionError> {
+        if let Some(v) = Qwen25VlVision::load(dir)? {
+            return Ok(Some(Vision::Qwen25Vl(v)));
+        }
+        Ok(Gemma3Vision::load(dir)?.map(Vision::Gemma3))
+    }
+
+    /// The vision side of a GGUF language model (whose vocabulary is `tokenizer`) from
+    /// llama.cpp's mmproj file `path`, by the file's projector type.
+    pub fn load_mmproj(path: &Path, tokenizer: &Tokenizer) -> Result<Vision, VisionError> {
+        let mmproj = crate::mmproj::MmprojFile::open(path).map_err(|e| VisionError::Model {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let projector = mmproj.projector_type().map_err(|e| VisionError::Model {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        match projector {
+            Some(crate::mmproj::GEMMA3_PROJECTOR) => {
+                Gemma3Vision::load_mmproj(&mmproj, tokenizer).map(Vision::Gemma3)
+            }
+            Some(crate::mmproj::QWEN25VL_PROJECTOR) => {
+                Qwen25VlVision::load_mmproj(&mmproj, tokenizer).map(Vision::Qwen25Vl)
+            }
+            other => Err(VisionError::Model {
+                path: path.to_path_buf(),
+                message: format!(
+                    "projector type {} is not supported (weft reads {} and {})",
+                    other.unwrap_or("(none)"),
+                    crate::mmproj::QWEN25VL_PROJECTOR,
+                    crate::mmproj::GEMMA3_PROJECTOR,
+                ),
+            }),
+        }
+    }
+
+    /// Whether prompts may carry media of `kind`.
+    pub fn accepts(&self, kind: MediaKind) -> bool {
+        match self {
+            Vision::Qwen25Vl(_) => true,
+            Vision::Gemma3(_) => kind == MediaKind::Image,
+        }
+    }
+
+    /// The text to tokenize for a rendered prompt: Gemma 3's processor writes each image's
+    /// whole token run (and the blank lines around it) in place of the template's marker
+    /// before tokenizing, so that the newlines merge with their neighbours as the tokenizer
+    /// merges them; Qwen2.5-VL expands tokens instead (in [`Vision::plan_with`]).
+    pub fn prompt_text<'a>(&self, rendered: &'a str) -> Cow<'a, str> {
+        match self {
+            Vision::Qwen25Vl(_) => Cow::Borrowed(rendered),
+            Vision::Gemma3(v) => v.prompt_text(rendered),
+        }
+    }
+
+    /// The language model's input for `tokens` (a tokenized [`Vision::prompt_text`] whose
+    /// placeholders stand for `images` and `videos` in order), short of running the tower:
+    /// the expanded token ids, the tower inputs and the tokens they become, and every
+    /// token's position. `kwargs` override the processors' settings where the model has
+    /// them (a video's were applied when it was probed and read).
+    pub fn plan_with(
+        &self,
+        tokens: &[u32],
+        images: &[RgbImage],
+        videos: &[Video],
+        kwargs: ProcessorKwargs,
+    ) -> Result<PreparedPrompt, VisionError> {
+        match self {
+            Vision::Qwen25Vl(v) => v.plan_with(tokens, images, videos, kwargs),
+            Vision::Gemma3(v) => match videos.is_empty() {
+                true => v.plan(tokens, images),
+                false => Err(VisionError::Unsupported(MediaKind::Video)),
+            },
+        }
+    }
+
+    /// [`Vision::plan_with`] with the model's own settings.
+    pub fn plan(
+        &self,
+        tokens: &[u32],
+        images: &[RgbImage],
+        videos: &[Video],
+    ) -> Result<PreparedPrompt, VisionError> {
+        self.plan_with(tokens, images, videos, ProcessorKwargs::default())
+    }
+
+    /// The tower's rows for one tower input: `input.len` rows of
+    /// [`Vision::embedding_width`] values.
+    pub fn encode(&self, pool: &ThreadPool, input: &TowerInput) -> Vec<f32> {
+        match self {
+            Vision::Qwen25Vl(v) => v.encode(pool, input),
+            Vision::Gemma3(v) => v.encode(pool, input),
+        }
+    }
+
+    /// Floating-point operations of [`Vision::encode`] on `input`.
+    pub fn encode_flops(&self, input: &TowerInput) -> f64 {
+        match self {
+            Vision::Qwen25Vl(v) => v.encode_flops(input),
+            Vision::Gemma3(v) => v.encode_flops(),
+        }
+    }
+
+    /// Values per row the tower gives the language model (its hidden size).
+    pub fn embedding_width(&self) -> usize {
+        match self {
+            Vision::Qwen25Vl(v) => v.embedding_width(),
+            Vision::Gemma3(v) => v.embedding_width(),
+        }
+    }
+
+    /// [`Vision::plan`] with every tower input encoded: the expanded token ids and the media
+    /// (tower rows and positions) that go with them.
+    pub fn prepare(
+        &self,
+        pool: &ThreadPool,
+        tokens: &[u32],
+        images: &[RgbImage],
+        videos: &[Video],
+    ) -> Result<(Vec<u32>, PromptMedia), VisionError> {
+        let plan = self.plan(tokens, images, videos)?;
+        let rows: Vec<Vec<f32>> = plan.inputs.iter().map(|i| self.encode(pool, i)).collect();
+        Ok(plan.into_media(rows, self.embedding_width()))
+    }
+
+    /// Image tokens the language model sees for an image of this size (cheap: nothing is
+    /// resized), so that a prompt can be refused before its images are processed.
+    pub fn tokens_for(
+        &self,
+        height: u32,
+        width: u32,
+        kwargs: ProcessorKwargs,
+    ) -> Result<usize, VisionError> {
+        match self {
+            Vision::Qwen25Vl(v) => v.tokens_for(height, width, kwargs),
+            Vision::Gemma3(v) => Ok(v.tokens_per_image()),
+        }
+    }
+
+    fn qwen_video(&self) -> Result<&Qwen25VlVision, VisionError> {
+        match self {
+            Vision::Qwen25Vl(v) => Ok(v),
+            Vision::Gemma3(_) => Err(VisionError::Unsupported(MediaKind::Video)),
+        }
+    }
+
+    /// What a video file holds, and the frames the video processor samples from it.
+    pub fn probe_video(
+        &self,
+        path: &Path,
+        kwargs: ProcessorKwargs,
+        limits: &VideoLimits,
+    ) -> Result<VideoPlan, VisionError> {
+        self.qwen_video()?.probe_video(path, kwargs, limits)
+    }
+
+    /// Video tokens the language model sees for a probed video (cheap: nothing is decoded),
+    /// so that a prompt can be refused before its videos are read.
+    pub fn video_tokens_for(
+        &self,
+        plan: &VideoPlan,
+        kwargs: ProcessorKwargs,
+    ) -> Result<usize, VisionError> {
+        self.qwen_video()?.video_tokens_for(plan, kwargs)
+    }
+
+    /// Reads the probed video at `path`: its sampled frames, resized for the tower as they
+    /// arrive (a long video never holds more than the frames it keeps).
+    pub fn read_video(
+        &self,
+        path: &Path,
+        plan: &VideoPlan,
+        kwargs: ProcessorKwargs,
+        limits: &VideoLimits,
+    ) -> Result<Video, VisionError> {
+        self.qwen_video()?.read_video(path, plan, kwargs, limits)
+    }
+}
+
+/// The hash that names an image's tower input: XXH3-128 over its shape (`dims`: the grid, or
+/// the size) and its pixel values, all little-endian. Two inputs that preprocess to the same
+/// values have the same hash, whatever their files looked like.
+pub(crate) fn pixels_hash(dims: &[u32], values: &[f32]) -> u128 {
+    let mut h = Xxh3Default::new();
+    for x in dims {
+        h.update(&x.to_le_bytes());
+    }
+    let mut buf = [0u8; 4096];
+    for values in values.chunks(buf.len() / 4) {
+        for (b, v) in buf.chunks_exact_mut(4).zip(values) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&buf[..values.len() * 4]);
+    }
+    h.digest128()
+}
