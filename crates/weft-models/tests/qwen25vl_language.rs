@@ -14,7 +14,7 @@ use weft_models::arch::ForwardScratch;
 use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice, TokenEmbedding};
 use weft_models::kv_cache::KvCache;
 use weft_models::TextModel;
-use weft_test_support::{log_softmax, logprob_diff};
+use weft_test_support::{floats, log_softmax, logprob_diff};
 
 /// As in weft-engine's hf_parity.rs: f32 weights on both sides, weft's KV cache in f16
 /// (measured here, AVX2: 0.0125 nats at the first position, at most 0.035 elsewhere).
@@ -27,14 +27,6 @@ const IMAGE_TOKEN: u32 = 409;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 #[test]

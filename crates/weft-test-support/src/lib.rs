@@ -5,11 +5,13 @@
 //! a broken setup, and a test that returns early would count as passed without checking
 //! anything.
 
+mod golden;
 mod logprobs;
 mod rng;
 
 use std::path::PathBuf;
 
+pub use golden::{floats, floats_f32, relative_diff};
 pub use logprobs::{log_softmax, logprob_diff};
 pub use rng::Rng;
 

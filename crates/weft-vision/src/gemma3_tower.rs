@@ -5,8 +5,8 @@
 //! an 896-pixel image: 256 tokens), normalizes them with an RMSNorm that scales by `1 + w`
 //! (the "soft embedding norm") and maps them to the language model's width.
 //!
-//! Tensor names are the Hugging Face checkpoint's below `vision_tower.vision_model.` and
-//! `multi_modal_projector.`.
+//! Tensor names are the Hugging Face checkpoint's: the encoder's below
+//! `vision_tower.vision_model.`, the projector's below `multi_modal_projector.`.
 
 use weft_kernels::encoder_attention::self_attention;
 use weft_kernels::float_ops::{gelu_tanh_inplace, layer_norm_eps};
@@ -16,9 +16,6 @@ use weft_kernels::sgemm::{Linear, PackedB};
 use weft_models::weights::WeightSource;
 
 use crate::tower::{HfTowerWeights, TowerError, TowerWeights};
-
-const ENCODER: &str = "vision_tower.vision_model.";
-const PROJECTOR: &str = "multi_modal_projector.";
 
 /// The tower's shape: `config.json`'s `vision_config` and `mm_tokens_per_image`, and the
 /// language model's width.
@@ -148,22 +145,40 @@ pub struct Gemma3VisionTower {
     projection: Linear,
 }
 
-/// The tower's tensors in a Hugging Face checkpoint: at the root, or under `model.` as
-/// transformers 5 saves them.
-pub fn hf_weights(weights: &dyn WeightSource) -> Result<HfTowerWeights<'_>, TowerError> {
-    HfTowerWeights::new(
+/// The encoder's and the projector's tensors in a Hugging Face checkpoint: under the
+/// released checkpoints' names, or the ones transformers 5 gives a model it built itself
+/// (`model.` first, no `vision_model.`).
+pub fn hf_weights(
+    weights: &dyn WeightSource,
+) -> Result<(HfTowerWeights<'_>, HfTowerWeights<'_>), TowerError> {
+    let encoder = HfTowerWeights::new(
         weights,
-        &["", "model."],
-        &format!("{ENCODER}embeddings.patch_embedding.weight"),
-    )
+        &[
+            "vision_tower.vision_model.",
+            "model.vision_tower.vision_model.",
+            "model.vision_tower.",
+        ],
+        "embeddings.patch_embedding.weight",
+    )?;
+    let projector = HfTowerWeights::new(
+        weights,
+        &["multi_modal_projector.", "model.multi_modal_projector."],
+        "mm_soft_emb_norm.weight",
+    )?;
+    Ok((encoder, projector))
 }
 
 impl Gemma3VisionTower {
-    /// Builds the tower from `weights` (tensors by their Hugging Face names).
-    pub fn load(weights: &dyn TowerWeights, config: Gemma3TowerConfig) -> Result<Self, TowerError> {
+    /// Builds the tower from the encoder's and the projector's tensors (by their Hugging Face
+    /// names below the two modules).
+    pub fn load(
+        encoder: &dyn TowerWeights,
+        projector: &dyn TowerWeights,
+        config: Gemma3TowerConfig,
+    ) -> Result<Self, TowerError> {
         let c = &config;
         let (d, ff) = (c.hidden, c.intermediate);
-        let tensor = |name: &str, shape: &[usize]| weights.tensor(name, shape);
+        let tensor = |name: &str, shape: &[usize]| encoder.tensor(name, shape);
         let linear = |name: &str, out: usize, inp: usize| -> Result<Linear, TowerError> {
             Ok(Linear {
                 w: PackedB::from_rows(&tensor(&format!("{name}.weight"), &[out, inp])?, out, inp),
@@ -179,26 +194,17 @@ impl Gemma3VisionTower {
         let p = c.patch_size;
         let patch_embed = Linear {
             w: PackedB::from_rows(
-                &tensor(
-                    &format!("{ENCODER}embeddings.patch_embedding.weight"),
-                    &[d, 3, p, p],
-                )?,
+                &tensor("embeddings.patch_embedding.weight", &[d, 3, p, p])?,
                 d,
                 c.patch_len(),
             ),
-            b: Some(tensor(
-                &format!("{ENCODER}embeddings.patch_embedding.bias"),
-                &[d],
-            )?),
+            b: Some(tensor("embeddings.patch_embedding.bias", &[d])?),
         };
         let n_patches = c.patches_side() * c.patches_side();
-        let positions = tensor(
-            &format!("{ENCODER}embeddings.position_embedding.weight"),
-            &[n_patches, d],
-        )?;
+        let positions = tensor("embeddings.position_embedding.weight", &[n_patches, d])?;
         let blocks = (0..c.layers)
             .map(|i| {
-                let b = |s: &str| format!("{ENCODER}encoder.layers.{i}.{s}");
+                let b = |s: &str| format!("encoder.layers.{i}.{s}");
                 let mut qkv_w = Vec::with_capacity(3 * d * d);
                 let mut qkv_b = Vec::with_capacity(3 * d);
                 for which in ["q_proj", "k_proj", "v_proj"] {
@@ -218,17 +224,15 @@ impl Gemma3VisionTower {
                 })
             })
             .collect::<Result<_, TowerError>>()?;
-        let soft_norm = tensor(&format!("{PROJECTOR}mm_soft_emb_norm.weight"), &[d])?
+        let soft_norm = projector
+            .tensor("mm_soft_emb_norm.weight", &[d])?
             .into_iter()
             .map(|w| 1.0 + w)
             .collect();
         // Stored `[vision width, text width]`: the product's columns.
         let projection = Linear {
             w: PackedB::from_cols(
-                &tensor(
-                    &format!("{PROJECTOR}mm_input_projection_weight"),
-                    &[d, c.out_hidden],
-                )?,
+                &projector.tensor("mm_input_projection_weight", &[d, c.out_hidden])?,
                 d,
                 c.out_hidden,
             ),
@@ -238,7 +242,7 @@ impl Gemma3VisionTower {
             patch_embed,
             positions,
             blocks,
-            post_norm: norm(&format!("{ENCODER}post_layernorm"))?,
+            post_norm: norm("post_layernorm")?,
             soft_norm,
             projection,
             config,

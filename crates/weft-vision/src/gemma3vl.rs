@@ -58,7 +58,8 @@ impl Gemma3Vision {
         let tower_config = Gemma3TowerConfig::from_hf(&config)?;
         let weights =
             SafetensorsFiles::open_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
-        let tower = Gemma3VisionTower::load(&gemma3_tower::hf_weights(&weights)?, tower_config)?;
+        let (encoder, projector) = gemma3_tower::hf_weights(&weights)?;
+        let tower = Gemma3VisionTower::load(&encoder, &projector, tower_config)?;
         let processor = processor_config(dir)?;
         // The tokenizer names the strings; Gemma 3's own are the fallback.
         let strings = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
@@ -99,7 +100,8 @@ impl Gemma3Vision {
         let processor = mmproj
             .siglip_processor(&config)
             .map_err(|e| model_error(e.to_string()))?;
-        let tower = Gemma3VisionTower::load(&mmproj.gemma3_weights(), config)?;
+        let weights = mmproj.gemma3_weights();
+        let tower = Gemma3VisionTower::load(&weights, &weights, config)?;
         let strings = Strings {
             boi: BOI.into(),
             image: IMAGE.into(),

@@ -272,52 +272,47 @@ impl TowerWeights for MmprojFile {
     }
 }
 
-/// An mmproj file's Gemma 3 tower under Hugging Face's names. The converter stores the soft
-/// embedding norm's weight as `1 + w` (what llama.cpp multiplies by); the tower adds the one
-/// itself, as for the checkpoint's `w`.
+/// An mmproj file's Gemma 3 tower under Hugging Face's names (the encoder's below
+/// `vision_tower.vision_model.`, the projector's below `multi_modal_projector.`: one map
+/// serves both, their names do not overlap). The converter stores the soft embedding norm's
+/// weight as `1 + w` (what llama.cpp multiplies by); the tower adds the one itself, as for
+/// the checkpoint's `w`.
 pub struct Gemma3Weights<'a>(&'a MmprojFile);
 
 impl TowerWeights for Gemma3Weights<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TowerError> {
         let file = &self.0.file;
         let missing = || TowerError::MissingTensor(name.to_owned());
-        if let Some(rest) = name.strip_prefix("vision_tower.vision_model.") {
-            if let Some(rest) = rest.strip_prefix("encoder.layers.") {
-                let (block, rest) = rest.split_once('.').ok_or_else(missing)?;
-                let (module, suffix) = rest.rsplit_once('.').ok_or_else(missing)?;
-                let gguf = match module {
-                    "layer_norm1" => "ln1",
-                    "layer_norm2" => "ln2",
-                    "self_attn.q_proj" => "attn_q",
-                    "self_attn.k_proj" => "attn_k",
-                    "self_attn.v_proj" => "attn_v",
-                    "self_attn.out_proj" => "attn_out",
-                    "mlp.fc1" => "ffn_up",
-                    "mlp.fc2" => "ffn_down",
-                    _ => return Err(missing()),
-                };
-                return read_f32(file, &format!("v.blk.{block}.{gguf}.{suffix}"), shape);
-            }
-            let gguf = match rest {
-                "embeddings.patch_embedding.weight" => "v.patch_embd.weight",
-                "embeddings.patch_embedding.bias" => "v.patch_embd.bias",
-                "embeddings.position_embedding.weight" => "v.position_embd.weight",
-                "post_layernorm.weight" => "v.post_ln.weight",
-                "post_layernorm.bias" => "v.post_ln.bias",
+        if let Some(rest) = name.strip_prefix("encoder.layers.") {
+            let (block, rest) = rest.split_once('.').ok_or_else(missing)?;
+            let (module, suffix) = rest.rsplit_once('.').ok_or_else(missing)?;
+            let gguf = match module {
+                "layer_norm1" => "ln1",
+                "layer_norm2" => "ln2",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.out_proj" => "attn_out",
+                "mlp.fc1" => "ffn_up",
+                "mlp.fc2" => "ffn_down",
                 _ => return Err(missing()),
             };
-            return read_f32(file, gguf, shape);
+            return read_f32(file, &format!("v.blk.{block}.{gguf}.{suffix}"), shape);
         }
-        match name {
-            "multi_modal_projector.mm_input_projection_weight" => {
-                read_f32(file, "mm.input_projection.weight", shape)
-            }
-            "multi_modal_projector.mm_soft_emb_norm.weight" => {
-                let mut w = read_f32(file, "mm.soft_emb_norm.weight", shape)?;
-                w.iter_mut().for_each(|v| *v -= 1.0);
-                Ok(w)
-            }
-            _ => Err(missing()),
+        if name == "mm_soft_emb_norm.weight" {
+            let mut w = read_f32(file, "mm.soft_emb_norm.weight", shape)?;
+            w.iter_mut().for_each(|v| *v -= 1.0);
+            return Ok(w);
         }
+        let gguf = match name {
+            "embeddings.patch_embedding.weight" => "v.patch_embd.weight",
+            "embeddings.patch_embedding.bias" => "v.patch_embd.bias",
+            "embeddings.position_embedding.weight" => "v.position_embd.weight",
+            "post_layernorm.weight" => "v.post_ln.weight",
+            "post_layernorm.bias" => "v.post_ln.bias",
+            "mm_input_projection_weight" => "mm.input_projection.weight",
+            _ => return Err(missing()),
+        };
+        read_f32(file, gguf, shape)
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use weft_kernels::pool::ThreadPool;
 use weft_models::weights::SafetensorsFiles;
+use weft_test_support::{floats_f32 as floats, relative_diff};
 use weft_vision::mmproj::MmprojFile;
 use weft_vision::qwen25vl_tower::{hf_weights, Grid, Qwen25VisionTower, TowerConfig};
 use weft_vision::Vision;
@@ -20,17 +21,6 @@ fn dir() -> PathBuf {
 
 fn json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join(name)).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|x| match x {
-            Value::Array(_) => floats(x),
-            _ => vec![x.as_f64().unwrap() as f32],
-        })
-        .collect()
 }
 
 fn tower() -> Qwen25VisionTower {
@@ -49,16 +39,6 @@ fn grid(image: &Value) -> Grid {
         h: g[1],
         w: g[2],
     }
-}
-
-/// Largest |a - b| relative to the largest |b|.
-fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]

@@ -16,7 +16,7 @@ use weft_kernels::pool::ThreadPool;
 use weft_models::chat_template::RenderOptions;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
-use weft_test_support::{log_softmax, logprob_diff};
+use weft_test_support::{floats, floats_f32, log_softmax, logprob_diff, relative_diff};
 use weft_vision::video::VideoLimits;
 use weft_vision::{ProcessorKwargs, Vision};
 
@@ -286,27 +286,6 @@ fn video_golden() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-/// The largest difference between `ours` (rows of `width`) and `theirs` (a JSON list of
-/// rows), relative to the largest value of `theirs`.
-fn relative_diff(ours: &[f32], theirs: &Value) -> f64 {
-    let theirs: Vec<f64> = theirs.as_array().unwrap().iter().flat_map(floats).collect();
-    assert_eq!(ours.len(), theirs.len(), "row counts");
-    let scale = theirs.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = ours
-        .iter()
-        .zip(&theirs)
-        .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
-    diff / scale
-}
-
 /// Both golden video conversations (a video; an image, text and a video) through the
 /// library as `weft run --video` uses it: the clip read and sampled by ffmpeg, template,
 /// placeholders, tower, M-RoPE, a session. Against transformers (golden_video.json,
@@ -319,7 +298,7 @@ fn video_conversations_match_transformers() {
     }
     // Measured (AVX2): 3e-6 relative on the tower rows; 0.0125 nats at the first position,
     // at most 0.02 elsewhere (f16 KV cache, as in qwen25vl_language.rs).
-    const MAX_TOWER_DIFF: f64 = 1e-4;
+    const MAX_TOWER_DIFF: f32 = 1e-4;
     const MAX_FIRST_DIFF: f64 = 0.02;
     const MAX_DIFF: f64 = 0.1;
     const NEAR_TIE: f64 = 0.05;
@@ -387,7 +366,7 @@ fn video_conversations_match_transformers() {
             (patches[0], "tower_output_first_patch"),
             (patches[8], "tower_output_last_patch"),
         ] {
-            let d = relative_diff(ours, &golden["video"][key]);
+            let d = relative_diff(ours, &floats_f32(&golden["video"][key]));
             eprintln!("{name} {key}: {d:.2e}");
             assert!(d <= MAX_TOWER_DIFF, "{name}: {key} differs by {d:.2e}");
         }

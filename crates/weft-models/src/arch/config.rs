@@ -76,9 +76,11 @@ pub struct DecoderConfig {
 /// Largest `rope_dims / 2` with multimodal RoPE (heads of up to 512).
 pub(crate) const MAX_MROPE_HALF: usize = 256;
 
-/// Gemma 3's local layers use this RoPE base (fixed by the architecture, not stored in GGUF).
+/// Gemma 3's local layers use this RoPE base where the file has no `rope.freq_base_swa`
+/// (llama.cpp's converter writes it only for some models).
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
-/// Gemma 3: every sixth layer is global, the others slide.
+/// Gemma 3 without `attention.sliding_window_pattern`: every sixth layer is global, the
+/// others slide.
 const GEMMA3_GLOBAL_EVERY: usize = 6;
 
 /// `rope.dimension_sections` of a qwen2vl GGUF: frequency pairs given to time, height and
@@ -184,17 +186,30 @@ impl DecoderConfig {
                 let window = file
                     .get_u32(&key("attention.sliding_window"))?
                     .map(|v| v as usize);
+                // Which layers slide: the file's per-layer pattern where the converter wrote
+                // one, else Gemma 3's every sixth layer global.
+                let pattern = file.get_bool_array(&key("attention.sliding_window_pattern"))?;
+                if pattern.is_some_and(|p| p.len() != n_layers) {
+                    return Err(ModelError::invalid(
+                        file,
+                        "attention.sliding_window_pattern does not have one entry per layer",
+                    ));
+                }
+                let sliding = |il: usize| match pattern {
+                    Some(p) => p[il],
+                    None => (il + 1) % GEMMA3_GLOBAL_EVERY != 0,
+                };
+                let local = LayerAttention {
+                    window,
+                    rope_base: file
+                        .get_f32(&key("rope.freq_base_swa"))?
+                        .unwrap_or(GEMMA3_LOCAL_ROPE_BASE),
+                    rope_scale: 1.0,
+                };
                 let layers = (0..n_layers)
-                    .map(|il| {
-                        if (il + 1) % GEMMA3_GLOBAL_EVERY == 0 || window.is_none() {
-                            global
-                        } else {
-                            LayerAttention {
-                                window,
-                                rope_base: GEMMA3_LOCAL_ROPE_BASE,
-                                rope_scale: 1.0,
-                            }
-                        }
+                    .map(|il| match sliding(il) && window.is_some() {
+                        true => local,
+                        false => global,
                     })
                     .collect();
                 (layers, RopeStyle::Neox, (n_embd as f32).sqrt())

@@ -238,6 +238,14 @@ impl GgufFile {
         }
     }
 
+    pub fn get_bool_array(&self, key: &str) -> Result<Option<&[bool]>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(MetaValue::Array(MetaArray::Bool(a))) => Ok(Some(a)),
+            Some(v) => Err(self.type_error(key, "array[bool]", v)),
+        }
+    }
+
     pub fn get_str_array(&self, key: &str) -> Result<Option<&[String]>, GgufError> {
         match self.get(key) {
             None => Ok(None),
