@@ -241,7 +241,8 @@ EMBED_STD = 0.125  # token embeddings; times sqrt(hidden) = 8 in the model, so ~
 PROJ_GAIN = 2.0  # the 32 -> 64 projector matrix: image tokens about twice the text embeddings
 POST_NORM = 2.0  # added to the (1 + w) post-attention / post-feedforward norms' w, so that
 #                  the layers outweigh the embedding (else the tied model repeats its input)
-FINAL_NORM = 10.0  # the final norm's w is centred here: (1 + w) ~ 11, so greedy rarely ties
+FINAL_NORM = 3.0  # the final norm's w is centred here: (1 + w) ~ 4, logits spanning ~25 nats as a
+#                   real model's (a larger gain would also amplify f16 rounding into the logits)
 VISION_BIAS_STD = 0.2
 POS_EMBED_STD = 0.5
 

@@ -6,7 +6,7 @@
 //! and slow URLs are 400s that leave the server serving. Videos (golden_video.json) likewise,
 //! their temporal patches encoded step by step within the encoder budget.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,16 +20,31 @@ use weft_vision::Vision;
 mod common;
 use common::Listening;
 
+fn data_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data")
+        .join(name)
+}
+
+/// The tiny Qwen2.5-VL checkpoint.
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
+    data_dir("hf-tiny-vl")
+}
+
+fn golden_of(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap()
 }
 
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
+    golden_of(&dir())
+}
+
+fn image_bytes_of(dir: &Path, golden: &Value, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(golden["images"][name]["file"].as_str().unwrap())).unwrap()
 }
 
 fn image_bytes(golden: &Value, name: &str) -> Vec<u8> {
-    std::fs::read(dir().join(golden["images"][name]["file"].as_str().unwrap())).unwrap()
+    image_bytes_of(&dir(), golden, name)
 }
 
 fn data_url(bytes: &[u8]) -> String {
@@ -40,12 +55,23 @@ fn data_url(bytes: &[u8]) -> String {
 }
 
 async fn start(model: Arc<TextModel>, max_model_len: usize) -> Listening {
+    start_with(&dir(), model, max_model_len, 256).await
+}
+
+/// A server for the checkpoint in `dir` (loaded as `model`) whose steps hold at most
+/// `max_num_batched_tokens`.
+async fn start_with(
+    dir: &Path,
+    model: Arc<TextModel>,
+    max_model_len: usize,
+    max_num_batched_tokens: usize,
+) -> Listening {
     let engine = EngineHandle::start(
         Arc::clone(&model),
         EngineConfig {
             n_threads: 2,
             max_num_seqs: 8,
-            max_num_batched_tokens: 256,
+            max_num_batched_tokens,
             max_model_len,
             kv_cache_tokens: 4096,
             prefix_caching: true,
@@ -55,7 +81,7 @@ async fn start(model: Arc<TextModel>, max_model_len: usize) -> Listening {
         },
     )
     .unwrap();
-    let vision = Vision::load(&dir()).unwrap().map(Arc::new);
+    let vision = Vision::load(dir).unwrap().map(Arc::new);
     let config = ServerConfig {
         served_model_names: vec!["vl".into()],
         api_key: None,
@@ -66,7 +92,9 @@ async fn start(model: Arc<TextModel>, max_model_len: usize) -> Listening {
             media: MediaLimits {
                 max_images: 2,
                 fetch_timeout: Duration::from_secs(1),
-                allowed_local_media_path: Some(dir().join("images").canonicalize().unwrap()),
+                allowed_local_media_path: Some(
+                    data_dir("hf-tiny-vl/images").canonicalize().unwrap(),
+                ),
                 ..MediaLimits::default()
             },
             ..Limits::default()
@@ -461,5 +489,37 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
     // Still serving.
     let (status, body) = post(&server, &video_request(video, &url)).await;
     assert_eq!(status, 200, "{body}");
+    server.shutdown(Duration::from_secs(60)).await;
+}
+
+/// Gemma 3 (tests/data/hf-tiny-gemma3-vl): images as data: URLs give transformers' greedy
+/// replies, in steps of 20 tokens, so that the scheduler must keep each image's 16 tokens,
+/// which attend to each other both ways, in one step; the model lists only text and images
+/// and refuses a video with a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemma3_images_over_http_give_transformers_greedy_replies() {
+    let dir = data_dir("hf-tiny-gemma3-vl");
+    let golden = golden_of(&dir);
+    let model = Arc::new(TextModel::load(&dir).unwrap());
+    let server = start_with(&dir, Arc::clone(&model), 512, 20).await;
+    let models: Value = reqwest::get(server.url("/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        models["data"][0]["input_modalities"],
+        json!(["text", "image"])
+    );
+    for case in &golden["cases"].as_array().unwrap()[1..3] {
+        let url = |name: &str| data_url(&image_bytes_of(&dir, &golden, name));
+        replies_greedily(&server, &model, case, &request(case, &url)).await;
+    }
+    let video = json!({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}});
+    let (status, body) = post(&server, &greedy_body(vec![video])).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not accept videos"), "{message}");
     server.shutdown(Duration::from_secs(60)).await;
 }

@@ -7,54 +7,26 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use std::sync::atomic::AtomicBool;
-
 use serde_json::Value;
-use weft_engine::sampler::SamplingParams;
-use weft_engine::session::{GenerateParams, Session, SessionConfig};
+use weft_engine::session::{Session, SessionConfig};
 use weft_kernels::pool::ThreadPool;
-use weft_models::chat_template::RenderOptions;
-use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 use weft_test_support::{floats, floats_f32, log_softmax, logprob_diff, relative_diff};
 use weft_vision::video::VideoLimits;
 use weft_vision::{ProcessorKwargs, Vision};
 
+mod common;
+
+use common::{
+    chat_replies_greedily, check_run_reply, decoded_images, greedy_16, ids, image_file, render,
+};
+
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/hf-tiny-vl")
+    common::data_dir("hf-tiny-vl")
 }
 
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
-}
-
-/// The golden images `names` (a JSON list), decoded.
-fn decoded_images(golden: &Value, names: &Value) -> Vec<weft_vision::RgbImage> {
-    names
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|name| {
-            let bytes = std::fs::read(image_file(golden, name)).unwrap();
-            weft_vision::decode(&bytes, &Default::default()).unwrap()
-        })
-        .collect()
-}
-
-fn image_file(golden: &Value, name: &Value) -> PathBuf {
-    dir().join(
-        golden["images"][name.as_str().unwrap()]["file"]
-            .as_str()
-            .unwrap(),
-    )
+    common::golden(&dir())
 }
 
 /// Every golden conversation (text only, one image, two images between texts) through the
@@ -70,7 +42,7 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
         // transformers' messages name each image; the template only needs its place.
         let text = render(&model, &case["messages"]);
         assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
-        let images = decoded_images(&golden, &case["images"]);
+        let images = decoded_images(&dir(), &golden, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
         let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{}", case["name"]);
@@ -128,49 +100,20 @@ fn run_with_a_video_prints_transformers_greedy_reply() {
             "--ctx-size".into(),
             "2048".into(),
         ];
-        check_run_reply(&model_args, &media, &golden["cases"][0]);
+        check_run_reply(&dir(), &model_args, &media, &golden["cases"][0]);
     }
 }
 
 fn run_prints_transformers_greedy_reply(model_args: &[std::ffi::OsString]) {
     let golden = golden();
     let case = &golden["cases"][1];
-    let image = image_file(&golden, &case["images"][0]);
+    let image = image_file(&dir(), &golden, &case["images"][0]);
     check_run_reply(
+        &dir(),
         model_args,
         &["--image".into(), image.into_os_string()],
         case,
     );
-}
-
-/// `weft run` with `model_args` and `media_args` on the golden `case`'s text prints the
-/// case's greedy tokens.
-fn check_run_reply(
-    model_args: &[std::ffi::OsString],
-    media_args: &[std::ffi::OsString],
-    case: &Value,
-) {
-    let model = TextModel::load(&dir()).unwrap();
-    let content = case["messages"][0]["content"].as_array().unwrap();
-    let prompt = content.iter().find_map(|p| p["text"].as_str()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .arg("run")
-        .args(model_args)
-        .args(media_args)
-        .args([prompt, "--temperature", "0", "-n", "16"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A reply cut inside a UTF-8 character ends before it (the detokenizer never prints
-    // half a character).
-    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
-    let want = full.trim_end_matches('\u{FFFD}');
-    let got = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(got.trim_end_matches('\n'), want);
 }
 
 #[test]
@@ -208,8 +151,9 @@ fn images_need_a_vision_model_and_a_readable_image() {
 fn chat_attaches_images_with_a_command() {
     let golden = golden();
     let case = &golden["cases"][1];
-    let image = image_file(&golden, &case["images"][0]);
+    let image = image_file(&dir(), &golden, &case["images"][0]);
     let err = chat_replies_greedily(
+        &dir(),
         &[],
         &format!("/image missing.png\n/image {}", image.display()),
         case,
@@ -227,58 +171,12 @@ fn chat_attaches_videos_with_a_command() {
     let golden = video_golden();
     let clip = dir().join(golden["video"]["file"].as_str().unwrap());
     let err = chat_replies_greedily(
+        &dir(),
         &["-c", "2048"],
         &format!("/video {}", clip.display()),
         &golden["cases"][0],
     );
     assert!(err.contains("[video attached"), "{err}");
-}
-
-/// `weft chat DIR ARGS` given the `commands` lines and then golden `case`'s text prints the
-/// case's greedy reply; returns what it wrote to stderr.
-fn chat_replies_greedily(args: &[&str], commands: &str, case: &Value) -> String {
-    use std::io::Write;
-    let model = TextModel::load(&dir()).unwrap();
-    let content = case["messages"][0]["content"].as_array().unwrap();
-    let prompt = content.iter().find_map(|p| p["text"].as_str()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .arg("chat")
-        .arg(dir())
-        .args(["--temperature", "0", "-n", "16"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(child.stdin.take().unwrap(), "{commands}\n{prompt}\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    let full = model.tokenizer.decode(&ids(&case["greedy_tokens"]), false);
-    let got = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        got.trim_end_matches('\n'),
-        full.trim_end_matches('\u{FFFD}')
-    );
-    err
-}
-
-/// The 16 tokens `session` generates greedily after `tokens` with `media` (none of the golden
-/// continuations holds the end-of-turn token).
-fn greedy_16(session: &mut Session, tokens: &[u32], media: PromptMedia) -> Vec<u32> {
-    let params = GenerateParams {
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-        max_tokens: 16,
-        stop: Vec::new(),
-    };
-    session
-        .generate_with_media(tokens, media, &params, &AtomicBool::new(false), |_| {})
-        .unwrap()
-        .generated
 }
 
 fn video_golden() -> Value {
@@ -332,7 +230,7 @@ fn video_conversations_match_transformers() {
         let name = case["name"].as_str().unwrap();
         let text = render(&model, &case["messages"]);
         assert_eq!(text, case["text"].as_str().unwrap(), "{name}");
-        let pictures = decoded_images(&images, &case["images"]);
+        let pictures = decoded_images(&dir(), &images, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
         let plan = vision
             .plan(&tokens, &pictures, std::slice::from_ref(&video))
@@ -402,24 +300,4 @@ fn video_conversations_match_transformers() {
             "{name}: greedy {generated:?}, transformers {want:?}"
         );
     }
-}
-
-/// The chat template's text for golden `messages` (with the media's names dropped).
-fn render(model: &TextModel, messages: &Value) -> String {
-    let mut messages = messages.clone();
-    for m in messages.as_array_mut().unwrap() {
-        for part in m["content"].as_array_mut().unwrap() {
-            part.as_object_mut().unwrap().remove("image");
-        }
-    }
-    let options = RenderOptions {
-        add_generation_prompt: true,
-        ..RenderOptions::default()
-    };
-    model
-        .chat_template
-        .as_ref()
-        .unwrap()
-        .render_with(messages.as_array().unwrap(), &options)
-        .unwrap()
 }
