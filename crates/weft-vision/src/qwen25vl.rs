@@ -142,6 +142,7 @@ impl PreparedPrompt {
         let media = PromptMedia {
             embeddings,
             positions: self.positions,
+            bidirectional: Vec::new(),
         };
         (self.tokens, media)
     }
