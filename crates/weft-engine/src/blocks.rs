@@ -9,6 +9,7 @@
 //! recently freed first. Blocks without a key are reused before any cached one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
 use xxhash_rust::xxh3::Xxh3Default;
 
@@ -69,6 +70,16 @@ pub struct MediaSpan {
     pub start: usize,
     pub len: usize,
     pub hash: u128,
+    /// Its tokens attend to each other both ways (Gemma 3's images), so they are computed in
+    /// one chunk.
+    pub bidirectional: bool,
+}
+
+impl MediaSpan {
+    /// Its tokens' sequence indices.
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.len
+    }
 }
 
 /// The blocks one sequence holds, in order, and the keys of its leading full blocks.
@@ -456,6 +467,7 @@ mod tests {
                 start: 20,
                 len: 8,
                 hash,
+                bidirectional: false,
             }]
         };
         let mut a = SeqBlocks::default();

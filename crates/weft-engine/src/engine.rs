@@ -9,6 +9,7 @@
 //! failed request gets [`Event::Failed`]; the rest go on.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -338,6 +339,8 @@ struct Active {
     /// The prompt's media items, in token order.
     media: Vec<ActiveMedia>,
     positions: MediaPositions,
+    /// Token ranges of its bidirectional media items, for every chunk's `SeqSlice`.
+    bidirectional: Vec<Range<usize>>,
 }
 
 /// A media item's encoder, and its rows once encoded or found in the cache (kept until the
@@ -456,6 +459,13 @@ impl Worker {
                 return;
             }
         };
+        let bidirectional = req
+            .media
+            .items
+            .iter()
+            .filter(|item| item.span.bidirectional)
+            .map(|item| item.span.range())
+            .collect();
         self.scheduler
             .add(Sequence::with_media(id, req.prompt, req.media.spans()));
         let mut media = Vec::with_capacity(req.media.items.len());
@@ -480,6 +490,7 @@ impl Worker {
                 sink,
                 media,
                 positions,
+                bidirectional,
             },
         );
     }
@@ -683,6 +694,7 @@ impl Worker {
                     } else {
                         LogitsWanted::None
                     },
+                    bidirectional: &self.requests[&c.id].bidirectional,
                 };
                 start += c.len;
                 slice

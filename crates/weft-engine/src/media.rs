@@ -177,6 +177,7 @@ mod tests {
                         start,
                         len,
                         hash: 0,
+                        bidirectional: false,
                     },
                     encoder: Arc::new(Never),
                 })

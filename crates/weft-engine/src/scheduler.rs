@@ -16,6 +16,12 @@
 //! media tokens encoded per step, and decodes stay in every step; but an item is encoded
 //! whole inside one step, so a large one delays that step (and every stream in it) by its
 //! whole encoding time.
+//!
+//! A bidirectional item (Gemma 3's images: its tokens attend to each other both ways) is
+//! never split between chunks, as vLLM's `disable_chunked_mm_input`: a chunk that would end
+//! inside one stops before it, and one that starts inside it (at its start, or within it
+//! after a prefix-cache hit, whose K/V were computed with the whole item) runs to its end even
+//! past the step's token budget, which then counts as spent (it saturates at zero).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -73,19 +79,33 @@ impl Sequence {
     }
 
     /// Shortens a chunk of `len` tokens from `computed` so that every media item it reaches
-    /// has rows or is listed in `encode` within `budget`.
+    /// has rows or is listed in `encode` within `budget`, and no bidirectional item is split:
+    /// the chunk stops before one it would end inside, or runs to the end of one it starts
+    /// inside (so it may grow beyond `len`).
     fn fit_media(
         &self,
         len: usize,
         budget: &mut EncoderBudget,
         encode: &mut Vec<(SeqId, usize)>,
     ) -> usize {
-        let (from, to) = (self.computed, self.computed + len);
+        let from = self.computed;
+        let mut to = from + len;
         for (i, m) in self.media.iter().enumerate() {
             if m.start >= to {
                 break;
             }
-            if m.start + m.len <= from || self.media_ready[i] {
+            let end = m.start + m.len;
+            if end <= from {
+                continue;
+            }
+            if m.bidirectional && end > to {
+                if m.start > from {
+                    return m.start - from;
+                }
+                // Items are in order and disjoint: no later one starts before this end.
+                to = end;
+            }
+            if self.media_ready[i] {
                 continue;
             }
             if !budget.take(m.len) {
@@ -93,7 +113,7 @@ impl Sequence {
             }
             encode.push((self.id, i));
         }
-        len
+        to - from
     }
 
     pub fn block_table(&self) -> &[u32] {
@@ -232,7 +252,7 @@ impl Scheduler {
             }
             if self.blocks.allocate(&mut seq.blocks, seq.computed + len) {
                 plan.chunks.push(chunk(seq, len));
-                budget -= len;
+                budget = budget.saturating_sub(len);
                 i += 1;
                 continue;
             }
@@ -275,7 +295,7 @@ impl Scheduler {
                 break;
             }
             plan.chunks.push(chunk(seq, len));
-            budget -= len;
+            budget = budget.saturating_sub(len);
             self.waiting.pop_front();
             self.running.push(id);
         }
@@ -532,7 +552,90 @@ mod tests {
     }
 
     fn image(start: usize, len: usize, hash: u128) -> MediaSpan {
-        MediaSpan { start, len, hash }
+        MediaSpan {
+            start,
+            len,
+            hash,
+            bidirectional: false,
+        }
+    }
+
+    /// An image whose tokens attend to each other both ways (Gemma 3's).
+    fn bidirectional(start: usize, len: usize, hash: u128) -> MediaSpan {
+        MediaSpan {
+            bidirectional: true,
+            ..image(start, len, hash)
+        }
+    }
+
+    fn lens(p: &Plan) -> Vec<(SeqId, usize, usize)> {
+        p.chunks.iter().map(|c| (c.id, c.start, c.len)).collect()
+    }
+
+    /// A chunk stops before a bidirectional image it would end inside, and the next one takes
+    /// the whole image even past the token budget (which then admits nothing more); a causal
+    /// image is cut by the budget as text is.
+    #[test]
+    fn a_bidirectional_image_is_one_chunk() {
+        let mut s = sched(64, 4, 20);
+        s.add(Sequence::new(1, prompt(4, 0)));
+        step(&mut s, 7);
+        s.add(Sequence::with_media(
+            2,
+            prompt(60, 1),
+            vec![bidirectional(10, 30, 1)],
+        ));
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(1, 4, 1), (2, 0, 10)]);
+        assert!(p.encode.is_empty());
+        s.add(Sequence::with_media(
+            3,
+            prompt(30, 2),
+            vec![image(5, 20, 2)],
+        ));
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(1, 5, 1), (2, 10, 30)]);
+        assert_eq!(p.encode, vec![(2, 0)]);
+        s.media_ready(2, 0);
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(1, 6, 1), (2, 40, 19)]);
+        // 3's causal image is cut where the budget ends.
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(1, 7, 1), (2, 59, 1), (3, 0, 18)]);
+    }
+
+    /// A prefix-cache hit may end inside a bidirectional image (its blocks were computed with
+    /// the whole image); the next chunk then runs to the image's end, past the budget.
+    #[test]
+    fn a_prefix_hit_inside_a_bidirectional_image_runs_to_its_end() {
+        let mut s = sched(64, 4, 100);
+        let a = prompt(80, 0);
+        s.add(Sequence::with_media(
+            1,
+            a.clone(),
+            vec![bidirectional(10, 40, 9)],
+        ));
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(1, 0, 80)]);
+        s.remove(1);
+
+        let mut s = Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: 4,
+                max_num_batched_tokens: 10,
+                encoder_budget: 100,
+            },
+            s.blocks,
+        );
+        // The same first 45 tokens: blocks 0..32 are found, 32..48 is not.
+        let mut b = a.clone();
+        b[45] += 1;
+        s.add(Sequence::with_media(2, b, vec![bidirectional(10, 40, 9)]));
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(2, 32, 18)]);
+        assert_eq!(p.encode, vec![(2, 0)]);
+        let p = step(&mut s, 7);
+        assert_eq!(lens(&p), vec![(2, 50, 10)]);
     }
 
     /// A chunk stops before an image the step's encoder budget cannot pay for; the first

@@ -1,6 +1,7 @@
 //! One conversation with a model: a sequence whose KV cache persists between calls, so a
 //! follow-up prompt that extends the previous one only pays for its new tokens.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -112,9 +113,10 @@ impl<'m> Session<'m> {
         self.tokens.truncate(kept);
     }
 
-    /// Evaluates `new` after the cached tokens, in chunks of at most `max_batch`, passing each
-    /// chunk's logits rows to `on_chunk(index of the chunk's first token, rows)`. `Last` asks
-    /// for the final token's row only; `All` for every row of every chunk.
+    /// Evaluates `new` after the cached tokens, in chunks of at most `max_batch` that do not
+    /// split a bidirectional span of the media (a longer span is a chunk of its own), passing
+    /// each chunk's logits rows to `on_chunk(index of the chunk's first token, rows)`. `Last`
+    /// asks for the final token's row only; `All` for every row of every chunk.
     fn extend(
         &mut self,
         new: &[u32],
@@ -134,10 +136,13 @@ impl<'m> Session<'m> {
                 ctx_size: self.config.ctx_size,
             });
         }
-        let n_chunks = new.len().div_ceil(self.config.max_batch);
-        for (i, chunk) in new.chunks(self.config.max_batch).enumerate() {
+        let base = self.tokens.len();
+        while self.tokens.len() < total {
             let cached = self.tokens.len();
-            let logits = if i + 1 == n_chunks || logits == LogitsWanted::All {
+            let spans = &self.media.bidirectional;
+            let upto = chunk_end(cached, cached + self.config.max_batch, spans).min(total);
+            let chunk = &new[cached - base..upto - base];
+            let logits = if upto == total || logits == LogitsWanted::All {
                 logits
             } else {
                 LogitsWanted::None
@@ -162,6 +167,7 @@ impl<'m> Session<'m> {
                 cached,
                 block_table: self.seq.table(),
                 logits,
+                bidirectional: spans,
             }];
             let batch = Batch {
                 tokens: chunk,
@@ -317,5 +323,36 @@ impl<'m> Session<'m> {
                 on_logits(start + i, row);
             }
         })
+    }
+}
+
+/// Where a chunk from sequence index `start` that may run to `end` ends so that it splits no
+/// span: before a span that `end` falls inside, or at the end of one the chunk starts in.
+fn chunk_end(start: usize, end: usize, spans: &[Range<usize>]) -> usize {
+    match spans.iter().find(|s| s.start < end && end < s.end) {
+        Some(s) if s.start > start => s.start,
+        Some(s) => s.end,
+        None => end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_end;
+
+    #[test]
+    fn chunks_split_no_span() {
+        let spans = [4..10, 12..40];
+        // Ends outside spans, or at their edges, stay.
+        assert_eq!(chunk_end(0, 4, &spans), 4);
+        assert_eq!(chunk_end(0, 11, &spans), 11);
+        assert_eq!(chunk_end(4, 12, &spans), 12);
+        // An end inside a span moves before it, or past it when the chunk starts in it.
+        assert_eq!(chunk_end(0, 8, &spans), 4);
+        assert_eq!(chunk_end(10, 20, &spans), 12);
+        assert_eq!(chunk_end(12, 20, &spans), 40);
+        assert_eq!(chunk_end(4, 6, &spans), 10);
+        assert_eq!(chunk_end(5, 6, &spans), 10);
+        assert_eq!(chunk_end(0, 8, &[]), 8);
     }
 }

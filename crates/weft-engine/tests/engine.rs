@@ -306,7 +306,12 @@ fn with_media(
         prompt: prompt.to_vec(),
         media: RequestMedia {
             items: vec![MediaItem {
-                span: MediaSpan { start, len, hash },
+                span: MediaSpan {
+                    start,
+                    len,
+                    hash,
+                    bidirectional: false,
+                },
                 encoder,
             }],
             positions: MediaPositions::default(),

@@ -3,6 +3,8 @@
 //! per sequence saying where its tokens sit, how much of it is already in the KV cache, and
 //! which of its rows need logits.
 
+use std::ops::Range;
+
 /// A token's rotary position. Three components (time, height, width) so that multimodal
 /// RoPE variants fit; text tokens carry the same value three times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -56,6 +58,14 @@ pub struct SeqSlice<'a> {
     /// KV cache blocks holding this sequence, in order; must cover `cached + len` tokens.
     pub block_table: &'a [u32],
     pub logits: LogitsWanted,
+    /// Runs of sequence indices (the index space of `cached`) whose tokens attend to each
+    /// other both ways, as Gemma 3's image tokens do; sorted, non-empty, not overlapping;
+    /// empty for a causal sequence. A query in a span sees the span's later keys as well as
+    /// the earlier ones a causal (or windowed) layer allows. A span that reaches the new
+    /// tokens must end within them: its earlier tokens see its later ones, so the rest of it
+    /// is computed in the same pass. One that began in the cache is the caller's to vouch
+    /// for (its cached K/V must have been computed with the whole span).
+    pub bidirectional: &'a [Range<usize>],
 }
 
 /// An input row given as an embedding instead of a token id: an image's, a video's or an
@@ -103,6 +113,21 @@ pub enum BatchError {
         block: u32,
         n_blocks: usize,
     },
+    #[error(
+        "sequence {seq}: bidirectional span {start}..{end} is empty or not after the previous one"
+    )]
+    SpanOrder {
+        seq: usize,
+        start: usize,
+        end: usize,
+    },
+    #[error("sequence {seq}: bidirectional span {start}..{end} reaches the new tokens but ends after them (at {new_end}); a span is computed in one pass")]
+    SpanCut {
+        seq: usize,
+        start: usize,
+        end: usize,
+        new_end: usize,
+    },
     #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
     TokenOutOfRange { token: u32, vocab_size: usize },
     #[error(
@@ -127,8 +152,9 @@ impl Batch<'_> {
     /// `block_size` tokens and a model of `vocab_size` tokens and `n_embd` wide rows: one
     /// position per token, the sequences tiling the tokens in order (so that each writes its
     /// own output rows, which the forward pass fills from several threads), block tables that
-    /// cover every cache slot written and name only existing blocks, token ids in the
-    /// vocabulary, and embeddings of the model's width for distinct tokens in order.
+    /// cover every cache slot written and name only existing blocks, bidirectional spans in
+    /// order and not cut by the end of the new tokens, token ids in the vocabulary, and
+    /// embeddings of the model's width for distinct tokens in order.
     pub fn check(
         &self,
         n_blocks: usize,
@@ -170,6 +196,7 @@ impl Batch<'_> {
                     n_blocks,
                 });
             }
+            check_spans(i, seq)?;
         }
         if next != tokens {
             return Err(BatchError::Uncovered {
@@ -205,6 +232,29 @@ impl Batch<'_> {
     }
 }
 
+/// Checks that a sequence's bidirectional spans are sorted, non-empty and disjoint, and that
+/// none reaching its new tokens ends after them.
+fn check_spans(seq: usize, s: &SeqSlice<'_>) -> Result<(), BatchError> {
+    let new = s.cached..s.cached.saturating_add(s.len);
+    let mut next = 0;
+    for span in s.bidirectional {
+        let (start, end) = (span.start, span.end);
+        if start < next || start >= end {
+            return Err(BatchError::SpanOrder { seq, start, end });
+        }
+        if start < new.end && end > new.start && end > new.end {
+            return Err(BatchError::SpanCut {
+                seq,
+                start,
+                end,
+                new_end: new.end,
+            });
+        }
+        next = end;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +266,7 @@ mod tests {
             cached,
             block_table: table,
             logits: LogitsWanted::Last,
+            bidirectional: &[],
         }
     }
 
@@ -290,5 +341,56 @@ mod tests {
             }]),
             Err(BatchError::EmbeddingWidth { len: 3, .. })
         ));
+    }
+
+    /// Spans must be sorted and non-empty, and one that reaches the new tokens (here cache
+    /// indices 14..17) must end within them; one that began in the cache may end in them.
+    #[test]
+    fn check_names_bad_bidirectional_spans() {
+        let tokens = [1u32, 2, 3];
+        let positions: Vec<Position> = (0..3).map(Position::text).collect();
+        let table = [0u32, 1];
+        let check = |spans: &[(usize, usize)]| {
+            let spans: Vec<Range<usize>> = spans.iter().map(|&(s, e)| s..e).collect();
+            let seqs = [SeqSlice {
+                bidirectional: &spans,
+                ..seq(0, 3, 14, &table)
+            }];
+            Batch {
+                tokens: &tokens,
+                positions: &positions,
+                seqs: &seqs,
+                embeddings: &[],
+            }
+            .check(2, 16, 10, 4)
+        };
+        let good: [&[(usize, usize)]; 5] = [
+            &[],
+            &[(2, 5), (14, 17)],
+            &[(10, 16)],
+            &[(15, 16), (16, 17)],
+            &[(0, 14), (17, 30)],
+        ];
+        for spans in good {
+            assert_eq!(check(spans), Ok(()), "{spans:?}");
+        }
+        let bad: [&[(usize, usize)]; 3] = [&[(5, 5)], &[(6, 8), (7, 9)], &[(8, 9), (2, 4)]];
+        for spans in bad {
+            assert!(
+                matches!(check(spans), Err(BatchError::SpanOrder { .. })),
+                "{spans:?}"
+            );
+        }
+        for (start, end) in [(16, 18), (10, 18), (14, 20)] {
+            assert_eq!(
+                check(&[(start, end)]),
+                Err(BatchError::SpanCut {
+                    seq: 0,
+                    start,
+                    end,
+                    new_end: 17
+                })
+            );
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! patches advance the time by its step each; the text after a medium resumes one past the
 //! largest position it used.
 
+use std::ops::Range;
+
 use crate::batch::Position;
 
 /// Where every token of a sequence sits for the rotary embedding: the prompt's positions as
@@ -36,6 +38,10 @@ pub struct PromptMedia {
     /// increasing index order.
     pub embeddings: Vec<(usize, Vec<f32>)>,
     pub positions: MediaPositions,
+    /// Runs of prompt indices whose tokens attend to each other both ways (Gemma 3's
+    /// images), sorted and disjoint, as [`crate::batch::SeqSlice::bidirectional`] takes
+    /// them; empty when attention is causal throughout (Qwen2.5-VL).
+    pub bidirectional: Vec<Range<usize>>,
 }
 
 impl PromptMedia {

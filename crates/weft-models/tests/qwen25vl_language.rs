@@ -130,6 +130,7 @@ fn check(model: &TextModel) {
             cached: 0,
             block_table: &table,
             logits: LogitsWanted::All,
+            bidirectional: &[],
         }];
         let batch = Batch {
             tokens: &tokens,

@@ -398,6 +398,7 @@ pub fn request_media(
                 start: input.start,
                 len: input.len,
                 hash: input.hash,
+                bidirectional: input.bidirectional,
             },
             encoder: Arc::new(TowerEncoder {
                 vision: Arc::clone(vision),

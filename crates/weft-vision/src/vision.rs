@@ -138,6 +138,12 @@ impl PreparedPrompt {
         let media = PromptMedia {
             embeddings,
             positions: self.positions,
+            bidirectional: self
+                .inputs
+                .iter()
+                .filter(|i| i.bidirectional)
+                .map(|i| i.start..i.start + i.len)
+                .collect(),
         };
         (self.tokens, media)
     }

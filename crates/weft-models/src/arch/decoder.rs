@@ -420,7 +420,9 @@ impl Decoder {
         }
     }
 
-    /// Causal (optionally windowed) attention of every new token over its sequence's cache.
+    /// Causal (optionally windowed) attention of every new token over its sequence's cache;
+    /// a token in one of its sequence's bidirectional spans also sees the span's later keys
+    /// (the window still bounds keys from below).
     ///
     /// Work items are (token, KV head, key range): when there are too few (token, KV head)
     /// pairs to keep every thread busy — decode of one sequence — each pair's keys are split
@@ -448,8 +450,18 @@ impl Decoder {
         // Tokens of one sequence attended together: their rows share every K/V load.
         let q_tile = (MAX_ROWS / group).clamp(1, 8);
         let window = c.layers[il].window;
-        let key_range =
-            |index: usize| window.map_or(0, |w| (index + 1).saturating_sub(w))..index + 1;
+        // The keys of the token at `index`. Both ends never decrease with the index (a span's
+        // tokens all end at its end, and the next token after it), so a block's range runs from
+        // its first token's start to its last token's end.
+        let key_range = |index: usize, spans: &[std::ops::Range<usize>]| {
+            let start = window.map_or(0, |w| (index + 1).saturating_sub(w));
+            // Text has no spans: the search is over an empty slice.
+            let span = &spans[spans.partition_point(|s| s.end <= index)..];
+            match span.first() {
+                Some(s) if s.start <= index => start..s.end,
+                _ => start..index + 1,
+            }
+        };
         let n_blocks: usize = batch.seqs.iter().map(|s| s.len.div_ceil(q_tile)).sum();
         let n_pairs = n_blocks * c.n_kv_heads;
         work.items.clear();
@@ -457,7 +469,9 @@ impl Decoder {
         for (si, seq) in batch.seqs.iter().enumerate() {
             for b0 in (0..seq.len).step_by(q_tile) {
                 let nt = (seq.len - b0).min(q_tile);
-                let keys = key_range(seq.cached + b0).start..seq.cached + b0 + nt;
+                let spans = seq.bidirectional;
+                let keys = key_range(seq.cached + b0, spans).start
+                    ..key_range(seq.cached + b0 + nt - 1, spans).end;
                 let n_keys = keys.len();
                 let parts = ATTN_ITEMS_TARGET
                     .div_ceil(n_pairs)
@@ -513,7 +527,7 @@ impl Decoder {
                     let h0 = t * q_width + item.kv_head * group * hd;
                     rows_q[ti * group * hd..(ti + 1) * group * hd]
                         .copy_from_slice(&q[h0..h0 + group * hd]);
-                    let keys = key_range(seq.cached + item.first + ti);
+                    let keys = key_range(seq.cached + item.first + ti, seq.bidirectional);
                     row_keys.extend(std::iter::repeat_n(keys, group));
                 }
                 // SAFETY: item i alone writes its own slots of the partial buffers, which were
