@@ -80,20 +80,20 @@ impl Gemma3TowerConfig {
     /// `self` if the tower can run with it.
     pub fn validated(self) -> Result<Gemma3TowerConfig, TowerError> {
         let c = self;
-        if c.hidden % c.heads != 0 {
+        if !c.hidden.is_multiple_of(c.heads) {
             return Err(TowerError::Config(format!(
                 "hidden size {} does not split into {} heads",
                 c.hidden, c.heads
             )));
         }
-        if c.image_size % c.patch_size != 0 {
+        if !c.image_size.is_multiple_of(c.patch_size) {
             return Err(TowerError::Config(format!(
                 "image size {} is not a multiple of the patch size {}",
                 c.image_size, c.patch_size
             )));
         }
         let side = c.tokens_side();
-        if side * side != c.tokens_per_image || c.patches_side() % side != 0 {
+        if side * side != c.tokens_per_image || !c.patches_side().is_multiple_of(side) {
             return Err(TowerError::Config(format!(
                 "{} tokens per image do not pool a {}x{} patch grid evenly",
                 c.tokens_per_image,
@@ -290,11 +290,12 @@ impl Gemma3VisionTower {
         let mut x = self.patch_embed.apply(pool, &patches, rows);
         ops::add_inplace(&mut x, &self.positions);
         let mut h = vec![0.0f32; x.len()];
-        let whole = [0..rows];
+        // Every patch attends to every patch of the image: one segment.
+        let whole = 0..rows;
         for block in &self.blocks {
             layer_norm_eps(&x, &block.norm1.0, &block.norm1.1, c.eps, &mut h);
             let qkv = block.qkv.apply(pool, &h, rows);
-            let attn = self_attention(pool, &qkv, d, c.heads, &whole);
+            let attn = self_attention(pool, &qkv, d, c.heads, std::slice::from_ref(&whole));
             ops::add_inplace(&mut x, &block.out.apply(pool, &attn, rows));
             layer_norm_eps(&x, &block.norm2.0, &block.norm2.1, c.eps, &mut h);
             let mut f = block.fc1.apply(pool, &h, rows);

@@ -197,7 +197,7 @@ impl DecoderConfig {
                 }
                 let sliding = |il: usize| match pattern {
                     Some(p) => p[il],
-                    None => (il + 1) % GEMMA3_GLOBAL_EVERY != 0,
+                    None => !(il + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY),
                 };
                 let local = LayerAttention {
                     window,
