@@ -301,3 +301,11 @@ fn video_conversations_match_transformers() {
         );
     }
 }
+
+/// llama.cpp's llama-mtmd-cli on the GGUF + mmproj files lays the prompt out its own way (no
+/// default system prompt, and its own resizing: the test image of 252x196 needs none);
+/// weft on that layout evaluates as many prompt tokens and prints the same greedy bytes.
+#[test]
+fn llama_mtmd_cli_agrees_on_its_own_prompt_layout() {
+    common::check_llama_mtmd(&dir().join("../hf-tiny-vl-gguf"), "<|image_pad|>");
+}

@@ -7,10 +7,12 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 use weft_engine::sampler::SamplingParams;
-use weft_engine::session::{GenerateParams, Session};
+use weft_engine::session::{GenerateParams, Session, SessionConfig};
+use weft_kernels::pool::ThreadPool;
 use weft_models::chat_template::RenderOptions;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
+use weft_vision::Vision;
 
 /// The tiny checkpoint `name` under tests/data.
 pub fn data_dir(name: &str) -> PathBuf {
@@ -150,4 +152,47 @@ pub fn render(model: &TextModel, messages: &Value) -> String {
         .unwrap()
         .render_with(messages.as_array().unwrap(), &options)
         .unwrap()
+}
+
+/// llama.cpp's llama-mtmd-cli on the GGUF + mmproj files in `gguf` (their `llama_mtmd.json`,
+/// scripts/gen_mtmd_golden.py) against weft on the prompt layout it used, the image standing
+/// in it as `image_text`: as many prompt tokens, the same greedy bytes.
+pub fn check_llama_mtmd(gguf: &Path, image_text: &str) {
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(gguf.join("llama_mtmd.json")).unwrap())
+            .unwrap();
+    let model = TextModel::load(&gguf.join("model-f32.gguf")).unwrap();
+    let vision = Vision::load_mmproj(&gguf.join("mmproj-f32.gguf"), &model.tokenizer).unwrap();
+    let text = golden["layout"]
+        .as_str()
+        .unwrap()
+        .replace("{image}", image_text);
+    let tokens = model.tokenizer.encode(&text, false, true);
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(golden["image"].as_str().unwrap());
+    let image = weft_vision::decode(&std::fs::read(image).unwrap(), &Default::default()).unwrap();
+    let (tokens, media) = vision
+        .prepare(&ThreadPool::new(2), &tokens, &[image], &[])
+        .unwrap();
+    assert_eq!(
+        tokens.len() as u64,
+        golden["prompt_tokens"].as_u64().unwrap()
+    );
+    let mut session = Session::new(&model, SessionConfig::new(2, 512));
+    let reply: Vec<u8> = greedy_16(&mut session, &tokens, media)
+        .iter()
+        .flat_map(|&t| model.tokenizer.token_bytes(t, false).to_vec())
+        .collect();
+    // It printed a newline, the reply, then newlines of its own.
+    let printed: Vec<u8> = golden["stdout_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    let after = printed[1..]
+        .strip_prefix(reply.as_slice())
+        .unwrap_or_else(|| panic!("weft {reply:?}, llama.cpp {printed:?}"));
+    assert!(after.iter().all(|&b| b == b'\n'), "llama.cpp {printed:?}");
 }
