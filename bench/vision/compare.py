@@ -51,7 +51,7 @@ def weft_run(weft, model, mmproj, image, threads, n):
         sys.exit(f"weft failed: {out.stderr[-2000:]}")
     err = out.stderr
     enc = [float(m) for m in re.findall(r"encoded in (\d+) ms", err)]
-    tokens = [int(m) for m in re.findall(r"image \d+: (\d+) tokens", err)]
+    tokens = [int(m) for m in re.findall(r"medium \d+: (\d+) tokens", err)]
     gflops = [float(m) for m in re.findall(r"at ([\d.]+) GFLOP/s", err)]
     m = re.search(r"prompt: (\d+) tokens \((\d+) reused\) at ([\d.]+) t/s; generated (\d+) tokens at ([\d.]+) t/s", err)
     if not m:
