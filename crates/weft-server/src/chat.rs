@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +22,7 @@ use crate::generate::{
 };
 use crate::limits::Limits;
 use crate::logprobs_format::chat_entries;
-use crate::media::{self, FetchedMedia, MediaSource, VideoFile};
+use crate::media::{self, FetchedMedia, MediaSource};
 use crate::openai::ChatRequest;
 use crate::params::{choice_params, ChoiceParams};
 use crate::prompt::{content_bytes, render_chat};
@@ -219,34 +218,17 @@ fn with_media(
     };
     let invalid = |e: &dyn std::fmt::Display| ApiError::invalid("messages", e.to_string());
     let images = media::decode_images(&fetched.images, &limits.media)?;
-    let video_limits = limits.media.video();
-    let videos = fetched
-        .videos
-        .iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            let file = VideoFile::write(bytes).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("writing video {} to a temporary file: {e}", i + 1),
-                )
-            })?;
-            let plan = vision
-                .probe_video(file.path(), bounds, &video_limits)
-                .map_err(|e| invalid(&format!("video {}: {e}", i + 1)))?;
-            Ok((file, plan))
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let videos = media::probe_videos(vision, &fetched.videos, bounds, &limits.media)?;
     // Refuse a prompt its media would push past the context before resizing or decoding any.
     let mut tokens = prompt.len();
     for image in &images {
         tokens += vision
-            .tokens_for(image.height(), image.width(), bounds)
+            .added_tokens_for(image.height(), image.width(), bounds)
             .map_err(|e| invalid(&e))?;
     }
-    for (_, plan) in &videos {
+    for video in &videos {
         tokens += vision
-            .video_tokens_for(plan, bounds)
+            .video_tokens_for(&video.plan, bounds)
             .map_err(|e| invalid(&e))?;
     }
     let max_model_len = ctx.max_model_len();
@@ -260,15 +242,7 @@ fn with_media(
             ),
         ));
     }
-    let videos = videos
-        .iter()
-        .enumerate()
-        .map(|(i, (file, plan))| {
-            vision
-                .read_video(file.path(), plan, bounds, &video_limits)
-                .map_err(|e| invalid(&format!("video {}: {e}", i + 1)))
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let videos = media::read_videos(vision, &videos, bounds, &limits.media)?;
     let PreparedPrompt {
         tokens,
         inputs,

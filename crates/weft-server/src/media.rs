@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -15,8 +16,9 @@ use weft_engine::media::{MediaEncoder, MediaItem, RequestMedia};
 use weft_kernels::pool::ThreadPool;
 use weft_models::media::MediaPositions;
 use weft_vision::video::VideoLimits;
-use weft_vision::{DecodeOptions, MediaKind, RgbImage};
-use weft_vision::{ProcessorKwargs, TowerInput, Vision};
+use weft_vision::{
+    DecodeOptions, MediaKind, ProcessorKwargs, RgbImage, TowerInput, Video, VideoPlan, Vision,
+};
 
 use crate::error::ApiError;
 
@@ -354,12 +356,12 @@ pub fn decode_images(files: &[Vec<u8>], limits: &MediaLimits) -> Result<Vec<RgbI
 }
 
 /// A fetched video in a temporary file for ffmpeg to read; removed when dropped.
-pub struct VideoFile {
+struct VideoFile {
     path: PathBuf,
 }
 
 impl VideoFile {
-    pub fn write(bytes: &[u8]) -> std::io::Result<VideoFile> {
+    fn write(bytes: &[u8]) -> std::io::Result<VideoFile> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
@@ -372,7 +374,7 @@ impl VideoFile {
         Ok(VideoFile { path })
     }
 
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -381,6 +383,56 @@ impl Drop for VideoFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A fetched video, written out and probed: what it holds and the frames the video processor
+/// samples from it, before any frame is decoded.
+pub struct ProbedVideo {
+    file: VideoFile,
+    pub plan: VideoPlan,
+}
+
+/// Writes each fetched video to a temporary file and probes it (`kwargs` set the sampling).
+pub fn probe_videos(
+    vision: &Vision,
+    files: &[Vec<u8>],
+    kwargs: ProcessorKwargs,
+    limits: &MediaLimits,
+) -> Result<Vec<ProbedVideo>, ApiError> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let file = VideoFile::write(bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("writing video {} to a temporary file: {e}", i + 1),
+                )
+            })?;
+            let plan = vision
+                .probe_video(file.path(), kwargs, &limits.video())
+                .map_err(|e| ApiError::invalid("messages", format!("video {}: {e}", i + 1)))?;
+            Ok(ProbedVideo { file, plan })
+        })
+        .collect()
+}
+
+/// Decodes the sampled frames of probed videos, resized for the tower.
+pub fn read_videos(
+    vision: &Vision,
+    videos: &[ProbedVideo],
+    kwargs: ProcessorKwargs,
+    limits: &MediaLimits,
+) -> Result<Vec<Video>, ApiError> {
+    videos
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            vision
+                .read_video(v.file.path(), &v.plan, kwargs, &limits.video())
+                .map_err(|e| ApiError::invalid("messages", format!("video {}: {e}", i + 1)))
+        })
+        .collect()
 }
 
 /// A prompt's tower inputs as the engine's media items, each encoded by `vision` when the

@@ -292,17 +292,19 @@ impl Vision {
         Ok(plan.into_media(rows, self.embedding_width()))
     }
 
-    /// Image tokens the language model sees for an image of this size (cheap: nothing is
-    /// resized), so that a prompt can be refused before its images are processed.
-    pub fn tokens_for(
+    /// Tokens an image of this size adds to its tokenized prompt text (cheap: nothing is
+    /// resized), so that a prompt can be refused before its images are processed: Qwen2.5-VL's
+    /// placeholder becomes one token per merged patch; Gemma 3's tokens are in the text
+    /// already ([`Vision::prompt_text`]).
+    pub fn added_tokens_for(
         &self,
         height: u32,
         width: u32,
         kwargs: ProcessorKwargs,
     ) -> Result<usize, VisionError> {
         match self {
-            Vision::Qwen25Vl(v) => v.tokens_for(height, width, kwargs),
-            Vision::Gemma3(v) => Ok(v.tokens_per_image()),
+            Vision::Qwen25Vl(v) => Ok(v.tokens_for(height, width, kwargs)?.saturating_sub(1)),
+            Vision::Gemma3(_) => Ok(0),
         }
     }
 
@@ -331,6 +333,19 @@ impl Vision {
         kwargs: ProcessorKwargs,
     ) -> Result<usize, VisionError> {
         self.qwen_video()?.video_tokens_for(plan, kwargs)
+    }
+
+    /// [`Vision::probe_video`] then [`Vision::read_video`], for a caller with nothing to decide
+    /// in between: the file's plan and its frames.
+    pub fn open_video(
+        &self,
+        path: &Path,
+        kwargs: ProcessorKwargs,
+        limits: &VideoLimits,
+    ) -> Result<(VideoPlan, Video), VisionError> {
+        let plan = self.probe_video(path, kwargs, limits)?;
+        let video = self.read_video(path, &plan, kwargs, limits)?;
+        Ok((plan, video))
     }
 
     /// Reads the probed video at `path`: its sampled frames, resized for the tower as they

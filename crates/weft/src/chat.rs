@@ -212,11 +212,9 @@ impl Media {
             }
             MediaKind::Video => {
                 let limits = VideoLimits::default();
-                let read = || -> Result<Video> {
-                    let plan = vision.probe_video(path, ProcessorKwargs::default(), &limits)?;
-                    Ok(vision.read_video(path, &plan, ProcessorKwargs::default(), &limits)?)
-                };
-                let video = read().with_context(|| format!("reading {}", path.display()))?;
+                let (_, video) = vision
+                    .open_video(path, ProcessorKwargs::default(), &limits)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 self.videos.push(video);
             }
         }

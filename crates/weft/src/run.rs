@@ -145,8 +145,9 @@ fn with_media(
         .iter()
         .map(|path| {
             let read = || -> Result<Video> {
-                let plan = vision.probe_video(path, ProcessorKwargs::default(), &limits)?;
-                let tokens = vision.video_tokens_for(&plan, ProcessorKwargs::default())?;
+                let kwargs = ProcessorKwargs::default();
+                let (plan, video) = vision.open_video(path, kwargs, &limits)?;
+                let tokens = vision.video_tokens_for(&plan, kwargs)?;
                 let info = &plan.info;
                 eprintln!(
                     "weft: video {}: {}x{}, {:.1} s at {:.2} fps; {} of {} frames sampled, {tokens} tokens",
@@ -158,7 +159,7 @@ fn with_media(
                     plan.indices.len(),
                     info.frames,
                 );
-                Ok(vision.read_video(path, &plan, ProcessorKwargs::default(), &limits)?)
+                Ok(video)
             };
             read().with_context(|| format!("reading the video {}", path.display()))
         })
