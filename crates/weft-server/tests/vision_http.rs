@@ -494,8 +494,8 @@ async fn videos_over_http_give_transformers_greedy_replies_and_are_cached() {
 
 /// Gemma 3 (tests/data/hf-tiny-gemma3-vl): images as data: URLs give transformers' greedy
 /// replies, in steps of 20 tokens, so that the scheduler must keep each image's 16 tokens,
-/// which attend to each other both ways, in one step; the model lists only text and images
-/// and refuses a video with a 400.
+/// which attend to each other both ways, in one step, also after a prefix-cache hit that ends
+/// inside an image; the model lists only text and images and refuses a video with a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemma3_images_over_http_give_transformers_greedy_replies() {
     let dir = data_dir("hf-tiny-gemma3-vl");
@@ -512,8 +512,32 @@ async fn gemma3_images_over_http_give_transformers_greedy_replies() {
         models["data"][0]["input_modalities"],
         json!(["text", "image"])
     );
+    let url = |name: &str| data_url(&image_bytes_of(&dir, &golden, name));
+    // First the one-image case with other text: its first KV block (tokens 0..16) ends
+    // inside the image (tokens 8..24). The golden case then reuses that block and computes
+    // the rest of the image in one step, its first tokens seeing the cached ones.
+    let one_image = &golden["cases"][1];
+    let mut other_text = request(one_image, &url);
+    other_text["messages"][0]["content"][1]["text"] = json!("What is this?");
+    let (status, body) = post(&server, &other_text).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        one_image["image_token_positions"][0].as_u64(),
+        Some(8),
+        "the image starts inside the first block"
+    );
+    let (status, body) = post(&server, &request(one_image, &url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 16);
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        greedy_text(&model, one_image)
+    );
+    assert_eq!(
+        metric(&server.metrics().await, "weft_encoder_cache_hits_total"),
+        1.0
+    );
     for case in &golden["cases"].as_array().unwrap()[1..3] {
-        let url = |name: &str| data_url(&image_bytes_of(&dir, &golden, name));
         replies_greedily(&server, &model, case, &request(case, &url)).await;
     }
     let video = json!({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}});
