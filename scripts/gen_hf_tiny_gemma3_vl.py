@@ -87,6 +87,7 @@ from transformers import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_hf_tiny as base  # noqa: E402  (the shared tokenizer and reference helpers)
 import gen_hf_tiny_vl as qwen_vl  # noqa: E402  (the test images and the JSON writer)
+import gen_chat_template_golden  # noqa: E402  (Gemma 3's chat template)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "tests", "data", "hf-tiny-gemma3-vl")
@@ -111,50 +112,11 @@ SPECIAL_TOKENS = [
 ]
 BOI, EOI, IMAGE_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 
-# Gemma 3 (google/gemma-3-*-it)'s chat template, verbatim: BOS first, a system message folded
-# into the first user turn followed by a blank line, text parts trimmed, <start_of_image> per
-# image part (the processor expands it), the assistant role written as "model".
-CHAT_TEMPLATE = """{{ bos_token }}
-{%- if messages[0]['role'] == 'system' -%}
-    {%- if messages[0]['content'] is string -%}
-        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
-    {%- else -%}
-        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
-    {%- endif -%}
-    {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-    {%- set first_user_prefix = "" -%}
-    {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
-        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
-    {%- endif -%}
-    {%- if (message['role'] == 'assistant') -%}
-        {%- set role = "model" -%}
-    {%- else -%}
-        {%- set role = message['role'] -%}
-    {%- endif -%}
-    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
-    {%- if message['content'] is string -%}
-        {{ message['content'] | trim }}
-    {%- elif message['content'] is iterable -%}
-        {%- for item in message['content'] -%}
-            {%- if item['type'] == 'image' -%}
-                {{ '<start_of_image>' }}
-            {%- elif item['type'] == 'text' -%}
-                {{ item['text'] | trim }}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- else -%}
-        {{ raise_exception("Invalid content type") }}
-    {%- endif -%}
-    {{ '<end_of_turn>\n' }}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{'<start_of_turn>model\n'}}
-{%- endif -%}
-"""
+# Gemma 3 (google/gemma-3-*-it)'s chat template, as gen_chat_template_golden.py writes it
+# out: BOS first, a system message folded into the first user turn followed by a blank line,
+# text parts trimmed, <start_of_image> per image part (the processor expands it), the
+# assistant role written as "model".
+CHAT_TEMPLATE = gen_chat_template_golden.GEMMA3
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
