@@ -119,7 +119,8 @@ fn put_value(b: &mut Vec<u8>, v: &MetaValue) {
     }
 }
 
-/// Bytes of tensor data for a shape, for the types the tests use (0 for others).
+/// Bytes of tensor data for a shape, for the types the tests use (0 for others, and for
+/// shapes too large to hold: the tests' overflowing dimensions write no data).
 fn data_size(type_id: u32, dims: &[u64]) -> u64 {
     let Some(t) = GgmlType::from_ggml_id(type_id) else {
         return 0;
@@ -130,8 +131,10 @@ fn data_size(type_id: u32, dims: &[u64]) -> u64 {
     let Some(row_bytes) = t.row_bytes(row as usize) else {
         return 0;
     };
-    let rows: u64 = dims[1..].iter().product();
-    row_bytes as u64 * rows
+    dims[1..]
+        .iter()
+        .try_fold(row_bytes as u64, |n, &d| n.checked_mul(d))
+        .unwrap_or(0)
 }
 
 struct TensorSpec {
