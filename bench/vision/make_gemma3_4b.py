@@ -104,9 +104,15 @@ def main() -> None:
     config["vision_config"] = VISION
     config["mm_tokens_per_image"] = TOKENS_PER_IMAGE
     (hf / "config.json").write_text(json.dumps(config, indent=2))
-    for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                 "generation_config.json"]:
+    for name in ["tokenizer_config.json", "chat_template.jinja", "generation_config.json"]:
         shutil.copy(TINY / name, hf / name)
+    # The converter cuts the embedding to the tokenizer's size (Gemma's checkpoints pad it):
+    # unused tokens fill the vocabulary up to the model's rows, as in the real tokenizer.
+    tokenizer = json.loads((TINY / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    used = len(vocab) + len(tokenizer["added_tokens"])
+    vocab.update({f"<unused{i}>": used + i for i in range(TEXT["vocab_size"] - used)})
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer))
     for name in ["preprocessor_config.json", "processor_config.json"]:
         pre = json.loads((TINY / name).read_text())
         image = pre.get("image_processor", pre)
