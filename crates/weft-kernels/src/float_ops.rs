@@ -107,17 +107,24 @@ pub fn layer_norm_eps(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mu
     }
 }
 
-/// GELU in its tanh approximation (PyTorch's `gelu(approximate="tanh")`), in f32.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_COEF_A: f32 = 0.044_715;
+
+/// GELU in its tanh approximation (PyTorch's `gelu(approximate="tanh")`), in f32 with libm's
+/// tanh: the reference [`gelu_tanh_inplace`] is held to.
 pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
 }
 
-/// [`gelu_tanh`] of every element, in place (SigLIP's MLP activation).
+/// [`gelu_tanh`] of every element, in place (SigLIP's MLP activation), through
+/// `0.5 * (1 + tanh(u)) = e / (e + 1)` with `e = e^(2u)` from the vectorizable [`exp`]
+/// (which saturates rather than overflows): libm's tanh, one call per element, took a tenth
+/// of Gemma 3's vision tower.
 pub fn gelu_tanh_inplace(x: &mut [f32]) {
     for v in x {
-        *v = gelu_tanh(*v);
+        let u = SQRT_2_OVER_PI * *v * (1.0 + GELU_COEF_A * *v * *v);
+        let e = exp(2.0 * u);
+        *v *= e / (e + 1.0);
     }
 }
 
@@ -199,6 +206,21 @@ mod tests {
         ] {
             assert!((erf(x) - want).abs() < 3e-7, "erf({x})");
             assert!((erf(-x) + want).abs() < 3e-7, "erf(-{x})");
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_inplace_matches_libm_tanh() {
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.01).collect();
+        let mut ys = xs.clone();
+        gelu_tanh_inplace(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = gelu_tanh(x);
+            // Absolute slack where the reference loses 1 + tanh(u) to cancellation.
+            assert!(
+                (y - want).abs() <= 2e-6 * want.abs() + 1e-7,
+                "{x}: {y} vs {want}"
+            );
         }
     }
 }

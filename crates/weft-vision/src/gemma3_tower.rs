@@ -293,16 +293,16 @@ impl Gemma3VisionTower {
         // Every patch attends to every patch of the image: one segment.
         let whole = 0..rows;
         for block in &self.blocks {
-            layer_norm_eps(&x, &block.norm1.0, &block.norm1.1, c.eps, &mut h);
+            layer_norm_rows(pool, &x, &block.norm1, c.eps, &mut h);
             let qkv = block.qkv.apply(pool, &h, rows);
             let attn = self_attention(pool, &qkv, d, c.heads, std::slice::from_ref(&whole));
             ops::add_inplace(&mut x, &block.out.apply(pool, &attn, rows));
-            layer_norm_eps(&x, &block.norm2.0, &block.norm2.1, c.eps, &mut h);
+            layer_norm_rows(pool, &x, &block.norm2, c.eps, &mut h);
             let mut f = block.fc1.apply(pool, &h, rows);
-            gelu_tanh_inplace(&mut f);
+            pool.for_each_rows_mut(&mut f, c.intermediate, |_, rows| gelu_tanh_inplace(rows));
             ops::add_inplace(&mut x, &block.fc2.apply(pool, &f, rows));
         }
-        layer_norm_eps(&x, &self.post_norm.0, &self.post_norm.1, c.eps, &mut h);
+        layer_norm_rows(pool, &x, &self.post_norm, c.eps, &mut h);
         let mut pooled = self.average_pool(&h);
         ops::rms_norm_inplace(&mut pooled, &self.soft_norm, c.eps);
         self.projection.apply(pool, &pooled, c.tokens_per_image)
@@ -326,4 +326,24 @@ impl Gemma3VisionTower {
         }
         out
     }
+}
+
+/// Layer norm of each row of `x` into `out`, the rows shared out over the pool.
+fn layer_norm_rows(
+    pool: &ThreadPool,
+    x: &[f32],
+    (gamma, beta): &(Vec<f32>, Vec<f32>),
+    eps: f32,
+    out: &mut [f32],
+) {
+    let d = gamma.len();
+    pool.for_each_rows_mut(out, d, |first, rows| {
+        layer_norm_eps(
+            &x[first * d..first * d + rows.len()],
+            gamma,
+            beta,
+            eps,
+            rows,
+        );
+    });
 }
