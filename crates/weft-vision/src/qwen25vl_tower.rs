@@ -12,7 +12,7 @@
 use std::ops::Range;
 
 use weft_kernels::encoder_attention::self_attention;
-use weft_kernels::float_ops::gelu_inplace;
+use weft_kernels::float_ops::{gelu_inplace, silu_mul_inplace};
 use weft_kernels::ops::{self, RopeStyle};
 use weft_kernels::pool::ThreadPool;
 use weft_kernels::sgemm::{Linear, PackedB};
@@ -268,17 +268,21 @@ impl Qwen25VisionTower {
             } else {
                 &layout.windows
             };
-            ops::rms_norm(&x, &block.norm1, NORM_EPS, &mut h);
+            rms_norm_rows(pool, &x, &block.norm1, &mut h);
             let mut qkv = block.qkv.apply(pool, &h, rows);
             rotate_queries_and_keys(&mut qkv, c, &cos, &sin);
             let attn = self_attention(pool, &qkv, c.hidden, c.heads, segments);
             ops::add_inplace(&mut x, &block.proj.apply(pool, &attn, rows));
-            ops::rms_norm(&x, &block.norm2, NORM_EPS, &mut h);
+            rms_norm_rows(pool, &x, &block.norm2, &mut h);
             let mut gate = block.gate.apply(pool, &h, rows);
-            ops::swiglu_inplace(&mut gate, &block.up.apply(pool, &h, rows));
+            let up = block.up.apply(pool, &h, rows);
+            let ff = up.len() / rows;
+            pool.for_each_rows_mut(&mut gate, ff, |first, g| {
+                silu_mul_inplace(g, &up[first * ff..first * ff + g.len()]);
+            });
             ops::add_inplace(&mut x, &block.down.apply(pool, &gate, rows));
         }
-        ops::rms_norm(&x, &self.merger_norm, NORM_EPS, &mut h);
+        rms_norm_rows(pool, &x, &self.merger_norm, &mut h);
         let merged_rows = rows / unit;
         let mut m = self.merger_fc1.apply(pool, &h, merged_rows);
         gelu_inplace(&mut m);
@@ -290,6 +294,19 @@ impl Qwen25VisionTower {
         }
         out
     }
+}
+
+/// RMS norm of each row of `x` into `out`, the rows shared out over the pool.
+fn rms_norm_rows(pool: &ThreadPool, x: &[f32], weight: &[f32], out: &mut [f32]) {
+    let d = weight.len();
+    pool.for_each_rows_mut(out, d, |first, rows| {
+        ops::rms_norm(
+            &x[first * d..first * d + rows.len()],
+            weight,
+            NORM_EPS,
+            rows,
+        );
+    });
 }
 
 /// Rotates each head of the query and key parts of fused QKV rows by the rows' 2-D angles.
