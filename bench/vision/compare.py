@@ -5,8 +5,8 @@ with the image in context against text-only decode.
 
     python3 bench/vision/compare.py DIR [--runs 3] [--threads 2] [--sizes 448x448,1280x720]
 
-DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py makes them
-at Qwen2.5-VL-3B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size.
+DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py and
+make_gemma3_4b.py make them at Qwen2.5-VL-3B's and Gemma 3 4B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size.
 "Time to first token" is the encoder plus the prompt's prefill as each program reports them
 (weft: its encoder and prefill lines; llama.cpp: its "prompt eval time", which spans the
 image's encoding too), model loading excluded; llama.cpp's warmup runs are switched off so
