@@ -25,6 +25,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use weft_models::batch::chunk_end;
+
 use crate::blocks::{BlockManager, MediaSpan, SeqBlocks};
 
 pub type SeqId = u64;
@@ -89,23 +91,13 @@ impl Sequence {
         encode: &mut Vec<(SeqId, usize)>,
     ) -> usize {
         let from = self.computed;
-        let mut to = from + len;
+        let bidirectional = self.media.iter().filter(|m| m.bidirectional);
+        let to = chunk_end(from, from + len, bidirectional.map(MediaSpan::range));
         for (i, m) in self.media.iter().enumerate() {
             if m.start >= to {
                 break;
             }
-            let end = m.start + m.len;
-            if end <= from {
-                continue;
-            }
-            if m.bidirectional && end > to {
-                if m.start > from {
-                    return m.start - from;
-                }
-                // Items are in order and disjoint: no later one starts before this end.
-                to = end;
-            }
-            if self.media_ready[i] {
+            if m.start + m.len <= from || self.media_ready[i] {
                 continue;
             }
             if !budget.take(m.len) {

@@ -1,13 +1,12 @@
 //! One conversation with a model: a sequence whose KV cache persists between calls, so a
 //! follow-up prompt that extends the previous one only pays for its new tokens.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use weft_kernels::pool::ThreadPool;
 use weft_models::arch::ForwardScratch;
-use weft_models::batch::{Batch, LogitsWanted, Position, SeqSlice, TokenEmbedding};
+use weft_models::batch::{chunk_end, Batch, LogitsWanted, Position, SeqSlice, TokenEmbedding};
 use weft_models::kv_cache::KvCache;
 use weft_models::media::PromptMedia;
 use weft_models::TextModel;
@@ -140,7 +139,12 @@ impl<'m> Session<'m> {
         while self.tokens.len() < total {
             let cached = self.tokens.len();
             let spans = &self.media.bidirectional;
-            let upto = chunk_end(cached, cached + self.config.max_batch, spans).min(total);
+            let upto = chunk_end(
+                cached,
+                cached + self.config.max_batch,
+                spans.iter().cloned(),
+            )
+            .min(total);
             let chunk = &new[cached - base..upto - base];
             let logits = if upto == total || logits == LogitsWanted::All {
                 logits
@@ -323,36 +327,5 @@ impl<'m> Session<'m> {
                 on_logits(start + i, row);
             }
         })
-    }
-}
-
-/// Where a chunk from sequence index `start` that may run to `end` ends so that it splits no
-/// span: before a span that `end` falls inside, or at the end of one the chunk starts in.
-fn chunk_end(start: usize, end: usize, spans: &[Range<usize>]) -> usize {
-    match spans.iter().find(|s| s.start < end && end < s.end) {
-        Some(s) if s.start > start => s.start,
-        Some(s) => s.end,
-        None => end,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunk_end;
-
-    #[test]
-    fn chunks_split_no_span() {
-        let spans = [4..10, 12..40];
-        // Ends outside spans, or at their edges, stay.
-        assert_eq!(chunk_end(0, 4, &spans), 4);
-        assert_eq!(chunk_end(0, 11, &spans), 11);
-        assert_eq!(chunk_end(4, 12, &spans), 12);
-        // An end inside a span moves before it, or past it when the chunk starts in it.
-        assert_eq!(chunk_end(0, 8, &spans), 4);
-        assert_eq!(chunk_end(10, 20, &spans), 12);
-        assert_eq!(chunk_end(12, 20, &spans), 40);
-        assert_eq!(chunk_end(4, 6, &spans), 10);
-        assert_eq!(chunk_end(5, 6, &spans), 10);
-        assert_eq!(chunk_end(0, 8, &[]), 8);
     }
 }

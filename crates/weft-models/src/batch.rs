@@ -23,6 +23,19 @@ impl Position {
     }
 }
 
+/// Where a chunk of a sequence's tokens from index `start`, that may run to `end`, ends so
+/// that it splits none of the sequence's bidirectional `spans` (in order, disjoint): before a
+/// span that `end` falls inside, or at the end of one the chunk starts in (beyond `end`). The
+/// one rule the engine's scheduler and a session cut prompts by, which
+/// [`Batch::check`] enforces.
+pub fn chunk_end(start: usize, end: usize, spans: impl IntoIterator<Item = Range<usize>>) -> usize {
+    match spans.into_iter().find(|s| s.start < end && end < s.end) {
+        Some(s) if s.start > start => s.start,
+        Some(s) => s.end,
+        None => end,
+    }
+}
+
 /// Which rows of a sequence's new tokens produce logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitsWanted {
@@ -392,5 +405,21 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn chunks_split_no_span() {
+        let spans = || [4..10, 12..40];
+        // Ends outside spans, or at their edges, stay.
+        assert_eq!(chunk_end(0, 4, spans()), 4);
+        assert_eq!(chunk_end(0, 11, spans()), 11);
+        assert_eq!(chunk_end(4, 12, spans()), 12);
+        // An end inside a span moves before it, or past it when the chunk starts in it.
+        assert_eq!(chunk_end(0, 8, spans()), 4);
+        assert_eq!(chunk_end(10, 20, spans()), 12);
+        assert_eq!(chunk_end(12, 20, spans()), 40);
+        assert_eq!(chunk_end(4, 6, spans()), 10);
+        assert_eq!(chunk_end(5, 6, spans()), 10);
+        assert_eq!(chunk_end(0, 8, []), 8);
     }
 }
