@@ -14,10 +14,12 @@ use weft_models::media::MediaPositions;
 use weft_models::tokenizer::Tokenizer;
 use weft_models::weights::SafetensorsFiles;
 
-use crate::error::ConfigError;
 use crate::gemma3_tower::{self, Gemma3TowerConfig, Gemma3VisionTower};
 use crate::mmproj::MmprojFile;
-use crate::vision::{pixels_hash, PreparedPrompt, TowerInput, TowerPixels, VisionError};
+use crate::vision::{
+    image_processor_json, pixels_hash, read_json, PreparedPrompt, TowerInput, TowerPixels,
+    VisionError,
+};
 use crate::{Backend, MediaKind, RgbImage, SiglipConfig, SiglipProcessor};
 
 /// Gemma 3's token strings (its tokenizer's `boi_token`, `image_token`, `eoi_token`).
@@ -37,25 +39,20 @@ pub struct Gemma3Vision {
 }
 
 impl Gemma3Vision {
-    /// The vision side of the Hugging Face directory `dir`, or `None` when its `config.json`
-    /// is not a Gemma 3 vision-language model's.
-    pub fn load(dir: &Path) -> Result<Option<Gemma3Vision>, VisionError> {
+    /// The vision side of the Hugging Face directory `dir`, whose `config.json` (`config`)
+    /// is a Gemma 3 vision-language model's.
+    pub fn load(dir: &Path, config: &serde_json::Value) -> Result<Gemma3Vision, VisionError> {
         let model_error = |path: &Path, message: String| VisionError::Model {
             path: path.to_path_buf(),
             message,
         };
         let config_path = dir.join("config.json");
-        let config =
-            read_json(&config_path)?.ok_or_else(|| model_error(&config_path, "missing".into()))?;
-        if config["model_type"].as_str() != Some("gemma3") || !config["vision_config"].is_object() {
-            return Ok(None);
-        }
         let image_token = config["image_token_index"]
             .as_u64()
             .or(config["image_token_id"].as_u64())
             .ok_or_else(|| model_error(&config_path, "no image_token_index".into()))?
             as u32;
-        let tower_config = Gemma3TowerConfig::from_hf(&config)?;
+        let tower_config = Gemma3TowerConfig::from_hf(config)?;
         let weights =
             SafetensorsFiles::open_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
         let (encoder, projector) = gemma3_tower::hf_weights(&weights)?;
@@ -75,7 +72,7 @@ impl Gemma3Vision {
             image: string("image_token", IMAGE),
             eoi: string("eoi_token", EOI),
         };
-        Ok(Some(Self::new(tower, processor, tokens, image_token)))
+        Ok(Self::new(tower, processor, tokens, image_token))
     }
 
     /// The vision side of a GGUF language model from llama.cpp's mmproj file (projector type
@@ -220,33 +217,9 @@ struct Strings {
     eoi: String,
 }
 
-/// The image processor's settings: `preprocessor_config.json`, or the `image_processor`
-/// entry of `processor_config.json` (as transformers 5 saves a processor).
+/// The image processor's settings.
 fn processor_config(dir: &Path) -> Result<SiglipConfig, VisionError> {
-    let own = dir.join("preprocessor_config.json");
-    let json = match read_json(&own)? {
-        Some(v) => v,
-        None => read_json(&dir.join("processor_config.json"))?
-            .map(|c| c["image_processor"].clone())
-            .filter(|v| v.is_object())
-            .ok_or_else(|| VisionError::Model {
-                path: own,
-                message: "missing (and processor_config.json has no image_processor)".into(),
-            })?,
-    };
-    Ok(SiglipConfig::from_json(&json.to_string())?)
-}
-
-/// The JSON file at `path`, or `None` when there is none.
-fn read_json(path: &Path) -> Result<Option<serde_json::Value>, VisionError> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| VisionError::Model {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(Some(
-        serde_json::from_str(&text).map_err(ConfigError::Json)?,
-    ))
+    Ok(SiglipConfig::from_json(
+        &image_processor_json(dir)?.to_string(),
+    )?)
 }

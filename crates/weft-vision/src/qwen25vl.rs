@@ -14,13 +14,12 @@ use weft_models::media::{self, MediaGrid};
 use weft_models::tokenizer::Tokenizer;
 use weft_models::weights::SafetensorsFiles;
 
-use crate::error::ConfigError;
 use crate::mmproj::MmprojFile;
 use crate::qwen25vl_tower::{self, Grid, Qwen25VisionTower, TowerConfig};
 use crate::video::{self, VideoLimits};
 use crate::vision::{
-    pixels_hash, PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels, Video, VideoPlan,
-    VisionError,
+    image_processor_json, pixels_hash, processor_json, PreparedPrompt, ProcessorKwargs, TowerInput,
+    TowerPixels, Video, VideoPlan, VisionError,
 };
 use crate::{
     Backend, MediaKind, Qwen2VlConfig, Qwen2VlProcessor, Qwen2VlVideoConfig, Qwen2VlVideoProcessor,
@@ -53,21 +52,14 @@ struct MediaTokens {
 }
 
 impl Qwen25VlVision {
-    /// The vision side of the Hugging Face directory `dir`, or `None` when its `config.json`
-    /// describes no Qwen2.5-VL vision tower.
-    pub fn load(dir: &Path) -> Result<Option<Qwen25VlVision>, VisionError> {
+    /// The vision side of the Hugging Face directory `dir`, whose `config.json` (`config`)
+    /// is a Qwen2.5-VL model's.
+    pub fn load(dir: &Path, config: &serde_json::Value) -> Result<Qwen25VlVision, VisionError> {
         let model_error = |path: &Path, message: String| VisionError::Model {
             path: path.to_path_buf(),
             message,
         };
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| model_error(&config_path, e.to_string()))?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| model_error(&config_path, e.to_string()))?;
-        if !matches!(config["model_type"].as_str(), Some("qwen2_5_vl")) {
-            return Ok(None);
-        }
         let token = |key: &str| {
             config[key]
                 .as_u64()
@@ -86,9 +78,7 @@ impl Qwen25VlVision {
             SafetensorsFiles::open_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
         let tower = Qwen25VisionTower::load(&qwen25vl_tower::hf_weights(&weights)?, tower_config)?;
         let (image, video) = processor_configs(dir)?;
-        Self::new(tower, image, video, tokens)
-            .map(Some)
-            .map_err(|message| model_error(dir, message))
+        Self::new(tower, image, video, tokens).map_err(|message| model_error(dir, message))
     }
 
     /// The vision side of a GGUF language model from llama.cpp's mmproj file (projector type
@@ -406,38 +396,10 @@ impl ProcessorKwargs {
 /// (as most Hub Qwen2.5-VL checkpoints ship), the video processor's defaults with the image
 /// processor's normalization.
 fn processor_configs(dir: &Path) -> Result<(Qwen2VlConfig, Qwen2VlVideoConfig), VisionError> {
-    let read = |name: &str| -> Result<Option<serde_json::Value>, VisionError> {
-        let path = dir.join(name);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| VisionError::Model {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(Some(
-            serde_json::from_str(&text).map_err(ConfigError::Json)?,
-        ))
-    };
-    let combined = read("processor_config.json")?;
-    let part = |own: &str, key: &str| -> Result<Option<String>, VisionError> {
-        Ok(match read(own)? {
-            Some(v) => Some(v.to_string()),
-            None => combined
-                .as_ref()
-                .map(|c| &c[key])
-                .filter(|v| v.is_object())
-                .map(|v| v.to_string()),
-        })
-    };
-    let image_json =
-        part("preprocessor_config.json", "image_processor")?.ok_or_else(|| VisionError::Model {
-            path: dir.join("preprocessor_config.json"),
-            message: "missing (and processor_config.json has no image_processor)".into(),
-        })?;
+    let image_json = image_processor_json(dir)?.to_string();
     let image = Qwen2VlConfig::from_json(&image_json)?;
-    let video = match part("video_preprocessor_config.json", "video_processor")? {
-        Some(json) => Qwen2VlVideoConfig::from_json(&json)?,
+    let video = match processor_json(dir, "video_preprocessor_config.json", "video_processor")? {
+        Some(json) => Qwen2VlVideoConfig::from_json(&json.to_string())?,
         None => {
             let mut video = Qwen2VlVideoConfig::default();
             video.frame.normalization = image.normalization;

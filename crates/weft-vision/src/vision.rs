@@ -167,10 +167,17 @@ impl Vision {
     /// The vision side of the Hugging Face directory `dir`, or `None` when its `config.json`
     /// describes no vision tower weft knows.
     pub fn load(dir: &Path) -> Result<Option<Vision>, VisionError> {
-        if let Some(v) = Qwen25VlVision::load(dir)? {
-            return Ok(Some(Vision::Qwen25Vl(v)));
-        }
-        Ok(Gemma3Vision::load(dir)?.map(Vision::Gemma3))
+        let path = dir.join("config.json");
+        let config = read_json(&path)?.ok_or_else(|| VisionError::Model {
+            path,
+            message: "missing".into(),
+        })?;
+        let has_tower = config["vision_config"].is_object();
+        Ok(match config["model_type"].as_str() {
+            Some("qwen2_5_vl") => Some(Vision::Qwen25Vl(Qwen25VlVision::load(dir, &config)?)),
+            Some("gemma3") if has_tower => Some(Vision::Gemma3(Gemma3Vision::load(dir, &config)?)),
+            _ => None,
+        })
     }
 
     /// The vision side of a GGUF language model (whose vocabulary is `tokenizer`) from
@@ -377,4 +384,46 @@ pub(crate) fn pixels_hash(dims: &[u32], values: &[f32]) -> u128 {
         h.update(&buf[..values.len() * 4]);
     }
     h.digest128()
+}
+
+/// The JSON file at `path`, or `None` when there is none.
+pub(crate) fn read_json(path: &Path) -> Result<Option<serde_json::Value>, VisionError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let error = |message: String| VisionError::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    Ok(Some(
+        serde_json::from_str(&text).map_err(|e| error(e.to_string()))?,
+    ))
+}
+
+/// One processor's settings in the model directory `dir`: its own file `own`
+/// (`preprocessor_config.json`, `video_preprocessor_config.json`), or the `key` entry of
+/// `processor_config.json`, as transformers 5 saves a processor; `None` when neither is there.
+pub(crate) fn processor_json(
+    dir: &Path,
+    own: &str,
+    key: &str,
+) -> Result<Option<serde_json::Value>, VisionError> {
+    if let Some(v) = read_json(&dir.join(own))? {
+        return Ok(Some(v));
+    }
+    Ok(read_json(&dir.join("processor_config.json"))?
+        .map(|c| c[key].clone())
+        .filter(|v| v.is_object()))
+}
+
+/// The image processor's settings of the model directory `dir` ([`processor_json`]), which
+/// every vision model has.
+pub(crate) fn image_processor_json(dir: &Path) -> Result<serde_json::Value, VisionError> {
+    processor_json(dir, "preprocessor_config.json", "image_processor")?.ok_or_else(|| {
+        VisionError::Model {
+            path: dir.join("preprocessor_config.json"),
+            message: "missing (and processor_config.json has no image_processor)".into(),
+        }
+    })
 }
