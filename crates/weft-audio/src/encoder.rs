@@ -1,7 +1,8 @@
 //! Whisper's audio encoder: two 1-D convolutions (the second with stride 2) with GELU, fixed
 //! sinusoidal positions, pre-norm transformer layers, a final layer norm. It maps a 30-second
 //! log-mel window to `n_audio_ctx` (1500) vectors of `d_model`, and knows nothing of the text
-//! decoder, so an omni model can use it as its audio tower.
+//! decoder: an omni model's audio tower runs its layers ([`encode_layers`]) on shorter
+//! segments.
 
 use weft_kernels::encoder_attention::self_attention;
 use weft_kernels::float_ops::{gelu_inplace, layer_norm};
@@ -42,33 +43,53 @@ pub fn encode(
     pool: &ThreadPool,
     mel: &LogMel,
 ) -> Vec<f32> {
-    let d = cfg.d_model;
-    let t1 = mel.frames;
     assert_eq!(mel.n_mels, cfg.n_mels, "mel bins do not match the model");
     assert_eq!(
-        t1,
+        mel.frames,
         2 * cfg.n_audio_ctx,
         "one encoder window is 2 * n_audio_ctx frames"
     );
-    let cols = im2col(t1, cfg.n_mels, 1, t1, |t, c| mel.data[c * t1 + t]);
-    let mut x1 = w.conv1.apply(pool, &cols, t1);
-    gelu_rows(pool, &mut x1, d);
-    let t2 = cfg.n_audio_ctx;
-    let cols = im2col(t2, d, 2, t1, |t, c| x1[t * d + c]);
-    drop(x1);
-    let mut x = w.conv2.apply(pool, &cols, t2);
-    gelu_rows(pool, &mut x, d);
-    add_inplace(&mut x, &w.positions);
-    for layer in &w.layers {
-        encoder_layer(cfg, layer, pool, &mut x, t2);
-    }
+    let x = encode_layers(w, cfg.n_heads, pool, mel);
     let mut out = vec![0.0f32; x.len()];
     layer_norm_rows(pool, &x, &w.ln_post, &mut out);
     out
 }
 
+/// Rows the stride-2 convolution makes of `frames` mel frames.
+pub fn conv_rows(frames: usize) -> usize {
+    frames.div_ceil(2)
+}
+
+/// The encoder short of its final layer norm on one segment of mel frames, which attends
+/// only to itself: the two convolutions (zero-padded at the segment's ends), positions from
+/// the segment's start, every layer. Returns [`conv_rows`]`(mel.frames)` rows of `d_model`.
+pub fn encode_layers(
+    w: &EncoderWeights,
+    n_heads: usize,
+    pool: &ThreadPool,
+    mel: &LogMel,
+) -> Vec<f32> {
+    let d = w.d_model();
+    let t1 = mel.frames;
+    assert_eq!(mel.n_mels, w.n_mels(), "mel bins do not match the model");
+    let t2 = conv_rows(t1);
+    assert!(t2 <= w.max_positions(), "segment longer than the positions");
+    let cols = im2col(t1, mel.n_mels, 1, t1, |t, c| mel.data[c * t1 + t]);
+    let mut x1 = w.conv1.apply(pool, &cols, t1);
+    gelu_rows(pool, &mut x1, d);
+    let cols = im2col(t2, d, 2, t1, |t, c| x1[t * d + c]);
+    drop(x1);
+    let mut x = w.conv2.apply(pool, &cols, t2);
+    gelu_rows(pool, &mut x, d);
+    add_inplace(&mut x, &w.positions[..t2 * d]);
+    for layer in &w.layers {
+        encoder_layer(d, n_heads, layer, pool, &mut x, t2);
+    }
+    x
+}
+
 /// Layer norm of every row of `x` into `out`, the rows shared out over the pool.
-fn layer_norm_rows(pool: &ThreadPool, x: &[f32], ln: &LayerNorm, out: &mut [f32]) {
+pub fn layer_norm_rows(pool: &ThreadPool, x: &[f32], ln: &LayerNorm, out: &mut [f32]) {
     let d = ln.gamma.len();
     pool.for_each_rows_mut(out, d, |first, rows| {
         let x = &x[first * d..first * d + rows.len()];
@@ -82,7 +103,8 @@ fn gelu_rows(pool: &ThreadPool, x: &mut [f32], width: usize) {
 }
 
 fn encoder_layer(
-    cfg: &WhisperConfig,
+    d_model: usize,
+    n_heads: usize,
     layer: &EncoderLayer,
     pool: &ThreadPool,
     x: &mut [f32],
@@ -93,13 +115,7 @@ fn encoder_layer(
     let qkv = layer.attn.qkv.apply(pool, &h, t);
     // One segment: the whole window attends to itself.
     let whole = 0..t;
-    let attn = self_attention(
-        pool,
-        &qkv,
-        cfg.d_model,
-        cfg.n_heads,
-        std::slice::from_ref(&whole),
-    );
+    let attn = self_attention(pool, &qkv, d_model, n_heads, std::slice::from_ref(&whole));
     add_inplace(x, &layer.attn.out.apply(pool, &attn, t));
     layer_norm_rows(pool, x, &layer.ffn.ln, &mut h);
     let mut f = layer.ffn.fc1.apply(pool, &h, t);

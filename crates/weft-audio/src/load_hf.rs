@@ -14,20 +14,69 @@ use crate::error::ModelError;
 use crate::model::{read_text, special_tokens, Whisper};
 use crate::tensors::{Tensor, TensorSource};
 
-/// `model.safetensors`, read through weft-models' safetensors reader.
-pub struct SafetensorsFile {
-    files: SafetensorsFiles,
+/// Where a checkpoint keeps the encoder's tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct HfLayout {
+    /// Prefix of the encoder's tensors (`model.encoder` in Whisper).
+    pub encoder: &'static str,
+    /// Name of its final layer norm (`layer_norm` in Whisper, `ln_post` in Qwen2.5-Omni's
+    /// audio tower).
+    pub encoder_norm: &'static str,
 }
 
-impl SafetensorsFile {
-    pub fn open(path: &Path) -> Result<SafetensorsFile, ModelError> {
+/// `openai/whisper-*`'s layout.
+pub const WHISPER: HfLayout = HfLayout {
+    encoder: "model.encoder",
+    encoder_norm: "layer_norm",
+};
+
+/// Safetensors files read through weft-models' reader, their tensors served under
+/// CTranslate2's names.
+pub struct SafetensorsFile<'a> {
+    files: Files<'a>,
+    layout: HfLayout,
+}
+
+/// The files, opened for the encoder-decoder or borrowed from a larger model's loader.
+enum Files<'a> {
+    Owned(SafetensorsFiles),
+    Borrowed(&'a SafetensorsFiles),
+}
+
+impl std::ops::Deref for Files<'_> {
+    type Target = SafetensorsFiles;
+
+    fn deref(&self) -> &SafetensorsFiles {
+        match self {
+            Files::Owned(f) => f,
+            Files::Borrowed(f) => f,
+        }
+    }
+}
+
+impl SafetensorsFile<'static> {
+    pub fn open(path: &Path) -> Result<SafetensorsFile<'static>, ModelError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let files = SafetensorsFiles::open(dir, &[path.to_path_buf()])
             .map_err(|e| ModelError::Safetensors(e.to_string()))?;
-        Ok(SafetensorsFile { files })
+        Ok(SafetensorsFile {
+            files: Files::Owned(files),
+            layout: WHISPER,
+        })
+    }
+}
+
+impl<'a> SafetensorsFile<'a> {
+    /// The tensors of `files` (a whole checkpoint, whose encoder is one part) in `layout`.
+    pub fn with_layout(files: &'a SafetensorsFiles, layout: HfLayout) -> SafetensorsFile<'a> {
+        SafetensorsFile {
+            files: Files::Borrowed(files),
+            layout,
+        }
     }
 
-    fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
+    /// The tensor stored under `name` (a Hugging Face name), converted to f32.
+    pub(crate) fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
         let info = self
             .files
             .tensor(name)
@@ -79,7 +128,7 @@ enum Mapping {
     Fused(Vec<Option<String>>),
 }
 
-fn map_name(ct2: &str) -> Option<Mapping> {
+fn map_name(ct2: &str, layout: HfLayout) -> Option<Mapping> {
     let fixed = match ct2 {
         "encoder/position_encodings/encodings" => Some("model.encoder.embed_positions.weight"),
         "decoder/position_encodings/encodings" => Some("model.decoder.embed_positions.weight"),
@@ -99,12 +148,15 @@ fn map_name(ct2: &str) -> Option<Mapping> {
     if side != "encoder" && side != "decoder" {
         return None;
     }
-    let root = format!("model.{side}");
+    let (root, norm) = match side {
+        "encoder" => (layout.encoder.to_string(), layout.encoder_norm),
+        _ => ("model.decoder".to_string(), "layer_norm"),
+    };
     match parts[1..] {
         [conv @ ("conv1" | "conv2"), l] => {
             Some(Mapping::One(format!("{root}.{conv}.{}", leaf(l)?)))
         }
-        ["layer_norm", l] => Some(Mapping::One(format!("{root}.layer_norm.{}", leaf(l)?))),
+        ["layer_norm", l] => Some(Mapping::One(format!("{root}.{norm}.{}", leaf(l)?))),
         [layer, block, module, l] => {
             let i = layer.strip_prefix("layer_")?;
             let p = format!("{root}.layers.{i}");
@@ -140,9 +192,9 @@ fn map_name(ct2: &str) -> Option<Mapping> {
     }
 }
 
-impl TensorSource for SafetensorsFile {
+impl TensorSource for SafetensorsFile<'_> {
     fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
-        match map_name(name) {
+        match map_name(name, self.layout) {
             Some(Mapping::One(n)) => self.raw(&n),
             Some(Mapping::Fused(ns)) => self.concat(&ns),
             None => Err(ModelError::MissingTensor(name.to_string())),
@@ -150,7 +202,7 @@ impl TensorSource for SafetensorsFile {
     }
 
     fn has(&self, name: &str) -> bool {
-        match map_name(name) {
+        match map_name(name, self.layout) {
             Some(Mapping::One(n)) => self.files.tensor(&n).is_some(),
             Some(Mapping::Fused(ns)) => ns.iter().flatten().all(|n| self.files.tensor(n).is_some()),
             None => false,
@@ -198,7 +250,7 @@ mod tests {
 
     #[test]
     fn names_map_to_the_hf_layout() {
-        let one = |n: &str| match map_name(n) {
+        let one = |n: &str| match map_name(n, WHISPER) {
             Some(Mapping::One(s)) => s,
             _ => panic!("{n}"),
         };
@@ -211,7 +263,8 @@ mod tests {
             one("encoder/layer_0/ffn/layer_norm/gamma"),
             "model.encoder.layers.0.final_layer_norm.weight"
         );
-        let Some(Mapping::Fused(parts)) = map_name("encoder/layer_1/self_attention/linear_0/bias")
+        let Some(Mapping::Fused(parts)) =
+            map_name("encoder/layer_1/self_attention/linear_0/bias", WHISPER)
         else {
             panic!()
         };

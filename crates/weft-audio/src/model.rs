@@ -225,6 +225,103 @@ fn count_layers(src: &dyn TensorSource, side: &str) -> usize {
         .count()
 }
 
+impl EncoderWeights {
+    /// The encoder's weights from tensors under CTranslate2 names (`encoder/...`): `layers`
+    /// layers, and `positions` (`[n, d]`, n the most positions a window may have). Its
+    /// width and mel bins are those of `encoder/conv1/weight`.
+    pub fn build(
+        src: &dyn TensorSource,
+        layers: usize,
+        positions: Vec<f32>,
+    ) -> Result<EncoderWeights, ModelError> {
+        let conv1 = src.tensor("encoder/conv1/weight")?;
+        let [d, n_mels, 3] = conv1.shape[..] else {
+            return Err(ModelError::Shape {
+                name: "encoder/conv1/weight".into(),
+                got: conv1.shape,
+                want: vec![0, 80, 3],
+            });
+        };
+        if d == 0 || positions.len() % d != 0 {
+            return Err(ModelError::Config(format!(
+                "{} position values are not rows of d_model {d}",
+                positions.len()
+            )));
+        }
+        let conv1_w = conv1.expect("encoder/conv1/weight", &[d, n_mels, 3])?;
+        let conv2_w = src
+            .tensor("encoder/conv2/weight")?
+            .expect("encoder/conv2/weight", &[d, d, 3])?;
+        Ok(EncoderWeights {
+            conv1: Linear {
+                w: PackedB::from_rows(&conv1_w, d, n_mels * 3),
+                b: Some(
+                    src.tensor("encoder/conv1/bias")?
+                        .expect("encoder/conv1/bias", &[d])?,
+                ),
+            },
+            conv2: Linear {
+                w: PackedB::from_rows(&conv2_w, d, d * 3),
+                b: Some(
+                    src.tensor("encoder/conv2/bias")?
+                        .expect("encoder/conv2/bias", &[d])?,
+                ),
+            },
+            positions,
+            layers: (0..layers)
+                .map(|i| {
+                    let s = format!("encoder/layer_{i}");
+                    Ok(EncoderLayer {
+                        attn: self_attention(
+                            src,
+                            Applied::PerWindow,
+                            &format!("{s}/self_attention"),
+                            d,
+                        )?,
+                        ffn: ffn(src, Applied::PerWindow, &format!("{s}/ffn"), d)?,
+                    })
+                })
+                .collect::<Result<_, ModelError>>()?,
+            ln_post: layer_norm(src, "encoder/layer_norm", d)?,
+        })
+    }
+
+    /// Width of the encoder's rows.
+    pub fn d_model(&self) -> usize {
+        self.ln_post.gamma.len()
+    }
+
+    /// Mel bins it reads.
+    pub fn n_mels(&self) -> usize {
+        self.conv1.w.k() / 3
+    }
+
+    /// Most positions one window may have.
+    pub fn max_positions(&self) -> usize {
+        self.positions.len() / self.d_model()
+    }
+}
+
+/// Whisper's fixed sinusoidal positions, `[length, channels]`: sines of the first half of
+/// the channels then cosines, timescales from 1 to 10,000 (Whisper's `sinusoids`).
+pub fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
+    let half = channels / 2;
+    let increment = (10_000f64).ln() / (half.max(2) - 1) as f64;
+    // Computed in f32 as the reference does (torch's float32 exp and products).
+    let inv: Vec<f32> = (0..half)
+        .map(|i| (-(increment as f32) * i as f32).exp())
+        .collect();
+    let mut out = vec![0.0f32; length * channels];
+    for (t, row) in out.chunks_exact_mut(channels).enumerate() {
+        for (i, &f) in inv.iter().enumerate() {
+            let x = t as f32 * f;
+            row[i] = x.sin();
+            row[half + i] = x.cos();
+        }
+    }
+    out
+}
+
 impl Whisper {
     /// Builds the model from tensors under CTranslate2 names. `n_heads` comes from the file's
     /// metadata (it is not visible in any shape).
@@ -290,45 +387,11 @@ impl Whisper {
                 tokens.timestamp_begin, config.n_vocab
             )));
         }
-        let conv1_w = conv1.expect("encoder/conv1/weight", &[d, n_mels, 3])?;
-        let conv2_w = src
-            .tensor("encoder/conv2/weight")?
-            .expect("encoder/conv2/weight", &[d, d, 3])?;
-        let encoder = EncoderWeights {
-            conv1: Linear {
-                w: PackedB::from_rows(&conv1_w, d, n_mels * 3),
-                b: Some(
-                    src.tensor("encoder/conv1/bias")?
-                        .expect("encoder/conv1/bias", &[d])?,
-                ),
-            },
-            conv2: Linear {
-                w: PackedB::from_rows(&conv2_w, d, d * 3),
-                b: Some(
-                    src.tensor("encoder/conv2/bias")?
-                        .expect("encoder/conv2/bias", &[d])?,
-                ),
-            },
-            positions: enc_pos.expect(
-                "encoder/position_encodings/encodings",
-                &[config.n_audio_ctx, d],
-            )?,
-            layers: (0..config.encoder_layers)
-                .map(|i| {
-                    let s = format!("encoder/layer_{i}");
-                    Ok(EncoderLayer {
-                        attn: self_attention(
-                            src,
-                            Applied::PerWindow,
-                            &format!("{s}/self_attention"),
-                            d,
-                        )?,
-                        ffn: ffn(src, Applied::PerWindow, &format!("{s}/ffn"), d)?,
-                    })
-                })
-                .collect::<Result<_, ModelError>>()?,
-            ln_post: layer_norm(src, "encoder/layer_norm", d)?,
-        };
+        let positions = enc_pos.expect(
+            "encoder/position_encodings/encodings",
+            &[config.n_audio_ctx, d],
+        )?;
+        let encoder = EncoderWeights::build(src, config.encoder_layers, positions)?;
         let embed = embed.expect("decoder/embeddings/weight", &[config.n_vocab, d])?;
         let decoder = DecoderWeights {
             logits: Applied::PerStep.pack(&embed, config.n_vocab, d),

@@ -142,34 +142,152 @@ pub fn positions(tokens: &[u32], grids: &[MediaGrid]) -> Result<MediaPositions, 
             });
         }
     }
-    let mut out = Vec::with_capacity(tokens.len());
-    let (mut next, mut i) = (0u32, 0);
+    let mut writer = PositionWriter::default();
+    let mut i = 0;
     let mut grids = grids.iter().peekable();
     while i < tokens.len() {
-        let Some(&g) = grids.next_if(|g| g.token == tokens[i]) else {
-            out.push(Position([next; 3]));
-            next += 1;
-            i += 1;
-            continue;
-        };
-        let mut last = 0;
-        for f in 0..g.frames {
-            let t = g.time(f);
-            last = last.max(t);
-            for r in 0..g.rows {
-                for c in 0..g.cols {
-                    out.push(Position([next + t, next + r as u32, next + c as u32]));
-                }
+        match grids.next_if(|g| g.token == tokens[i]) {
+            Some(g) => {
+                writer.grid(g);
+                i += g.len();
+            }
+            None => {
+                writer.text(1);
+                i += 1;
             }
         }
-        i += g.len();
-        let spatial = g.rows.max(g.cols).saturating_sub(1) as u32;
-        next += last.max(spatial) + 1;
     }
-    Ok(MediaPositions {
-        delta: i64::from(next) - tokens.len() as i64,
-        prompt: out,
-    })
+    Ok(writer.finish())
+}
+
+/// Writes a prompt's positions run by run, as transformers' `get_rope_index` of Qwen2-VL,
+/// Qwen2.5-VL and Qwen2.5-Omni does: each run starts one past the largest position of the
+/// run before it; text advances all three components by one per token.
+#[derive(Clone, Debug, Default)]
+pub struct PositionWriter {
+    out: Vec<Position>,
+    /// Where the next run starts.
+    next: u32,
+    /// One past the largest position so far (for the generated tokens' offset).
+    end: u32,
+}
+
+impl PositionWriter {
+    /// `n` text tokens (or tokens placed like text: Qwen2.5-Omni's audio).
+    pub fn text(&mut self, n: usize) {
+        for _ in 0..n {
+            self.push_run(&[Position([self.next; 3])]);
+        }
+    }
+
+    /// `n` tokens at one position (Qwen2.5-Omni's `<|vision_bos|><|audio_bos|>` before a
+    /// video with its audio, and the two end tokens after it).
+    pub fn shared(&mut self, n: usize) {
+        let run = vec![Position([self.next; 3]); n];
+        self.push_run(&run);
+    }
+
+    /// A medium's whole grid.
+    pub fn grid(&mut self, g: &MediaGrid) {
+        let start = self.next;
+        let run: Vec<Position> = (0..g.frames)
+            .flat_map(|f| grid_frame(g, f, start))
+            .collect();
+        self.push_run(&run);
+    }
+
+    /// A video and its audio track interleaved per chunk of time (Qwen2.5-Omni with
+    /// `use_audio_in_video`): `pieces` in prompt order, video pieces ranges of the grid's
+    /// tokens, audio pieces ranges of the audio's tokens, which advance one position per
+    /// token from the same start as the video. The next run starts one past the largest
+    /// position of the last piece, as transformers' code has it.
+    pub fn interleaved(&mut self, g: &MediaGrid, pieces: &[Piece]) {
+        let start = self.next;
+        let video: Vec<Position> = (0..g.frames)
+            .flat_map(|f| grid_frame(g, f, start))
+            .collect();
+        for piece in pieces {
+            let run: Vec<Position> = match piece {
+                Piece::Video(r) => video[r.clone()].to_vec(),
+                Piece::Audio(r) => r.clone().map(|k| Position([start + k as u32; 3])).collect(),
+            };
+            self.push_run(&run);
+        }
+    }
+
+    /// Positions written, and every later token's offset.
+    pub fn finish(self) -> MediaPositions {
+        MediaPositions {
+            delta: i64::from(self.end) - self.out.len() as i64,
+            prompt: self.out,
+        }
+    }
+
+    fn push_run(&mut self, run: &[Position]) {
+        let Some(max) = run.iter().flat_map(|p| p.0).max() else {
+            return;
+        };
+        self.out.extend_from_slice(run);
+        self.next = max + 1;
+        self.end = self.end.max(max + 1);
+    }
+}
+
+/// The positions of temporal patch `frame` of grid `g` starting at `start`.
+fn grid_frame(g: &MediaGrid, frame: usize, start: u32) -> impl Iterator<Item = Position> + '_ {
+    let t = start + g.time(frame);
+    (0..g.rows as u32)
+        .flat_map(move |r| (0..g.cols as u32).map(move |c| Position([t, start + r, start + c])))
+}
+
+/// One run of a video interleaved with its audio ([`PositionWriter::interleaved`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Tokens of the video's grid, in grid order.
+    Video(Range<usize>),
+    /// Tokens of its audio.
+    Audio(Range<usize>),
+}
+
+/// Splits tokens by the time they stand for, as transformers' `get_chunked_index`: `times`
+/// (each token's temporal position from the medium's start, non-decreasing) into runs, a new
+/// run starting at the first token at or past the next multiple of `per_chunk` (one step per
+/// token, so a token that jumps several chunks ends one run each time).
+pub fn chunked_index(times: &[u32], per_chunk: u32) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut chunk) = (0, 1u64);
+    for (i, &t) in times.iter().enumerate() {
+        if u64::from(t) >= chunk * u64::from(per_chunk) {
+            runs.push(start..i);
+            start = i;
+            chunk += 1;
+        }
+    }
+    runs.push(start..times.len());
+    runs
+}
+
+/// The prompt order of a video's tokens (grid `g`) and its audio's `audio_tokens` (one per
+/// temporal position) interleaved per `per_chunk` temporal positions: the video's run of
+/// each chunk, then the audio's (transformers' Qwen2.5-Omni processor).
+pub fn interleave(g: &MediaGrid, audio_tokens: usize, per_chunk: u32) -> Vec<Piece> {
+    let per_frame = g.rows * g.cols;
+    let video_times: Vec<u32> = (0..g.frames)
+        .flat_map(|f| std::iter::repeat_n(g.time(f), per_frame))
+        .collect();
+    let audio_times: Vec<u32> = (0..audio_tokens as u32).collect();
+    let video = chunked_index(&video_times, per_chunk);
+    let audio = chunked_index(&audio_times, per_chunk);
+    let mut pieces = Vec::new();
+    for j in 0..video.len().max(audio.len()) {
+        if let Some(r) = video.get(j) {
+            pieces.push(Piece::Video(r.clone()));
+        }
+        if let Some(r) = audio.get(j) {
+            pieces.push(Piece::Audio(r.clone()));
+        }
+    }
+    pieces
 }
 
 #[cfg(test)]
@@ -268,5 +386,57 @@ mod tests {
             .map(|p| p.0[0])
             .collect();
         assert_eq!(times, [3, 5, 8]);
+    }
+
+    /// transformers' `get_chunked_index`, including its one-run-per-token step over a gap
+    /// and the empty run of no tokens.
+    #[test]
+    fn chunks_split_by_time_as_transformers() {
+        let times = [0, 0, 25, 25, 50, 50, 75, 75, 100];
+        assert_eq!(chunked_index(&times, 50), [0..4, 4..8, 8..9]);
+        assert_eq!(chunked_index(&[0, 125, 125], 50), [0..1, 1..2, 2..3]);
+        assert_eq!(chunked_index(&[], 50), [0..0]);
+    }
+
+    /// A video of three temporal patches 25 positions apart (2 x 1 tokens each) with 60
+    /// audio tokens, per 50 positions: video 0-1, audio 0-49, video 2, audio 50-59; both
+    /// start at the same position, and the next run starts after the last piece.
+    #[test]
+    fn audio_interleaves_with_video_by_time() {
+        let g = MediaGrid {
+            token: 9,
+            frames: 3,
+            rows: 2,
+            cols: 1,
+            time_step: 25.0,
+        };
+        let pieces = interleave(&g, 60, 50);
+        assert_eq!(
+            pieces,
+            [
+                Piece::Video(0..4),
+                Piece::Audio(0..50),
+                Piece::Video(4..6),
+                Piece::Audio(50..60)
+            ]
+        );
+        let mut w = PositionWriter::default();
+        w.text(2);
+        w.shared(2);
+        w.interleaved(&g, &pieces);
+        w.shared(2);
+        let got = w.finish();
+        let p = |i: usize| got.prompt[i].0;
+        assert_eq!(p(2), [2, 2, 2]);
+        assert_eq!(p(3), [2, 2, 2]);
+        assert_eq!(p(4), [3, 3, 3]); // first video token
+        assert_eq!(p(5), [3, 4, 3]);
+        assert_eq!(p(8), [3, 3, 3]); // first audio token
+        assert_eq!(p(58), [53, 3, 3]); // third temporal patch
+        assert_eq!(p(60), [53, 53, 53]); // audio token 50
+        assert_eq!(p(69), [62, 62, 62]);
+        assert_eq!(p(70), [63, 63, 63]); // the end tokens, after the last piece
+        assert_eq!(p(71), [63, 63, 63]);
+        assert_eq!(got.delta, 64 - 72);
     }
 }

@@ -8,7 +8,9 @@
 //!   (`norm_weight_offset`).
 //! - Multimodal checkpoints nest the language model's settings in `text_config` and its
 //!   tensors under `model.language_model.` (or `language_model.model.`); those are read the
-//!   same way, and the other parts' tensors are left out.
+//!   same way, and the other parts' tensors are left out. Qwen2.5-Omni nests once more: its
+//!   language model is the thinker's (`thinker_config.text_config`, tensors under
+//!   `thinker.model.`); the talker and the speech decoder are other parts.
 
 use std::path::Path;
 
@@ -22,14 +24,34 @@ use crate::ModelError;
 const GEMMA3_DEFAULT_PATTERN: u64 = 6;
 
 /// Prefixes of the language model's tensors, longest first.
-const PREFIXES: [&str; 3] = ["model.language_model.", "language_model.model.", "model."];
-const LM_HEADS: [&str; 2] = ["lm_head.weight", "language_model.lm_head.weight"];
+const PREFIXES: [&str; 4] = [
+    "model.language_model.",
+    "language_model.model.",
+    "thinker.model.",
+    "model.",
+];
+const LM_HEADS: [&str; 3] = [
+    "lm_head.weight",
+    "language_model.lm_head.weight",
+    "thinker.lm_head.weight",
+];
 
-/// The architecture's settings: `text_config` when there is one, else the root.
-pub fn text_config(root: &Value) -> &Value {
-    root.get("text_config")
+/// The part of `config.json` that describes the model that reads the prompt: Qwen2.5-Omni's
+/// `thinker_config` (the thinker, which writes text), else the root.
+pub fn reader_config(root: &Value) -> &Value {
+    root.get("thinker_config")
         .filter(|v| v.is_object())
         .unwrap_or(root)
+}
+
+/// The architecture's settings: the reader's `text_config` when there is one, else the
+/// reader's own.
+pub fn text_config(root: &Value) -> &Value {
+    let reader = reader_config(root);
+    reader
+        .get("text_config")
+        .filter(|v| v.is_object())
+        .unwrap_or(reader)
 }
 
 /// The architecture a `config.json` describes (by the text model's `model_type`).
@@ -37,9 +59,13 @@ pub fn arch_of(config: &Value) -> Option<Arch> {
     match text_config(config)["model_type"].as_str()? {
         "llama" => Some(Arch::Llama),
         // Qwen2-VL and Qwen2.5-VL: a Qwen2 language model with multimodal RoPE.
-        "qwen2" | "qwen2_vl" | "qwen2_vl_text" | "qwen2_5_vl" | "qwen2_5_vl_text" => {
-            Some(Arch::Qwen2)
-        }
+        "qwen2"
+        | "qwen2_vl"
+        | "qwen2_vl_text"
+        | "qwen2_5_vl"
+        | "qwen2_5_vl_text"
+        | "qwen2_5_omni_text"
+        | "qwen2_5_omni_thinker" => Some(Arch::Qwen2),
         "gemma3" | "gemma3_text" => Some(Arch::Gemma3),
         _ => None,
     }
@@ -314,8 +340,31 @@ mod tests {
             "blk.0.attn_k.bias"
         );
         assert!(l("model.visual.blocks.0.attn.qkv.weight").is_none());
+        // Qwen2.5-Omni: the thinker is the language model; the talker is another part.
+        let q = |hf| gguf_name(Arch::Qwen2, hf);
+        assert_eq!(
+            q("thinker.model.layers.1.mlp.up_proj.weight").unwrap(),
+            "blk.1.ffn_up.weight"
+        );
+        assert_eq!(q("thinker.lm_head.weight").unwrap(), "output.weight");
+        assert!(q("talker.model.layers.0.mlp.up_proj.weight").is_none());
+        assert!(q("thinker.audio_tower.conv1.weight").is_none());
         assert!(l("model.layers.x.mlp.up_proj.weight").is_none());
         assert!(l("model.layers.0.self_attn.rotary_emb.inv_freq").is_none());
+    }
+
+    #[test]
+    fn omni_reads_the_thinker_text_config() {
+        let c: Value = serde_json::json!({
+            "model_type": "qwen2_5_omni",
+            "thinker_config": {"model_type": "qwen2_5_omni_thinker",
+                               "text_config": {"model_type": "qwen2_5_omni_text", "hidden_size": 64}},
+            "talker_config": {"model_type": "qwen2_5_omni_talker", "hidden_size": 32}
+        });
+        assert_eq!(text_config(&c)["hidden_size"], 64);
+        assert_eq!(arch_of(&c), Some(Arch::Qwen2));
+        let thinker_only = &c["thinker_config"];
+        assert_eq!(text_config(thinker_only)["hidden_size"], 64);
     }
 
     #[test]
