@@ -59,7 +59,7 @@ impl AudioTowerConfig {
     }
 
     fn check(&self) -> Result<(), ModelError> {
-        if self.n_heads == 0 || self.d_model == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || self.d_model == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(ModelError::Config(format!(
                 "audio_config: {} heads do not divide d_model {}",
                 self.n_heads, self.d_model
@@ -67,7 +67,7 @@ impl AudioTowerConfig {
         }
         // Pooling pairs rows within a chunk only when a whole chunk has an even number of
         // rows after the stride-2 convolution (n_window of them).
-        if self.n_window == 0 || self.n_window % 2 != 0 {
+        if self.n_window == 0 || !self.n_window.is_multiple_of(2) {
             return Err(ModelError::Config(format!(
                 "audio_config n_window {} must be even and positive",
                 self.n_window

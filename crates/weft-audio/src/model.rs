@@ -242,7 +242,7 @@ impl EncoderWeights {
                 want: vec![0, 80, 3],
             });
         };
-        if d == 0 || positions.len() % d != 0 {
+        if d == 0 || !positions.len().is_multiple_of(d) {
             return Err(ModelError::Config(format!(
                 "{} position values are not rows of d_model {d}",
                 positions.len()

@@ -395,7 +395,7 @@ mod tests {
         let times = [0, 0, 25, 25, 50, 50, 75, 75, 100];
         assert_eq!(chunked_index(&times, 50), [0..4, 4..8, 8..9]);
         assert_eq!(chunked_index(&[0, 125, 125], 50), [0..1, 1..2, 2..3]);
-        assert_eq!(chunked_index(&[], 50), [0..0]);
+        assert_eq!(chunked_index(&[], 50), vec![0..0]);
     }
 
     /// A video of three temporal patches 25 positions apart (2 x 1 tokens each) with 60

@@ -120,10 +120,7 @@ pub fn prepare_chat_body(
         let MediaSource::Inline(bytes) = source else {
             return Err(ApiError::bad_request("only data: URLs are read here"));
         };
-        match kind {
-            MediaKind::Image => fetched.images.push(bytes),
-            MediaKind::Video => fetched.videos.push(bytes),
-        }
+        fetched.of(kind).push(bytes);
     }
     prepare(ctx, limits, req, &fetched).map(|p| p.prompt)
 }
@@ -144,9 +141,10 @@ fn request_media_sources(
 ) -> Result<Vec<(MediaKind, MediaSource)>, ApiError> {
     let sources = media::media_sources(&req.messages, &limits.media)?;
     if let Some((kind, _)) = sources.iter().find(|(kind, _)| !ctx.accepts(*kind)) {
-        let why = match ctx.vision {
-            None => "it has no vision tower",
-            Some(_) => "its vision tower reads only images",
+        let why = match (&ctx.vision, kind) {
+            (_, MediaKind::Audio) => "it has no audio tower",
+            (None, _) => "it has no vision tower",
+            (Some(_), _) => "its vision tower reads only images",
         };
         return Err(ApiError::invalid(
             "messages",
@@ -218,6 +216,7 @@ fn with_media(
     };
     let invalid = |e: &dyn std::fmt::Display| ApiError::invalid("messages", e.to_string());
     let images = media::decode_images(&fetched.images, &limits.media)?;
+    let audios = media::decode_audios(&fetched.audios, &limits.media)?;
     let videos = media::probe_videos(vision, &fetched.videos, bounds, &limits.media)?;
     // Refuse a prompt its media would push past the context before resizing or decoding any.
     let mut tokens = prompt.len();
@@ -231,16 +230,24 @@ fn with_media(
             .video_tokens_for(&video.plan, bounds)
             .map_err(|e| invalid(&e))?;
     }
+    for audio in &audios {
+        tokens += vision
+            .audio_tokens_for(audio.len())
+            .map_err(|e| invalid(&e))?;
+    }
     let max_model_len = ctx.max_model_len();
-    if tokens >= max_model_len {
-        return Err(ApiError::invalid(
+    let too_long = |tokens: usize| {
+        ApiError::invalid(
             "messages",
             format!(
                 "This model's maximum context length is {max_model_len} tokens. However, your \
                  request has {tokens} input tokens with its media. Please reduce the length of \
                  the input or the media's size (mm_processor_kwargs.max_pixels)."
             ),
-        ));
+        )
+    };
+    if tokens >= max_model_len {
+        return Err(too_long(tokens));
     }
     let videos = media::read_videos(vision, &videos, bounds, &limits.media)?;
     let PreparedPrompt {
@@ -248,8 +255,12 @@ fn with_media(
         inputs,
         positions,
     } = vision
-        .plan_with(&prompt, &images, &videos, bounds)
+        .plan_with(&prompt, &images, &videos, &audios, bounds)
         .map_err(|e| invalid(&e))?;
+    // A video's own audio track (use_audio_in_video) is counted only once it is read.
+    if tokens.len() >= max_model_len {
+        return Err(too_long(tokens.len()));
+    }
     Ok((tokens, media::request_media(vision, inputs, positions)))
 }
 

@@ -1,7 +1,8 @@
-//! Images and videos in chat requests: where an `image_url` or `video_url` part's bytes come
-//! from (a `data:` URL, an `http(s)` URL fetched within a timeout and a size cap, a `file://`
-//! path under `--allowed-local-media-path`), and how decoded media become the engine's media
-//! items. Every failure is a 400 that says which image or video and why.
+//! Images, videos and audio in chat requests: where an `image_url`, `video_url` or
+//! `audio_url` part's bytes come from (a `data:` URL, an `http(s)` URL fetched within a
+//! timeout and a size cap, a `file://` path under `--allowed-local-media-path`), or an
+//! `input_audio` part's inline base64, and how decoded media become the engine's media items.
+//! Every failure is a 400 that says which medium and why.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,14 +23,21 @@ use weft_vision::{
 
 use crate::error::ApiError;
 
-/// The content part type that carries a medium (`image_url`, or vLLM's `video_url`), which
-/// is also the key of its URL.
+/// The content part type that carries a medium by URL (`image_url`, or vLLM's `video_url`
+/// and `audio_url`), which is also the key of its URL.
 pub fn part_type(kind: MediaKind) -> &'static str {
     match kind {
         MediaKind::Image => "image_url",
         MediaKind::Video => "video_url",
+        MediaKind::Audio => "audio_url",
     }
 }
+
+/// OpenAI's inline audio part: `{"type": "input_audio", "input_audio": {"data": BASE64,
+/// "format": "wav"}}`.
+const INPUT_AUDIO: &str = "input_audio";
+/// The formats an `input_audio` part may name (what weft-audio decodes).
+const AUDIO_FORMATS: [&str; 4] = ["wav", "mp3", "flac", "ogg"];
 
 /// Bounds on the media of one request (each a `weft serve` flag).
 #[derive(Clone, Debug)]
@@ -38,10 +46,16 @@ pub struct MediaLimits {
     pub max_images: usize,
     /// Most videos in one prompt (vLLM's `--limit-mm-per-prompt`).
     pub max_videos: usize,
+    /// Most audio clips in one prompt (vLLM's `--limit-mm-per-prompt`).
+    pub max_audios: usize,
     /// Largest image file, in bytes, however it arrives.
     pub max_image_bytes: usize,
     /// Largest video file, in bytes, however it arrives.
     pub max_video_bytes: usize,
+    /// Largest audio file, in bytes, however it arrives.
+    pub max_audio_bytes: usize,
+    /// Longest audio clip or video audio track, in seconds.
+    pub max_audio_seconds: f64,
     /// Largest decoded image or video frame, width x height (checked from the header before
     /// decoding).
     pub max_image_pixels: u64,
@@ -58,8 +72,11 @@ impl Default for MediaLimits {
         MediaLimits {
             max_images: 4,
             max_videos: 1,
+            max_audios: 4,
             max_image_bytes: 20 << 20,
             max_video_bytes: 256 << 20,
+            max_audio_bytes: 25 << 20,
+            max_audio_seconds: 1200.0,
             max_image_pixels: DecodeOptions::default().max_pixels,
             fetch_timeout: Duration::from_secs(10),
             video_decode_timeout: VideoLimits::default().timeout,
@@ -73,6 +90,7 @@ impl MediaLimits {
         match kind {
             MediaKind::Image => self.max_images,
             MediaKind::Video => self.max_videos,
+            MediaKind::Audio => self.max_audios,
         }
     }
 
@@ -80,6 +98,7 @@ impl MediaLimits {
         match kind {
             MediaKind::Image => self.max_image_bytes,
             MediaKind::Video => self.max_video_bytes,
+            MediaKind::Audio => self.max_audio_bytes,
         }
     }
 
@@ -88,6 +107,7 @@ impl MediaLimits {
         VideoLimits {
             timeout: self.video_decode_timeout,
             max_frame_pixels: self.max_image_pixels,
+            max_audio_seconds: self.max_audio_seconds,
         }
     }
 }
@@ -101,7 +121,7 @@ pub enum MediaSource {
     File(PathBuf),
 }
 
-/// The image and video parts of `messages`, in the order the chat template meets them.
+/// The image, video and audio parts of `messages`, in the order the chat template meets them.
 pub fn media_sources(
     messages: &[Value],
     limits: &MediaLimits,
@@ -115,6 +135,7 @@ pub fn media_sources(
             let kind = match part.get("type").and_then(Value::as_str) {
                 Some("image_url") => MediaKind::Image,
                 Some("video_url") => MediaKind::Video,
+                Some("audio_url" | INPUT_AUDIO) => MediaKind::Audio,
                 _ => continue,
             };
             let param = format!("messages[{i}].content[{j}]");
@@ -128,6 +149,12 @@ pub fn media_sources(
                     ),
                 ));
             }
+            if part.get("type").and_then(Value::as_str) == Some(INPUT_AUDIO) {
+                let audio = input_audio(part, limits)
+                    .map_err(|e| ApiError::invalid(&param, format!("{param}: {e}")))?;
+                sources.push((kind, audio));
+                continue;
+            }
             let url = media_url(part, kind).ok_or_else(|| {
                 ApiError::invalid(
                     &param,
@@ -140,6 +167,26 @@ pub fn media_sources(
         }
     }
     Ok(sources)
+}
+
+/// An `input_audio` part's bytes.
+fn input_audio(part: &Value, limits: &MediaLimits) -> Result<MediaSource, String> {
+    let audio = part.get(INPUT_AUDIO).ok_or("input_audio is missing")?;
+    let data = audio
+        .get("data")
+        .and_then(Value::as_str)
+        .ok_or("input_audio.data (base64) is missing")?;
+    match audio.get("format").and_then(Value::as_str) {
+        Some(f) if AUDIO_FORMATS.contains(&f) => {}
+        other => {
+            return Err(format!(
+                "input_audio.format must be one of {} (got {})",
+                AUDIO_FORMATS.join(", "),
+                other.map_or("nothing".to_string(), |f| format!("'{f}'"))
+            ))
+        }
+    }
+    base64_bytes(data, MediaKind::Audio, limits).map(MediaSource::Inline)
 }
 
 /// The URL of a part as OpenAI writes it (`{"url": ...}`) or as a bare string.
@@ -158,14 +205,7 @@ fn source(url: &str, kind: MediaKind, limits: &MediaLimits) -> Result<MediaSourc
         if !header.ends_with(";base64") {
             return Err("only base64 data: URLs are accepted (data:image/png;base64,...)".into());
         }
-        // Base64 is 4 characters per 3 bytes: refuse before decoding what would be too big.
-        if data.len() / 4 * 3 > limits.max_bytes(kind) + 3 {
-            return Err(too_big(kind, limits));
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data.trim_end())
-            .map_err(|e| format!("the data: URL is not valid base64: {e}"))?;
-        return Ok(MediaSource::Inline(bytes));
+        return base64_bytes(data, kind, limits).map(MediaSource::Inline);
     }
     if url.starts_with("http://") || url.starts_with("https://") {
         return Ok(MediaSource::Http(url.to_owned()));
@@ -184,6 +224,17 @@ fn source(url: &str, kind: MediaKind, limits: &MediaLimits) -> Result<MediaSourc
         "the {} URL must be data:, http(s):// or file://",
         kind.name()
     ))
+}
+
+/// Base64 `data` decoded, refused before decoding when it would be too big (4 characters per
+/// 3 bytes).
+fn base64_bytes(data: &str, kind: MediaKind, limits: &MediaLimits) -> Result<Vec<u8>, String> {
+    if data.len() / 4 * 3 > limits.max_bytes(kind) + 3 {
+        return Err(too_big(kind, limits));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim_end())
+        .map_err(|e| format!("the {} data is not valid base64: {e}", kind.name()))
 }
 
 /// `path` if it names a file under `root` once links and `..` are resolved.
@@ -214,6 +265,18 @@ fn too_big(kind: MediaKind, limits: &MediaLimits) -> String {
 pub struct FetchedMedia {
     pub images: Vec<Vec<u8>>,
     pub videos: Vec<Vec<u8>>,
+    pub audios: Vec<Vec<u8>>,
+}
+
+impl FetchedMedia {
+    /// The list of `kind`'s files.
+    pub fn of(&mut self, kind: MediaKind) -> &mut Vec<Vec<u8>> {
+        match kind {
+            MediaKind::Image => &mut self.images,
+            MediaKind::Video => &mut self.videos,
+            MediaKind::Audio => &mut self.audios,
+        }
+    }
 }
 
 /// Fetches what `sources` point at, all at once, each within the limits.
@@ -232,10 +295,7 @@ pub async fn fetch(
     });
     let mut fetched = FetchedMedia::default();
     for (kind, bytes) in futures_util::future::join_all(jobs).await {
-        let list = match kind {
-            MediaKind::Image => &mut fetched.images,
-            MediaKind::Video => &mut fetched.videos,
-        };
+        let list = fetched.of(kind);
         let n = list.len() + 1;
         list.push(
             bytes
@@ -308,8 +368,8 @@ async fn read_file(
 }
 
 /// `mm_processor_kwargs` as the processors take them: `min_pixels` and `max_pixels`
-/// (positive integers), `fps` (a positive number); anything else is refused rather than
-/// ignored.
+/// (positive integers), `fps` (a positive number), `use_audio_in_video` (a boolean);
+/// anything else is refused rather than ignored.
 pub fn processor_kwargs(kwargs: Option<&Map<String, Value>>) -> Result<ProcessorKwargs, ApiError> {
     let invalid = |message: String| ApiError::invalid("mm_processor_kwargs", message);
     let mut bounds = ProcessorKwargs::default();
@@ -324,9 +384,16 @@ pub fn processor_kwargs(kwargs: Option<&Map<String, Value>>) -> Result<Processor
                 })?);
                 continue;
             }
+            "use_audio_in_video" => {
+                bounds.use_audio_in_video = value.as_bool().ok_or_else(|| {
+                    invalid("mm_processor_kwargs.use_audio_in_video must be a boolean".into())
+                })?;
+                continue;
+            }
             other => {
                 return Err(invalid(format!(
-                    "unknown mm_processor_kwargs key `{other}` (min_pixels, max_pixels, fps)"
+                    "unknown mm_processor_kwargs key `{other}` (min_pixels, max_pixels, fps, \
+                     use_audio_in_video)"
                 )))
             }
         };
@@ -351,6 +418,18 @@ pub fn decode_images(files: &[Vec<u8>], limits: &MediaLimits) -> Result<Vec<RgbI
         .map(|(i, bytes)| {
             weft_vision::decode(bytes, &options)
                 .map_err(|e| ApiError::invalid("messages", format!("image {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Decodes fetched audio files to 16 kHz mono samples within the length limit.
+pub fn decode_audios(files: &[Vec<u8>], limits: &MediaLimits) -> Result<Vec<Vec<f32>>, ApiError> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            weft_audio::audio::decode(bytes, limits.max_audio_seconds)
+                .map_err(|e| ApiError::invalid("messages", format!("audio {}: {e}", i + 1)))
         })
         .collect()
 }

@@ -98,11 +98,11 @@ impl PromptContext {
         PromptContext { vision, ..self }
     }
 
-    /// What the prompt may hold: `["text"]`, plus what the model's vision tower reads.
+    /// What the prompt may hold: `["text"]`, plus what the model's towers read.
     pub fn input_modalities(&self) -> Vec<&'static str> {
         let mut m = vec!["text"];
         m.extend(
-            [MediaKind::Image, MediaKind::Video]
+            [MediaKind::Image, MediaKind::Video, MediaKind::Audio]
                 .into_iter()
                 .filter(|&kind| self.accepts(kind))
                 .map(MediaKind::name),

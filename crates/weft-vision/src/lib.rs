@@ -4,7 +4,10 @@
 //! and the two processors built from them: Qwen2-VL/Qwen2.5-VL's (`qwen2vl`) and Gemma 3's
 //! SigLIP input (`siglip`), configured from `preprocessor_config.json` (`config`). Then the
 //! towers: Qwen2.5-VL's (`qwen25vl_tower`), and `qwen25vl`, which turns a prompt's images
-//! into the language model's input (expanded placeholders, tower rows, M-RoPE positions).
+//! into the language model's input (expanded placeholders, tower rows, M-RoPE positions);
+//! Gemma 3's (`gemma3_tower`, `gemma3vl`); and Qwen2.5-Omni's (`qwen25omni`: the Qwen2.5-VL
+//! tower with weft-audio's audio tower, video and audio on one time axis). `vision::Vision`
+//! is the one interface over them.
 //!
 //! "Equal to transformers" means equal to the processor class `AutoImageProcessor` returns:
 //! in transformers 5 that is the torchvision backend whenever torchvision is installed
@@ -21,6 +24,7 @@ pub mod image;
 pub mod media_kind;
 pub mod mmproj;
 pub mod normalize;
+pub mod qwen25omni;
 pub mod qwen25vl;
 pub mod qwen25vl_tower;
 pub mod qwen2vl;

@@ -1,9 +1,10 @@
-//! The kinds of visual media a prompt can carry.
+//! The kinds of media a prompt can carry besides text.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaKind {
     Image,
     Video,
+    Audio,
 }
 
 impl MediaKind {
@@ -12,6 +13,7 @@ impl MediaKind {
         match self {
             MediaKind::Image => "image",
             MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
         }
     }
 }

@@ -60,15 +60,13 @@ impl Qwen25VlVision {
             message,
         };
         let config_path = dir.join("config.json");
-        let token = |key: &str| {
-            config[key]
-                .as_u64()
-                .map(|t| t as u32)
-                .ok_or_else(|| model_error(&config_path, format!("no {key}")))
+        let token = |name: &str| {
+            token_id(config, name)
+                .ok_or_else(|| model_error(&config_path, format!("no {name}_token_id")))
         };
         let tokens = MediaTokens {
-            image: token("image_token_id")?,
-            video: token("video_token_id")?,
+            image: token("image")?,
+            video: token("video")?,
             tokens_per_second: config["vision_config"]["tokens_per_second"]
                 .as_f64()
                 .map_or(TOKENS_PER_SECOND, |t| t as f32),
@@ -176,57 +174,20 @@ impl Qwen25VlVision {
                 });
             }
         }
-        let m = self.tower.config().merge_size;
         let t = self.video_processor.config.frame.temporal_patch_size;
-        // Each medium: its grid in the prompt and its tower inputs.
-        let mut images = images.iter().map(|image| {
-            let pixels = processor.preprocess(image)?;
-            let grid = MediaGrid::image(
-                self.image_token,
-                pixels.grid_thw[1] as usize / m,
-                pixels.grid_thw[2] as usize / m,
-            );
-            let input = (
-                pixels.grid_thw,
-                pixels_hash(&pixels.grid_thw, &pixels.pixel_values),
-                TowerPixels::Image(pixels),
-            );
-            Ok::<_, VisionError>((grid, vec![input]))
-        });
+        let mut images = images
+            .iter()
+            .map(|image| self.image_medium(&processor, image));
         let mut videos = videos.iter().map(|video| {
-            let p = self.video_processor.config.frame.patch_size;
-            let (h, w) = video
-                .frames
-                .first()
-                .map_or((0, 0), |f| (f.height() / p, f.width() / p));
-            let patches: Vec<_> = video
-                .frames
-                .chunks(t as usize)
-                .map(|group| {
-                    let grid = [1, h, w];
-                    (
-                        grid,
-                        frames_hash(grid, group),
-                        TowerPixels::Frames(group.to_vec()),
-                    )
-                })
-                .collect();
             // transformers carries `second_per_grid_t` as an f32 tensor and scales it in f32.
             let seconds = video.seconds_per_patch(t) as f32;
-            let grid = MediaGrid {
-                token: self.video_token,
-                frames: patches.len(),
-                rows: h as usize / m,
-                cols: w as usize / m,
-                time_step: self.tokens_per_second * seconds,
-            };
-            (grid, patches)
+            self.video_medium(video, self.tokens_per_second * seconds)
         });
         let mut expanded = Vec::with_capacity(tokens.len());
         let mut inputs = Vec::new();
         let mut grids = Vec::new();
         for &token in tokens {
-            let (grid, patches) = if token == self.image_token {
+            let medium = if token == self.image_token {
                 images.next().expect("one image per placeholder, counted")?
             } else if token == self.video_token {
                 videos.next().expect("one video per placeholder, counted")
@@ -234,20 +195,8 @@ impl Qwen25VlVision {
                 expanded.push(token);
                 continue;
             };
-            for (patch_grid, hash, pixels) in patches {
-                let len = grid.rows * grid.cols;
-                inputs.push(TowerInput {
-                    bidirectional: false,
-                    medium: grids.len(),
-                    start: expanded.len(),
-                    len,
-                    hash,
-                    grid: patch_grid,
-                    pixels,
-                });
-                expanded.extend(std::iter::repeat_n(token, len));
-            }
-            grids.push(grid);
+            grids.push(medium.grid);
+            medium.place(grids.len() - 1, &mut expanded, &mut inputs);
         }
         let positions = media::positions(&expanded, &grids)?;
         Ok(PreparedPrompt {
@@ -255,6 +204,74 @@ impl Qwen25VlVision {
             inputs,
             positions,
         })
+    }
+
+    /// An image's grid in the prompt and its tower input.
+    pub(crate) fn image_medium(
+        &self,
+        processor: &Qwen2VlProcessor,
+        image: &RgbImage,
+    ) -> Result<Medium, VisionError> {
+        let m = self.tower.config().merge_size;
+        let pixels = processor.preprocess(image)?;
+        let grid = MediaGrid::image(
+            self.image_token,
+            pixels.grid_thw[1] as usize / m,
+            pixels.grid_thw[2] as usize / m,
+        );
+        let patch = (
+            pixels.grid_thw,
+            pixels_hash(&pixels.grid_thw, &pixels.pixel_values),
+            TowerPixels::Image(pixels),
+        );
+        Ok(Medium {
+            grid,
+            patches: vec![patch],
+        })
+    }
+
+    /// A video's grid in the prompt, its temporal patches `time_step` temporal positions
+    /// apart, and its tower inputs (one per temporal patch).
+    pub(crate) fn video_medium(&self, video: &Video, time_step: f32) -> Medium {
+        let m = self.tower.config().merge_size;
+        let t = self.video_processor.config.frame.temporal_patch_size;
+        let p = self.video_processor.config.frame.patch_size;
+        let (h, w) = video
+            .frames
+            .first()
+            .map_or((0, 0), |f| (f.height() / p, f.width() / p));
+        let patches: Vec<_> = video
+            .frames
+            .chunks(t as usize)
+            .map(|group| {
+                let grid = [1, h, w];
+                (
+                    grid,
+                    frames_hash(grid, group),
+                    TowerPixels::Frames(group.to_vec()),
+                )
+            })
+            .collect();
+        let grid = MediaGrid {
+            token: self.video_token,
+            frames: patches.len(),
+            rows: h as usize / m,
+            cols: w as usize / m,
+            time_step,
+        };
+        Medium { grid, patches }
+    }
+
+    pub(crate) fn video_processor(&self) -> &Qwen2VlVideoProcessor {
+        &self.video_processor
+    }
+
+    pub(crate) fn image_token(&self) -> u32 {
+        self.image_token
+    }
+
+    pub(crate) fn video_token(&self) -> u32 {
+        self.video_token
     }
 
     /// The tower's rows for one tower input: `image.len` rows of
@@ -268,7 +285,9 @@ impl Qwen25VlVision {
                 frames = self.video_processor.patch(group);
                 &frames
             }
-            TowerPixels::Square(_) => unreachable!("Qwen2.5-VL plans no SigLIP inputs"),
+            TowerPixels::Square(_) | TowerPixels::Audio(_) => {
+                unreachable!("Qwen2.5-VL's tower reads only its own images and frames")
+            }
         };
         self.tower
             .encode(pool, &pixels.pixel_values, &[Grid { t, h, w }])
@@ -300,7 +319,10 @@ impl Qwen25VlVision {
     }
 
     /// The processor with `bounds` applied.
-    fn processor_for(&self, bounds: ProcessorKwargs) -> Result<Qwen2VlProcessor, VisionError> {
+    pub(crate) fn processor_for(
+        &self,
+        bounds: ProcessorKwargs,
+    ) -> Result<Qwen2VlProcessor, VisionError> {
         let mut config = self.processor.config.clone();
         bounds.apply(&mut config)?;
         Ok(Qwen2VlProcessor::new(config, self.processor.backend))
@@ -369,6 +391,8 @@ impl Qwen25VlVision {
         })?;
         Ok(Video {
             sampled_fps: indices.len() as f64 / info.frames as f64 * info.fps,
+            requested_fps: processor.config.fps,
+            audio: None,
             frames,
             source: *info,
         })
@@ -408,6 +432,43 @@ fn processor_configs(dir: &Path) -> Result<(Qwen2VlConfig, Qwen2VlVideoConfig), 
         }
     };
     Ok((image, video))
+}
+
+/// The id `config.json` gives the `name` token (`{name}_token_id`, or Qwen2.5-Omni's
+/// `{name}_token_index`).
+pub(crate) fn token_id(config: &serde_json::Value, name: &str) -> Option<u32> {
+    ["token_id", "token_index"]
+        .iter()
+        .find_map(|suffix| config[format!("{name}_{suffix}")].as_u64())
+        .map(|t| t as u32)
+}
+
+/// One image or video of a prompt, short of its encoding: its grid of language-model tokens
+/// and its tower inputs in order (one per temporal patch: a patch grid, the content hash and
+/// what the tower reads).
+pub(crate) struct Medium {
+    pub grid: MediaGrid,
+    pub patches: Vec<([u32; 3], u128, TowerPixels)>,
+}
+
+impl Medium {
+    /// Appends the medium's placeholder tokens to `expanded` and its tower inputs (as the
+    /// prompt's medium number `medium`) to `inputs`.
+    pub fn place(self, medium: usize, expanded: &mut Vec<u32>, inputs: &mut Vec<TowerInput>) {
+        let len = self.grid.rows * self.grid.cols;
+        for (grid, hash, pixels) in self.patches {
+            inputs.push(TowerInput {
+                bidirectional: false,
+                medium,
+                start: expanded.len(),
+                len,
+                hash,
+                grid,
+                pixels,
+            });
+            expanded.extend(std::iter::repeat_n(self.grid.token, len));
+        }
+    }
 }
 
 /// The hash that names a video's temporal patch: XXH3-128 over the grid (three u32, then

@@ -137,9 +137,20 @@ pub struct Grid {
 pub fn hf_weights(weights: &dyn WeightSource) -> Result<HfTowerWeights<'_>, TowerError> {
     HfTowerWeights::new(
         weights,
-        &["visual.", "model.visual."],
+        &["visual.", "model.visual.", "thinker.visual."],
         "patch_embed.proj.weight",
     )
+}
+
+/// The parts, read in order, end to end.
+fn concat<const N: usize>(
+    parts: [Result<Vec<f32>, TowerError>; N],
+) -> Result<Vec<f32>, TowerError> {
+    let mut out = Vec::new();
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 impl Qwen25VisionTower {
@@ -181,7 +192,24 @@ impl Qwen25VisionTower {
                 Ok(Block {
                     norm1: tensor(&b("norm1.weight"), &[d])?,
                     norm2: tensor(&b("norm2.weight"), &[d])?,
-                    qkv: linear(&b("attn.qkv"), 3 * d, d, true)?,
+                    qkv: match linear(&b("attn.qkv"), 3 * d, d, true) {
+                        // Qwen2.5-Omni's tower keeps Q, K and V apart.
+                        Err(TowerError::MissingTensor(_)) => Linear {
+                            w: PackedB::from_rows(
+                                &concat(
+                                    ["q", "k", "v"]
+                                        .map(|p| tensor(&b(&format!("attn.{p}.weight")), &[d, d])),
+                                )?,
+                                3 * d,
+                                d,
+                            ),
+                            b: Some(concat(
+                                ["q", "k", "v"]
+                                    .map(|p| tensor(&b(&format!("attn.{p}.bias")), &[d])),
+                            )?),
+                        },
+                        other => other?,
+                    },
                     proj: linear(&b("attn.proj"), d, d, true)?,
                     gate: linear(&b("mlp.gate_proj"), ff, d, true)?,
                     up: linear(&b("mlp.up_proj"), ff, d, true)?,

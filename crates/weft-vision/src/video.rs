@@ -39,6 +39,10 @@ pub enum VideoError {
     },
     #[error("the video ended after {decoded} of the {expected} frames it announced")]
     Truncated { decoded: usize, expected: usize },
+    #[error("the video has no audio track")]
+    NoAudioStream,
+    #[error("the video's audio is longer than the limit of {limit:.0} s")]
+    AudioTooLong { limit: f64 },
 }
 
 /// What `ffprobe` says about a file's first video stream, as displayed (rotation applied).
@@ -66,6 +70,8 @@ pub struct VideoLimits {
     pub timeout: Duration,
     /// Largest frame, width x height.
     pub max_frame_pixels: u64,
+    /// Longest audio track read from a video.
+    pub max_audio_seconds: f64,
 }
 
 impl Default for VideoLimits {
@@ -73,6 +79,7 @@ impl Default for VideoLimits {
         VideoLimits {
             timeout: Duration::from_secs(120),
             max_frame_pixels: 8192 * 8192,
+            max_audio_seconds: 3600.0,
         }
     }
 }
@@ -212,6 +219,44 @@ pub fn read_frames(
         });
     }
     Ok(())
+}
+
+/// The first audio track of the video at `path` as 16 kHz mono samples (ffmpeg's
+/// resampler, 16-bit samples scaled by 1/32768 as a WAV file's are read).
+pub fn read_audio_track(path: &Path, limits: &VideoLimits) -> Result<Vec<f32>, VideoError> {
+    const RATE: f64 = 16_000.0;
+    let mut args: Vec<std::ffi::OsString> =
+        ["-v", "error", "-nostdin", "-i"].map(Into::into).to_vec();
+    args.push(path.into());
+    let limit = limits.max_audio_seconds;
+    for a in [
+        "-map", "0:a:0", "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "pipe:1",
+    ] {
+        args.push(a.into());
+    }
+    let max_bytes = (limit * RATE) as u64 * 2;
+    let mut bytes = Vec::new();
+    let read = run("ffmpeg", &args, limits.timeout, |out| {
+        out.take(max_bytes + 2)
+            .read_to_end(&mut bytes)
+            .map_err(|e| VideoError::Undecodable(e.to_string()))?;
+        Ok(())
+    });
+    match read {
+        Err(VideoError::Undecodable(m)) if m.contains("matches no streams") => {
+            return Err(VideoError::NoAudioStream)
+        }
+        // A reader that stopped at the limit closed the pipe under ffmpeg.
+        Err(_) if bytes.len() as u64 > max_bytes => {}
+        other => other?,
+    }
+    if bytes.len() as u64 > max_bytes {
+        return Err(VideoError::AudioTooLong { limit });
+    }
+    Ok(bytes
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect())
 }
 
 /// An ffmpeg expression true for frame numbers `n` in `indices` (not empty): a balanced tree

@@ -14,6 +14,7 @@ use weft_models::tokenizer::Tokenizer;
 
 use crate::error::{ConfigError, PreprocessError};
 use crate::gemma3vl::Gemma3Vision;
+use crate::qwen25omni::Qwen25OmniMedia;
 use crate::qwen25vl::Qwen25VlVision;
 use crate::tower::TowerError;
 use crate::video::{VideoError, VideoInfo, VideoLimits};
@@ -51,6 +52,8 @@ pub enum VisionError {
     Fps(f64),
     #[error("this model does not accept {}s", .0.name())]
     Unsupported(MediaKind),
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// Per-request settings of the processors (vLLM's `mm_processor_kwargs`); `None` keeps the
@@ -61,6 +64,9 @@ pub struct ProcessorKwargs {
     pub max_pixels: Option<u64>,
     /// Video frames sampled per second.
     pub fps: Option<f64>,
+    /// Qwen2.5-Omni: a video's own audio track goes into the prompt with its frames,
+    /// interleaved by time (vLLM's and transformers' `use_audio_in_video`).
+    pub use_audio_in_video: bool,
 }
 
 /// What the tower reads for one input.
@@ -73,6 +79,8 @@ pub enum TowerPixels {
     /// One temporal patch of a video: its resized frames, normalized and cut into patches
     /// only when encoded, so that a video waiting for the tower holds bytes, not floats.
     Frames(Vec<RgbImage>),
+    /// One chunk of an audio clip's log-mel features (Qwen2.5-Omni's audio tower).
+    Audio(weft_audio::mel::LogMel),
 }
 
 /// One tower input of a prompt (an image, or one temporal patch of a video), ready for the
@@ -102,6 +110,12 @@ pub struct Video {
     pub frames: Vec<RgbImage>,
     /// Sampled frames per second of video (transformers' `VideoMetadata.sampled_fps`).
     pub sampled_fps: f64,
+    /// The frames per second the video processor was asked for (Qwen2.5-Omni times
+    /// temporal patches by it rather than by the frames it got).
+    pub requested_fps: f64,
+    /// Its audio track as 16 kHz mono samples, when it was asked for (Qwen2.5-Omni's
+    /// `use_audio_in_video`).
+    pub audio: Option<Vec<f32>>,
     /// The file's stream.
     pub source: VideoInfo,
 }
@@ -157,10 +171,11 @@ pub struct VideoPlan {
     pub indices: Vec<usize>,
 }
 
-/// The vision side of a model.
+/// The media side of a model: its vision tower (and Qwen2.5-Omni's audio tower).
 pub enum Vision {
     Qwen25Vl(Qwen25VlVision),
     Gemma3(Gemma3Vision),
+    Qwen25Omni(Box<Qwen25OmniMedia>),
 }
 
 impl Vision {
@@ -176,6 +191,9 @@ impl Vision {
         Ok(match config["model_type"].as_str() {
             Some("qwen2_5_vl") => Some(Vision::Qwen25Vl(Qwen25VlVision::load(dir, &config)?)),
             Some("gemma3") if has_tower => Some(Vision::Gemma3(Gemma3Vision::load(dir, &config)?)),
+            Some("qwen2_5_omni" | "qwen2_5_omni_thinker") => Some(Vision::Qwen25Omni(Box::new(
+                Qwen25OmniMedia::load(dir, &config)?,
+            ))),
             _ => None,
         })
     }
@@ -213,8 +231,9 @@ impl Vision {
     /// Whether prompts may carry media of `kind`.
     pub fn accepts(&self, kind: MediaKind) -> bool {
         match self {
-            Vision::Qwen25Vl(_) => true,
+            Vision::Qwen25Vl(_) => kind != MediaKind::Audio,
             Vision::Gemma3(_) => kind == MediaKind::Image,
+            Vision::Qwen25Omni(_) => true,
         }
     }
 
@@ -224,13 +243,14 @@ impl Vision {
     /// merges them; Qwen2.5-VL expands tokens instead (in [`Vision::plan_with`]).
     pub fn prompt_text<'a>(&self, rendered: &'a str) -> Cow<'a, str> {
         match self {
-            Vision::Qwen25Vl(_) => Cow::Borrowed(rendered),
+            Vision::Qwen25Vl(_) | Vision::Qwen25Omni(_) => Cow::Borrowed(rendered),
             Vision::Gemma3(v) => v.prompt_text(rendered),
         }
     }
 
     /// The language model's input for `tokens` (a tokenized [`Vision::prompt_text`] whose
-    /// placeholders stand for `images` and `videos` in order), short of running the tower:
+    /// placeholders stand for `images`, `videos` and `audios` (16 kHz mono samples) in
+    /// order), short of running the towers:
     /// the expanded token ids, the tower inputs and the tokens they become, and every
     /// token's position. `kwargs` override the processors' settings where the model has
     /// them (a video's were applied when it was probed and read).
@@ -239,14 +259,22 @@ impl Vision {
         tokens: &[u32],
         images: &[RgbImage],
         videos: &[Video],
+        audios: &[Vec<f32>],
         kwargs: ProcessorKwargs,
     ) -> Result<PreparedPrompt, VisionError> {
+        for (kind, given) in [
+            (MediaKind::Image, images.len()),
+            (MediaKind::Video, videos.len()),
+            (MediaKind::Audio, audios.len()),
+        ] {
+            if given > 0 && !self.accepts(kind) {
+                return Err(VisionError::Unsupported(kind));
+            }
+        }
         match self {
             Vision::Qwen25Vl(v) => v.plan_with(tokens, images, videos, kwargs),
-            Vision::Gemma3(v) => match videos.is_empty() {
-                true => v.plan(tokens, images),
-                false => Err(VisionError::Unsupported(MediaKind::Video)),
-            },
+            Vision::Gemma3(v) => v.plan(tokens, images),
+            Vision::Qwen25Omni(v) => v.plan_with(tokens, images, videos, audios, kwargs),
         }
     }
 
@@ -256,8 +284,9 @@ impl Vision {
         tokens: &[u32],
         images: &[RgbImage],
         videos: &[Video],
+        audios: &[Vec<f32>],
     ) -> Result<PreparedPrompt, VisionError> {
-        self.plan_with(tokens, images, videos, ProcessorKwargs::default())
+        self.plan_with(tokens, images, videos, audios, ProcessorKwargs::default())
     }
 
     /// The tower's rows for one tower input: `input.len` rows of
@@ -266,6 +295,7 @@ impl Vision {
         match self {
             Vision::Qwen25Vl(v) => v.encode(pool, input),
             Vision::Gemma3(v) => v.encode(pool, input),
+            Vision::Qwen25Omni(v) => v.encode(pool, input),
         }
     }
 
@@ -274,6 +304,7 @@ impl Vision {
         match self {
             Vision::Qwen25Vl(v) => v.encode_flops(input),
             Vision::Gemma3(v) => v.encode_flops(),
+            Vision::Qwen25Omni(v) => v.encode_flops(input),
         }
     }
 
@@ -282,6 +313,7 @@ impl Vision {
         match self {
             Vision::Qwen25Vl(v) => v.embedding_width(),
             Vision::Gemma3(v) => v.embedding_width(),
+            Vision::Qwen25Omni(v) => v.vision().embedding_width(),
         }
     }
 
@@ -293,8 +325,10 @@ impl Vision {
         tokens: &[u32],
         images: &[RgbImage],
         videos: &[Video],
+        audios: &[Vec<f32>],
+        kwargs: ProcessorKwargs,
     ) -> Result<(Vec<u32>, PromptMedia), VisionError> {
-        let plan = self.plan(tokens, images, videos)?;
+        let plan = self.plan_with(tokens, images, videos, audios, kwargs)?;
         let rows: Vec<Vec<f32>> = plan.inputs.iter().map(|i| self.encode(pool, i)).collect();
         Ok(plan.into_media(rows, self.embedding_width()))
     }
@@ -311,13 +345,26 @@ impl Vision {
     ) -> Result<usize, VisionError> {
         match self {
             Vision::Qwen25Vl(v) => Ok(v.tokens_for(height, width, kwargs)?.saturating_sub(1)),
+            Vision::Qwen25Omni(v) => Ok(v
+                .vision()
+                .tokens_for(height, width, kwargs)?
+                .saturating_sub(1)),
             Vision::Gemma3(_) => Ok(0),
+        }
+    }
+
+    /// Tokens an audio clip of `samples` 16 kHz samples adds to its prompt (cheap).
+    pub fn audio_tokens_for(&self, samples: usize) -> Result<usize, VisionError> {
+        match self {
+            Vision::Qwen25Omni(v) => Ok(v.audio_tokens_for(samples)),
+            _ => Err(VisionError::Unsupported(MediaKind::Audio)),
         }
     }
 
     fn qwen_video(&self) -> Result<&Qwen25VlVision, VisionError> {
         match self {
             Vision::Qwen25Vl(v) => Ok(v),
+            Vision::Qwen25Omni(v) => Ok(v.vision()),
             Vision::Gemma3(_) => Err(VisionError::Unsupported(MediaKind::Video)),
         }
     }
@@ -356,7 +403,8 @@ impl Vision {
     }
 
     /// Reads the probed video at `path`: its sampled frames, resized for the tower as they
-    /// arrive (a long video never holds more than the frames it keeps).
+    /// arrive (a long video never holds more than the frames it keeps), and its audio track
+    /// when `kwargs.use_audio_in_video` asks for it.
     pub fn read_video(
         &self,
         path: &Path,
@@ -364,7 +412,14 @@ impl Vision {
         kwargs: ProcessorKwargs,
         limits: &VideoLimits,
     ) -> Result<Video, VisionError> {
-        self.qwen_video()?.read_video(path, plan, kwargs, limits)
+        let mut video = self.qwen_video()?.read_video(path, plan, kwargs, limits)?;
+        if kwargs.use_audio_in_video {
+            if !matches!(self, Vision::Qwen25Omni(_)) {
+                return Err(VisionError::Unsupported(MediaKind::Audio));
+            }
+            video.audio = Some(crate::video::read_audio_track(path, limits)?);
+        }
+        Ok(video)
     }
 }
 

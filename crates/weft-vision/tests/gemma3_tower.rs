@@ -39,7 +39,7 @@ fn plan_one(vision: &Vision, image: &RgbImage) -> PreparedPrompt {
     tokens.extend(std::iter::repeat_n(404, n));
     tokens.push(403);
     vision
-        .plan(&tokens, std::slice::from_ref(image), &[])
+        .plan(&tokens, std::slice::from_ref(image), &[], &[])
         .unwrap()
 }
 

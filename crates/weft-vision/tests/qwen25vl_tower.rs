@@ -68,7 +68,9 @@ fn images_through_processor_and_tower_match_transformers() {
     for names in [&["small"][..], &["wide"], &["large"], &["small", "large"]] {
         let images: Vec<_> = names.iter().map(|n| load(n)).collect();
         let tokens: Vec<u32> = names.iter().flat_map(|_| [start, pad, end]).collect();
-        let (expanded, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
+        let (expanded, media) = vision
+            .prepare(&pool, &tokens, &images, &[], &[], Default::default())
+            .unwrap();
         let want: Vec<f32> = names
             .iter()
             .flat_map(|n| floats(&golden["images"][*n]["tower_output"]))
@@ -115,10 +117,10 @@ fn the_mmproj_conversion_is_the_same_tower() {
         let tokens = [406, 409, 407];
         let (a, b) = (
             from_gguf
-                .plan(&tokens, std::slice::from_ref(&image), &[])
+                .plan(&tokens, std::slice::from_ref(&image), &[], &[])
                 .unwrap(),
             from_hf
-                .plan(&tokens, std::slice::from_ref(&image), &[])
+                .plan(&tokens, std::slice::from_ref(&image), &[], &[])
                 .unwrap(),
         );
         assert_eq!(

@@ -114,9 +114,13 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
         if input.trim().is_empty() {
             continue;
         }
-        let attachment = [("/image ", MediaKind::Image), ("/video ", MediaKind::Video)]
-            .into_iter()
-            .find_map(|(command, kind)| Some((input.strip_prefix(command)?, kind)));
+        let attachment = [
+            ("/image ", MediaKind::Image),
+            ("/video ", MediaKind::Video),
+            ("/audio ", MediaKind::Audio),
+        ]
+        .into_iter()
+        .find_map(|(command, kind)| Some((input.strip_prefix(command)?, kind)));
         if let Some((path, kind)) = attachment {
             let path = Path::new(path.trim());
             match attached.attach(&model, args.mmproj.as_deref(), kind, path) {
@@ -180,6 +184,8 @@ struct Media {
     vision: Option<Vision>,
     images: Vec<RgbImage>,
     videos: Vec<Video>,
+    /// 16 kHz mono samples.
+    audios: Vec<Vec<f32>>,
     /// Attached since the last message was sent.
     pending: Vec<MediaKind>,
     rows: HashMap<u128, Vec<f32>>,
@@ -217,6 +223,17 @@ impl Media {
                     .with_context(|| format!("reading {}", path.display()))?;
                 self.videos.push(video);
             }
+            MediaKind::Audio => {
+                if !vision.accepts(MediaKind::Audio) {
+                    bail!("{} has no audio tower", model.name());
+                }
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let samples =
+                    weft_audio::audio::decode(&bytes, VideoLimits::default().max_audio_seconds)
+                        .with_context(|| format!("decoding {}", path.display()))?;
+                self.audios.push(samples);
+            }
         }
         self.pending.push(kind);
         Ok(())
@@ -227,7 +244,7 @@ impl Media {
         let Some(vision) = &self.vision else {
             return Ok((tokens, PromptMedia::default()));
         };
-        let plan = vision.plan(&tokens, &self.images, &self.videos)?;
+        let plan = vision.plan(&tokens, &self.images, &self.videos, &self.audios)?;
         let rows = plan
             .inputs
             .iter()

@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// (Qwen2.5-VL; Gemma 3 reads no video).
     #[arg(long = "video", value_name = "PATH")]
     videos: Vec<PathBuf>,
+    /// An audio clip (WAV, MP3, FLAC, Ogg) placed after the videos, before PROMPT;
+    /// repeatable. Needs a model with an audio tower (Qwen2.5-Omni).
+    #[arg(long = "audio", value_name = "PATH")]
+    audios: Vec<PathBuf>,
+    /// Put each video's own audio track into the prompt with its frames, interleaved by
+    /// time (Qwen2.5-Omni's use_audio_in_video).
+    #[arg(long)]
+    use_audio_in_video: bool,
     /// The vision tower of a GGUF model: llama.cpp's mmproj file for it.
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
@@ -59,9 +67,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let model = load_model(model_spec)?;
     let session_config = args.context.session_config(&model);
     let ctx_size = session_config.ctx_size;
-    let has_media = !args.images.is_empty() || !args.videos.is_empty();
+    let has_media = !args.images.is_empty() || !args.videos.is_empty() || !args.audios.is_empty();
     if args.raw && has_media {
-        bail!("--image and --video need the chat template (leave out --raw)");
+        bail!("--image, --video and --audio need the chat template (leave out --raw)");
     }
     let (tokens, media) = if args.raw {
         (
@@ -78,8 +86,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             true => {
                 let images = args.images.iter().map(|_| json!({"type": "image"}));
                 let videos = args.videos.iter().map(|_| json!({"type": "video"}));
+                let audios = args.audios.iter().map(|_| json!({"type": "audio"}));
                 let text = json!({"type": "text", "text": prompt});
-                json!(images.chain(videos).chain([text]).collect::<Vec<_>>())
+                json!(images
+                    .chain(videos)
+                    .chain(audios)
+                    .chain([text])
+                    .collect::<Vec<_>>())
             }
         };
         messages.push(json!({"role": "user", "content": content}));
@@ -109,18 +122,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model's vision tower, which `--image` and `--video` need.
+/// The model's media towers, which `--image`, `--video` and `--audio` need.
 fn load_vision(model: &TextModel, args: &RunArgs) -> Result<Vision> {
     crate::load_vision(model, args.mmproj.as_deref())?.with_context(|| {
         format!(
-            "{} has no vision tower: --image and --video need a Qwen2.5-VL or Gemma 3 Hugging \
-             Face model directory, or a GGUF model with --mmproj",
+            "{} has no vision tower: --image and --video need a Qwen2.5-VL, Qwen2.5-Omni or \
+             Gemma 3 Hugging Face model directory, or a GGUF model with --mmproj",
             model.name()
         )
     })
 }
 
-/// The prompt with its images and videos: placeholders expanded, the vision tower's rows,
+/// The prompt with its images, videos and audio: placeholders expanded, the towers' rows,
 /// positions. Says on stderr what each medium became and what encoding it cost.
 fn with_media(
     vision: &Vision,
@@ -140,12 +153,25 @@ fn with_media(
         })
         .collect::<Result<Vec<_>>>()?;
     let limits = VideoLimits::default();
+    let kwargs = ProcessorKwargs {
+        use_audio_in_video: args.use_audio_in_video,
+        ..ProcessorKwargs::default()
+    };
+    let audios = args
+        .audios
+        .iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            weft_audio::audio::decode(&bytes, limits.max_audio_seconds)
+                .with_context(|| format!("decoding the audio {}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let videos = args
         .videos
         .iter()
         .map(|path| {
             let read = || -> Result<Video> {
-                let kwargs = ProcessorKwargs::default();
                 let (plan, video) = vision.open_video(path, kwargs, &limits)?;
                 let tokens = vision.video_tokens_for(&plan, kwargs)?;
                 let info = &plan.info;
@@ -164,7 +190,7 @@ fn with_media(
             read().with_context(|| format!("reading the video {}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let plan = vision.plan(&tokens, &images, &videos)?;
+    let plan = vision.plan_with(&tokens, &images, &videos, &audios, kwargs)?;
     // Refused before the tower runs: the session would refuse it after.
     if plan.tokens.len() > ctx_size {
         bail!(
@@ -174,9 +200,10 @@ fn with_media(
         );
     }
     tracing::info!(
-        "{} images and {} videos read and preprocessed in {:.0} ms",
+        "{} images, {} videos and {} audio clips read and preprocessed in {:.0} ms",
         images.len(),
         videos.len(),
+        audios.len(),
         t0.elapsed().as_secs_f64() * 1e3
     );
     let pool = ThreadPool::new(args.context.threads());

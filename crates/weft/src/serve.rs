@@ -130,8 +130,9 @@ struct LimitArgs {
     /// Requests that may wait to be tokenized (503 beyond).
     #[arg(long, default_value_t = Limits::default().max_waiting_preparations)]
     max_waiting_preparations: usize,
-    /// Most media items per prompt, as vLLM writes it: '{"image": 4, "video": 1}' (or
-    /// image=4,video=1); a kind left out keeps its default (4 images, 1 video).
+    /// Most media items per prompt, as vLLM writes it: '{"image": 4, "video": 1, "audio": 4}'
+    /// (or image=4,video=1,audio=4); a kind left out keeps its default (4 images, 1 video,
+    /// 4 audio clips).
     #[arg(long, value_parser = parse_mm_limit)]
     limit_mm_per_prompt: Option<MmLimit>,
     /// Largest image file in bytes, however it arrives (data: URL, http(s), file://).
@@ -140,6 +141,12 @@ struct LimitArgs {
     /// Largest video file in bytes, however it arrives.
     #[arg(long, default_value_t = MediaLimits::default().max_video_bytes)]
     max_video_bytes: usize,
+    /// Largest audio file in bytes (input_audio, audio_url).
+    #[arg(long, default_value_t = MediaLimits::default().max_audio_bytes)]
+    max_audio_bytes: usize,
+    /// Longest audio clip, or audio track of a video read with use_audio_in_video, in seconds.
+    #[arg(long, default_value_t = MediaLimits::default().max_audio_seconds)]
+    max_audio_seconds: f64,
     /// Largest image or video frame in pixels (width x height), checked before decoding.
     #[arg(long, default_value_t = MediaLimits::default().max_image_pixels)]
     max_image_pixels: u64,
@@ -154,11 +161,12 @@ struct LimitArgs {
     allowed_local_media_path: Option<PathBuf>,
 }
 
-/// `--limit-mm-per-prompt`: the most images and videos per prompt.
+/// `--limit-mm-per-prompt`: the most images, videos and audio clips per prompt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct MmLimit {
     image: Option<usize>,
     video: Option<usize>,
+    audio: Option<usize>,
 }
 
 /// vLLM's JSON object, or `image=N,video=M`.
@@ -179,7 +187,12 @@ fn parse_mm_limit(s: &str) -> std::result::Result<MmLimit, String> {
         let slot = match key.as_str() {
             "image" => &mut limit.image,
             "video" => &mut limit.video,
-            other => return Err(format!("only images and videos are read, not {other}")),
+            "audio" => &mut limit.audio,
+            other => {
+                return Err(format!(
+                    "only images, videos and audio are read, not {other}"
+                ))
+            }
         };
         *slot = Some(n.ok_or_else(bad)? as usize);
     }
@@ -198,6 +211,7 @@ impl LimitArgs {
         for (flag, seconds) in [
             ("--media-fetch-timeout", self.media_fetch_timeout),
             ("--video-decode-timeout", self.video_decode_timeout),
+            ("--max-audio-seconds", self.max_audio_seconds),
         ] {
             if !(seconds > 0.0 && seconds.is_finite()) {
                 bail!("{flag} must be a positive number of seconds");
@@ -217,8 +231,11 @@ impl LimitArgs {
             media: MediaLimits {
                 max_images: mm.image.unwrap_or(defaults.max_images),
                 max_videos: mm.video.unwrap_or(defaults.max_videos),
+                max_audios: mm.audio.unwrap_or(defaults.max_audios),
                 max_image_bytes: self.max_image_bytes,
                 max_video_bytes: self.max_video_bytes,
+                max_audio_bytes: self.max_audio_bytes,
+                max_audio_seconds: self.max_audio_seconds,
                 max_image_pixels: self.max_image_pixels,
                 fetch_timeout: Duration::from_secs_f64(self.media_fetch_timeout),
                 video_decode_timeout: Duration::from_secs_f64(self.video_decode_timeout),
@@ -385,18 +402,20 @@ mod tests {
         let both = MmLimit {
             image: Some(2),
             video: Some(0),
+            audio: None,
         };
         assert_eq!(parse_mm_limit(r#"{"image": 2, "video": 0}"#), Ok(both));
         assert_eq!(parse_mm_limit("image=2, video=0"), Ok(both));
         assert_eq!(
-            parse_mm_limit("video=3"),
+            parse_mm_limit("video=3,audio=2"),
             Ok(MmLimit {
                 image: None,
-                video: Some(3)
+                video: Some(3),
+                audio: Some(2),
             })
         );
         for bad in [
-            r#"{"audio": 1}"#,
+            r#"{"speech": 1}"#,
             r#"{"image": -1}"#,
             "image",
             "image=x",

@@ -50,7 +50,9 @@ fn conversations_with_images_match_transformers() {
             .tokenizer
             .encode(&vision.prompt_text(&text), true, true);
         let images = decoded_images(&dir(), &golden, &case["images"]);
-        let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
+        let (tokens, media) = vision
+            .prepare(&pool, &tokens, &images, &[], &[], Default::default())
+            .unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{name}");
         let mut checks = vec![(0, "logprobs_first"), (tokens.len() - 1, "logprobs_last")];
         if let Some(eoi) = case["first_eoi_position"].as_u64() {

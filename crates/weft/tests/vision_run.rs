@@ -44,7 +44,9 @@ fn conversations_with_images_give_transformers_greedy_tokens() {
         assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
         let images = decoded_images(&dir(), &golden, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
-        let (tokens, media) = vision.prepare(&pool, &tokens, &images, &[]).unwrap();
+        let (tokens, media) = vision
+            .prepare(&pool, &tokens, &images, &[], &[], Default::default())
+            .unwrap();
         assert_eq!(tokens, ids(&case["input_ids"]), "{}", case["name"]);
         assert_eq!(
             greedy_16(&mut session, &tokens, media),
@@ -233,7 +235,7 @@ fn video_conversations_match_transformers() {
         let pictures = decoded_images(&dir(), &images, &case["images"]);
         let tokens = model.tokenizer.encode(&text, true, true);
         let plan = vision
-            .plan(&tokens, &pictures, std::slice::from_ref(&video))
+            .plan(&tokens, &pictures, std::slice::from_ref(&video), &[])
             .unwrap();
         assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
         let want = case["position_ids"].as_array().unwrap();

@@ -1,6 +1,9 @@
 //! What the vision tests of `weft run` and `weft chat` share: golden files of the tiny
 //! checkpoints, the binary run on them, and greedy generation through the library.
 
+// Each test binary uses its own part of these.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -173,7 +176,14 @@ pub fn check_llama_mtmd(gguf: &Path, image_text: &str) {
         .join(golden["image"].as_str().unwrap());
     let image = weft_vision::decode(&std::fs::read(image).unwrap(), &Default::default()).unwrap();
     let (tokens, media) = vision
-        .prepare(&ThreadPool::new(2), &tokens, &[image], &[])
+        .prepare(
+            &ThreadPool::new(2),
+            &tokens,
+            &[image],
+            &[],
+            &[],
+            Default::default(),
+        )
         .unwrap();
     assert_eq!(
         tokens.len() as u64,
