@@ -5,9 +5,10 @@ llama.cpp's own converter (convert_hf_to_gguf.py, with and without --mmproj) fro
 llama.cpp checkout that bench/peers/build-llama-cpp.sh makes. Both in f32, so that weft on
 them must compute what it computes on the Hugging Face directory.
 
-    tests/data/hf-tiny-vl         (Qwen2.5-VL) -> tests/data/hf-tiny-vl-gguf/
-    tests/data/hf-tiny-gemma3-vl  (Gemma 3)    -> tests/data/hf-tiny-gemma3-vl-gguf/
-each as model-f32.gguf + mmproj-f32.gguf.
+    tests/data/hf-tiny-vl         (Qwen2.5-VL)   -> tests/data/hf-tiny-vl-gguf/
+    tests/data/hf-tiny-gemma3-vl  (Gemma 3)      -> tests/data/hf-tiny-gemma3-vl-gguf/
+    tests/data/hf-tiny-omni       (Qwen2.5-Omni) -> tests/data/hf-tiny-omni-gguf/
+each as model-f32.gguf + mmproj-f32.gguf (Omni's mmproj holds both towers).
 
 Development time only (needs torch, transformers, numpy, sentencepiece and the llama.cpp
 checkout); `cargo test` reads the committed outputs.
@@ -22,6 +23,10 @@ Adaptations, all made here at run time (the llama.cpp checkout is not modified):
   pre-tokenizer is "qwen2", which is what the tokenizer's own pre-tokenizer is. (The Gemma 3
   converter takes this byte-level BPE path, tokenizer.ggml.model "gpt2", by itself because
   the directory has no SentencePiece tokenizer.model.)
+- Qwen2.5-Omni: the converter knows the released checkpoints' architecture name,
+  Qwen2_5OmniModel; transformers' save_pretrained writes the class name
+  (Qwen2_5OmniForConditionalGeneration). The conversion reads a copy of the directory whose
+  config.json names the released one.
 - Gemma 3 only, two more, neither of which changes the Qwen conversion:
   * Layer types. llama.cpp's Gemma 3 loader assumes every 6th layer is a full-attention one
     unless the GGUF says otherwise, and the converter does not say; the tiny model alternates
@@ -35,7 +40,9 @@ Adaptations, all made here at run time (the llama.cpp checkout is not modified):
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +50,24 @@ CONVERSIONS = [
     # (source directory, output directory)
     (ROOT / "tests/data/hf-tiny-vl", ROOT / "tests/data/hf-tiny-vl-gguf"),
     (ROOT / "tests/data/hf-tiny-gemma3-vl", ROOT / "tests/data/hf-tiny-gemma3-vl-gguf"),
+    (ROOT / "tests/data/hf-tiny-omni", ROOT / "tests/data/hf-tiny-omni-gguf"),
 ]
+
+
+def released_layout(source: Path, scratch: Path) -> Path:
+    """`source`, or for Qwen2.5-Omni a copy (links) whose config.json names the released
+    architecture."""
+    config = json.loads((source / "config.json").read_text())
+    if config["architectures"][0] != "Qwen2_5OmniForConditionalGeneration":
+        return source
+    copy = scratch / source.name
+    copy.mkdir()
+    for f in source.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (copy / f.name).symlink_to(f)
+    config["architectures"] = ["Qwen2_5OmniModel"]
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return copy
 
 
 def adapt_gemma3(gguf, gemma) -> None:
@@ -82,9 +106,12 @@ def main() -> None:
 
     base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
     adapt_gemma3(gguf, gemma)
+    scratch = Path(tempfile.mkdtemp())
     for source, out in CONVERSIONS:
+        source = released_layout(source, scratch)
         arch = json.loads((source / "config.json").read_text())["architectures"][0]
-        assert arch in ("Qwen2_5_VLForConditionalGeneration", "Gemma3ForConditionalGeneration"), arch
+        assert arch in ("Qwen2_5_VLForConditionalGeneration", "Gemma3ForConditionalGeneration",
+                        "Qwen2_5OmniModel"), arch
         out.mkdir(exist_ok=True)
         for extra, name in [([], "model-f32.gguf"), (["--mmproj"], "mmproj-f32.gguf")]:
             sys.argv = [
@@ -101,6 +128,7 @@ def main() -> None:
         # sure both landed where the tests look.
         for name in ["model-f32.gguf", "mmproj-f32.gguf"]:
             assert (out / name).is_file(), out / name
+    shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":

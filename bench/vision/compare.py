@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Time from request to first token with an image, weft vs llama.cpp's llama-mtmd-cli, on the
-same GGUF language model and mmproj file, interleaved, same thread count; then decode speed
-with the image in context against text-only decode.
+"""Time from request to first token with an image (or speech), weft vs llama.cpp's
+llama-mtmd-cli, on the same GGUF language model and mmproj file, interleaved, same thread
+count; then decode speed with the image in context against text-only decode.
 
     python3 bench/vision/compare.py DIR [--runs 3] [--threads 2] [--sizes 448x448,1280x720]
+                                        [--audio SECONDS]
 
-DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py and
-make_gemma3_4b.py make them at Qwen2.5-VL-3B's and Gemma 3 4B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size.
+DIR holds model-Q4_K_M.gguf and mmproj-f16.gguf (bench/vision/make_qwen25vl_3b.py,
+make_gemma3_4b.py and make_qwen25omni_3b.py make them at Qwen2.5-VL-3B's, Gemma 3 4B's and
+Qwen2.5-Omni-3B's dimensions). Test images are ffmpeg's `testsrc` pattern at each size; with
+--audio (a model with an audio tower) the cases are SECONDS of espeak-ng speech alone and
+with the first image instead.
 "Time to first token" is the encoder plus the prompt's prefill as each program reports them
 (weft: its encoder and prefill lines; llama.cpp: its "prompt eval time", which spans the
 image's encoding too), model loading excluded; llama.cpp's warmup runs are switched off so
@@ -40,11 +44,13 @@ def cpu() -> str:
     return f"{model} ({flags})"
 
 
-def weft_run(weft, model, mmproj, image, threads, n):
-    cmd = [weft, "run", model, "--mmproj", mmproj, "-n", str(n), "-t", str(threads),
-           "--temperature", "0", PROMPT]
-    if image:
-        cmd[5:5] = ["--image", image]
+def media_args(image, audio):
+    return (["--image", image] if image else []) + (["--audio", audio] if audio else [])
+
+
+def weft_run(weft, model, mmproj, image, threads, n, audio=None):
+    cmd = [weft, "run", model, "--mmproj", mmproj, *media_args(image, audio), "-n", str(n),
+           "-t", str(threads), "--temperature", "0", PROMPT]
     out = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
                          env={**os.environ, "WEFT_LOG": "info"})
     if out.returncode != 0:
@@ -52,21 +58,20 @@ def weft_run(weft, model, mmproj, image, threads, n):
     err = out.stderr
     enc = [float(m) for m in re.findall(r"encoded in (\d+) ms", err)]
     tokens = [int(m) for m in re.findall(r"medium \d+: (\d+) tokens", err)]
-    gflops = [float(m) for m in re.findall(r"at ([\d.]+) GFLOP/s", err)]
+    gflop = sum(float(m) for m in re.findall(r"([\d.]+) GFLOP at", err))
     m = re.search(r"prompt: (\d+) tokens \((\d+) reused\) at ([\d.]+) t/s; generated (\d+) tokens at ([\d.]+) t/s", err)
     if not m:
         sys.exit(f"weft: no timing line in:\n{err[-2000:]}")
     prompt, reused, pp, gen, tg = int(m[1]), int(m[2]), float(m[3]), int(m[4]), float(m[5])
     prefill_ms = (prompt - reused) / pp * 1e3
     return dict(encode=sum(enc), prefill=prefill_ms, ttft=sum(enc) + prefill_ms, prompt=prompt,
-                image_tokens=sum(tokens), gflops=gflops[0] if gflops else None, tg=tg)
+                image_tokens=sum(tokens), gflops=gflop / sum(enc) * 1e3 if enc else None, tg=tg)
 
 
-def llama_run(bindir, model, mmproj, image, threads, n):
+def llama_run(bindir, model, mmproj, image, threads, n, audio=None):
     cmd = [str(bindir / "llama-mtmd-cli"), "-m", model, "--mmproj", mmproj, "-p", PROMPT,
-           "-n", str(n), "-t", str(threads), "--temp", "0", "--no-warmup", "--perf", "-lv", "4"]
-    if image:
-        cmd += ["--image", image]
+           "-n", str(n), "-t", str(threads), "--temp", "0", "--no-warmup", "--perf", "-lv", "4",
+           *media_args(image, audio)]
     out = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if out.returncode != 0:
         sys.exit(f"llama-mtmd-cli failed: {out.stderr[-2000:]}")
@@ -96,6 +101,7 @@ def main():
     ap.add_argument("--sizes", default="448x448,1280x720")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--decode-only", action="store_true", help="skip the time-to-first-token table")
+    ap.add_argument("--audio", type=float, help="seconds of speech: time speech, and speech with the first image")
     a = ap.parse_args()
     d = Path(a.dir)
     model, mmproj = str(d / "model-Q4_K_M.gguf"), str(d / "mmproj-f16.gguf")
@@ -105,28 +111,38 @@ def main():
     weft = str(ROOT / "target/release/weft")
     tmp = Path(tempfile.mkdtemp())
     print(f"CPU: {cpu()}; {a.threads} threads; {a.runs} runs each, interleaved; medians")
-    print("| image | tokens (weft / llama.cpp) | weft encoder ms | weft GFLOP/s | weft prefill ms | weft TTFT ms | llama.cpp encoder ms | llama.cpp prefill ms | llama.cpp TTFT ms | TTFT llama.cpp / weft | weft encoder share |")
+    print("| media | tokens (weft / llama.cpp) | weft encoder ms | weft GFLOP/s | weft prefill ms | weft TTFT ms | llama.cpp encoder ms | llama.cpp prefill ms | llama.cpp TTFT ms | TTFT llama.cpp / weft | weft encoder share |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for size in [] if a.decode_only else a.sizes.split(","):
+    def testsrc(size):
         image = str(tmp / f"testsrc-{size}.png")
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=1",
-                        "-frames:v", "1", image], check=True)
+        if not Path(image).exists():
+            subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=1",
+                            "-frames:v", "1", image], check=True)
+        return image
+
+    cases = [(size, testsrc(size), None) for size in a.sizes.split(",")]
+    if a.audio:
+        speech = str(tmp / "speech.wav")
+        text = " ".join(["The quick brown fox jumps over the lazy dog while the band plays on."] * 40)
+        subprocess.run(["espeak-ng", "-w", str(tmp / "raw.wav"), text], check=True)
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(tmp / "raw.wav"), "-t", str(a.audio),
+                        "-ar", "16000", "-ac", "1", speech], check=True)
+        first = a.sizes.split(",")[0]
+        cases = [(f"{a.audio:g} s speech", None, speech),
+                 (f"{first} + {a.audio:g} s speech", testsrc(first), speech)]
+    for label, image, audio in [] if a.decode_only else cases:
         ours, theirs = [], []
         for r in range(a.runs):
-            pair = [("w", lambda: ours.append(weft_run(weft, model, mmproj, image, a.threads, 1))),
-                    ("l", lambda: theirs.append(llama_run(bindir, model, mmproj, image, a.threads, 1)))]
+            pair = [("w", lambda: ours.append(weft_run(weft, model, mmproj, image, a.threads, 1, audio))),
+                    ("l", lambda: theirs.append(llama_run(bindir, model, mmproj, image, a.threads, 1, audio)))]
             for _, run in (pair if r % 2 == 0 else pair[::-1]):
                 run()
         w, l = ours, theirs
-        print(f"| {size} | {w[0]['image_tokens']} / {l[0]['prompt']} (prompt) | {med(w, 'encode'):.0f} | {med(w, 'gflops'):.1f} | "
+        print(f"| {label} | {w[0]['image_tokens']} / {l[0]['prompt']} (prompt) | {med(w, 'encode'):.0f} | {med(w, 'gflops'):.1f} | "
               f"{med(w, 'prefill'):.0f} | {med(w, 'ttft'):.0f} | {med(l, 'encode'):.0f} | {med(l, 'prefill'):.0f} | "
               f"{med(l, 'ttft'):.0f} | {med(l, 'ttft') / med(w, 'ttft'):.2f} | {med(w, 'encode') / med(w, 'ttft'):.0%} |", flush=True)
     # Decode with the smallest image in context vs text only.
-    first = a.sizes.split(",")[0]
-    image = str(tmp / f"testsrc-{first}.png")
-    if not Path(image).exists():
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size={first}:rate=1",
-                        "-frames:v", "1", image], check=True)
+    image = testsrc(a.sizes.split(",")[0])
     n = a.decode_tokens
     rows = []
     for label, img in [("text only", None), ("with image", image)]:

@@ -15,6 +15,7 @@ use crate::error::ModelError;
 use crate::load_hf::{HfLayout, SafetensorsFile};
 use crate::mel::{LogMel, MelExtractor, CHUNK_SAMPLES, HOP};
 use crate::model::{sinusoids, EncoderWeights, LayerNorm};
+use crate::tensors::TensorSource;
 
 /// The tower's settings (`audio_config` of a Qwen2.5-Omni thinker).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +111,6 @@ impl AudioTower {
         prefix: &'static str,
         config: AudioTowerConfig,
     ) -> Result<AudioTower, ModelError> {
-        config.check()?;
         let src = SafetensorsFile::with_layout(
             files,
             HfLayout {
@@ -118,23 +118,33 @@ impl AudioTower {
                 encoder_norm: "ln_post",
             },
         );
+        AudioTower::build(&src, config)
+    }
+
+    /// The tower from tensors under CTranslate2's encoder names, its output projection as
+    /// `encoder/projection/{weight,bias}`.
+    pub fn build(
+        src: &dyn TensorSource,
+        config: AudioTowerConfig,
+    ) -> Result<AudioTower, ModelError> {
+        config.check()?;
         let d = config.d_model;
         let positions = sinusoids(config.max_source_positions, d);
-        let encoder = EncoderWeights::build(&src, config.layers, positions)?;
+        let encoder = EncoderWeights::build(src, config.layers, positions)?;
         if encoder.d_model() != d || encoder.n_mels() != config.n_mels {
             return Err(ModelError::Config(format!(
-                "{prefix}.conv1 is [{}, {}, 3]; audio_config says d_model {d}, {} mel bins",
+                "the audio tower's first convolution is [{}, {}, 3]; its config says d_model \
+                 {d}, {} mel bins",
                 encoder.d_model(),
                 encoder.n_mels(),
                 config.n_mels
             )));
         }
         let out = config.output_dim;
-        let weight = format!("{prefix}.proj.weight");
-        let bias = format!("{prefix}.proj.bias");
+        let (weight, bias) = ("encoder/projection/weight", "encoder/projection/bias");
         let proj = Linear {
-            w: PackedB::from_rows(&src.raw(&weight)?.expect(&weight, &[out, d])?, out, d),
-            b: Some(src.raw(&bias)?.expect(&bias, &[out])?),
+            w: PackedB::from_rows(&src.tensor(weight)?.expect(weight, &[out, d])?, out, d),
+            b: Some(src.tensor(bias)?.expect(bias, &[out])?),
         };
         Ok(AudioTower {
             mel: MelExtractor::new(config.n_mels),

@@ -76,7 +76,7 @@ impl<'a> SafetensorsFile<'a> {
     }
 
     /// The tensor stored under `name` (a Hugging Face name), converted to f32.
-    pub(crate) fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
+    fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
         let info = self
             .files
             .tensor(name)
@@ -157,6 +157,10 @@ fn map_name(ct2: &str, layout: HfLayout) -> Option<Mapping> {
             Some(Mapping::One(format!("{root}.{conv}.{}", leaf(l)?)))
         }
         ["layer_norm", l] => Some(Mapping::One(format!("{root}.{norm}.{}", leaf(l)?))),
+        // Not a CTranslate2 name: Qwen2.5-Omni's audio tower projects the encoder's rows.
+        ["projection", l] if side == "encoder" => {
+            Some(Mapping::One(format!("{root}.proj.{}", leaf(l)?)))
+        }
         [layer, block, module, l] => {
             let i = layer.strip_prefix("layer_")?;
             let p = format!("{root}.layers.{i}");

@@ -76,7 +76,7 @@ impl Default for MediaLimits {
             max_image_bytes: 20 << 20,
             max_video_bytes: 256 << 20,
             max_audio_bytes: 25 << 20,
-            max_audio_seconds: 1200.0,
+            max_audio_seconds: 3600.0,
             max_image_pixels: DecodeOptions::default().max_pixels,
             fetch_timeout: Duration::from_secs(10),
             video_decode_timeout: VideoLimits::default().timeout,

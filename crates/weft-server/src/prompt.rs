@@ -12,7 +12,7 @@ use crate::state::PromptContext;
 /// string, or, when it holds media, as a list of `{"type": "text", "text": ...}`,
 /// `{"type": "image"}` and `{"type": "video"}` parts (transformers' convention, which
 /// multimodal templates read to place their placeholders); `tool_calls[].function.arguments` as an object.
-fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value, ApiError> {
+fn normalize_message(i: usize, m: &Value, accepts_media: bool) -> Result<Value, ApiError> {
     let param = format!("messages[{i}]");
     let obj = m
         .as_object()
@@ -36,7 +36,7 @@ fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value,
     let content = match obj.get("content") {
         None | Some(Value::Null) => json!(""),
         Some(Value::String(s)) => json!(s),
-        Some(Value::Array(parts)) => content_parts(&param, parts, accepts_images)?,
+        Some(Value::Array(parts)) => content_parts(&param, parts, accepts_media)?,
         Some(_) => {
             return Err(ApiError::invalid(
                 &param,
@@ -71,9 +71,9 @@ fn normalize_message(i: usize, m: &Value, accepts_images: bool) -> Result<Value,
 }
 
 /// A list of content parts as the template gets it: one string when all are text, else the
-/// parts with each `image_url` as `{"type": "image"}` and each `video_url` as
-/// `{"type": "video"}`.
-fn content_parts(param: &str, parts: &[Value], accepts_images: bool) -> Result<Value, ApiError> {
+/// parts with each `image_url` as `{"type": "image"}`, each `video_url` as
+/// `{"type": "video"}` and each `input_audio` or `audio_url` as `{"type": "audio"}`.
+fn content_parts(param: &str, parts: &[Value], accepts_media: bool) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut out = Vec::new();
     for part in parts {
@@ -82,20 +82,25 @@ fn content_parts(param: &str, parts: &[Value], accepts_images: bool) -> Result<V
                 text.push_str(t);
                 out.push(json!({"type": "text", "text": t}));
             }
-            (Some(kind @ ("image_url" | "video_url")), _) if accepts_images => {
+            (Some(kind @ ("image_url" | "video_url")), _) if accepts_media => {
                 out.push(json!({"type": kind.trim_end_matches("_url")}))
             }
-            (Some("image_url" | "video_url"), _) => {
+            (Some("input_audio" | "audio_url"), _) if accepts_media => {
+                out.push(json!({"type": "audio"}))
+            }
+            (Some("image_url" | "video_url" | "input_audio" | "audio_url"), _) => {
                 return Err(ApiError::invalid(
                     param,
-                    "this model does not accept images or videos (it has no vision tower)",
+                    "this model does not accept images, videos or audio (it has no vision or \
+                     audio tower)",
                 ))
             }
             (kind, _) => {
                 return Err(ApiError::invalid(
                     param,
                     format!(
-                        "{param}.content: parts must be text, image_url or video_url, got {}",
+                        "{param}.content: parts must be text, image_url, video_url, input_audio \
+                         or audio_url, got {}",
                         kind.unwrap_or("a part without a type")
                     ),
                 ))

@@ -9,6 +9,11 @@ use std::path::Path;
 
 use weft_models::gguf::{GgufError, GgufFile};
 
+use weft_audio::audio_tower::AudioTowerConfig;
+use weft_audio::tensors::{Tensor, TensorSource};
+use weft_audio::ModelError;
+use weft_kernels::quant::dequantize_row;
+
 use crate::gemma3_tower::Gemma3TowerConfig;
 use crate::qwen25vl_tower::TowerConfig;
 use crate::tower::{read_f32, TowerError, TowerWeights};
@@ -18,6 +23,13 @@ use crate::{Normalization, Qwen2VlConfig, SiglipConfig};
 pub const QWEN25VL_PROJECTOR: &str = "qwen2.5vl_merger";
 /// `clip.projector_type` of Gemma 3's SigLIP tower and pooling projector.
 pub const GEMMA3_PROJECTOR: &str = "gemma3";
+/// `clip.projector_type` of Qwen2.5-Omni's two towers: Qwen2.5-VL's vision tower and the
+/// Whisper-style audio tower (`a.*` tensors).
+pub const QWEN25OMNI_PROJECTOR: &str = "qwen2.5o";
+/// Audio-tower settings the converter does not write: the released Qwen2.5-Omni's chunk of
+/// 2 * 100 mel frames and Whisper's 1500 positions.
+const OMNI_N_WINDOW: usize = 100;
+const OMNI_MAX_SOURCE_POSITIONS: usize = 1500;
 /// Patches pooled per token along each side when the file does not say
 /// (`clip.vision.projector.scale_factor`; the converter writes it only when it differs):
 /// the released Gemma 3's 64 x 64 patches into 16 x 16 tokens.
@@ -110,6 +122,28 @@ impl MmprojFile {
             in_channels: 3,
         };
         config.validated().map_err(|e| self.invalid(&e.to_string()))
+    }
+
+    /// Qwen2.5-Omni's audio tower's shape (`clip.audio.*`).
+    pub fn omni_audio_config(&self) -> Result<AudioTowerConfig, MmprojError> {
+        if self.file.get_bool("clip.has_audio_encoder")? != Some(true) {
+            return Err(self.invalid("the file has no audio encoder"));
+        }
+        let config = AudioTowerConfig {
+            n_mels: self.need("clip.audio.num_mel_bins")?,
+            d_model: self.need("clip.audio.embedding_length")?,
+            n_heads: self.need("clip.audio.attention.head_count")?,
+            layers: self.need("clip.audio.block_count")?,
+            n_window: OMNI_N_WINDOW,
+            max_source_positions: OMNI_MAX_SOURCE_POSITIONS,
+            output_dim: self.need("clip.audio.projection_dim")?,
+        };
+        Ok(config)
+    }
+
+    /// Qwen2.5-Omni's audio tower's tensors under CTranslate2's encoder names.
+    pub fn omni_audio_weights(&self) -> OmniAudioWeights<'_> {
+        OmniAudioWeights(self)
     }
 
     /// The Gemma 3 tower's shape.
@@ -314,5 +348,103 @@ impl TowerWeights for Gemma3Weights<'_> {
             _ => return Err(missing()),
         };
         read_f32(file, gguf, shape)
+    }
+}
+
+/// An mmproj file's Qwen2.5-Omni audio tower (`a.*`, `mm.a.fc`) under CTranslate2's encoder
+/// names, as weft-audio builds the tower: Q, K and V joined (K has no bias: zeros), the
+/// convolutions' biases (stored `[d, 1]`) as vectors, the output projection as
+/// `encoder/projection/*`.
+pub struct OmniAudioWeights<'a>(&'a MmprojFile);
+
+impl OmniAudioWeights<'_> {
+    fn gguf_name(ct2: &str) -> Option<Vec<Option<String>>> {
+        let leaf = |l: &str| match l {
+            "gamma" | "weight" => Some("weight"),
+            "beta" | "bias" => Some("bias"),
+            _ => None,
+        };
+        let parts: Vec<&str> = ct2.strip_prefix("encoder/")?.split('/').collect();
+        let one = |name: String| Some(vec![Some(name)]);
+        match parts[..] {
+            [conv @ ("conv1" | "conv2"), l] => one(format!("a.conv1d.{}.{}", &conv[4..], leaf(l)?)),
+            ["layer_norm", l] => one(format!("a.post_ln.{}", leaf(l)?)),
+            ["projection", l] => one(format!("mm.a.fc.{}", leaf(l)?)),
+            [layer, block, module, l] => {
+                let i = layer.strip_prefix("layer_")?;
+                let l = leaf(l)?;
+                let name = |m: &str| format!("a.blk.{i}.{m}.{l}");
+                match (block, module) {
+                    ("self_attention", "layer_norm") => one(name("ln1")),
+                    ("self_attention", "linear_0") => Some(
+                        ["attn_q", "attn_k", "attn_v"]
+                            .iter()
+                            .map(|m| (l == "weight" || *m != "attn_k").then(|| name(m)))
+                            .collect(),
+                    ),
+                    ("self_attention", "linear_1") => one(name("attn_out")),
+                    ("ffn", "layer_norm") => one(name("ln2")),
+                    ("ffn", "linear_0") => one(name("ffn_up")),
+                    ("ffn", "linear_1") => one(name("ffn_down")),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A tensor as stored (outermost dimension first), a bias's trailing 1 dropped.
+    fn raw(&self, name: &str) -> Result<Tensor, ModelError> {
+        let file = &self.0.file;
+        let info = file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
+        let mut shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        if name.ends_with(".bias") {
+            shape.retain(|&d| d != 1);
+        }
+        let mut data = vec![0.0f32; shape.iter().product()];
+        dequantize_row(info.ggml_type, file.tensor_data(info), &mut data);
+        Ok(Tensor { shape, data })
+    }
+}
+
+impl TensorSource for OmniAudioWeights<'_> {
+    fn tensor(&self, name: &str) -> Result<Tensor, ModelError> {
+        let parts = Self::gguf_name(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let tensors: Vec<Option<Tensor>> = parts
+            .iter()
+            .map(|p| p.as_deref().map(|p| self.raw(p)).transpose())
+            .collect::<Result<_, _>>()?;
+        if let [Some(_)] = &tensors[..] {
+            return Ok(tensors.into_iter().flatten().next().expect("one tensor"));
+        }
+        // Q, K, V stacked; a missing part (K's bias) is zeros shaped like the others.
+        let like = tensors
+            .iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?
+            .shape
+            .clone();
+        let mut shape = like.clone();
+        shape[0] *= tensors.len();
+        let mut data = Vec::with_capacity(shape.iter().product());
+        for t in tensors {
+            match t {
+                Some(t) => data.extend(t.data),
+                None => data.extend(std::iter::repeat_n(0.0, like.iter().product())),
+            }
+        }
+        Ok(Tensor { shape, data })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        Self::gguf_name(name).is_some_and(|parts| {
+            parts
+                .iter()
+                .flatten()
+                .all(|p| self.0.file.tensor(p).is_some())
+        })
     }
 }

@@ -13,9 +13,11 @@ use weft_audio::mel::LogMel;
 use weft_kernels::pool::ThreadPool;
 use weft_models::arch::hf::reader_config;
 use weft_models::media::{self, MediaGrid, MediaPositions, Piece, PositionWriter};
+use weft_models::tokenizer::Tokenizer;
 use weft_models::weights::{SafetensorsFiles, WeightSource};
 
-use crate::qwen25vl::{token_id, Medium, Qwen25VlVision};
+use crate::mmproj::MmprojFile;
+use crate::qwen25vl::{mmproj_token, token_id, MediaTokens, Medium, Qwen25VlVision};
 use crate::vision::{
     pixels_hash, PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels, Video, VisionError,
 };
@@ -24,6 +26,11 @@ use crate::{MediaKind, RgbImage};
 /// Where a checkpoint keeps the audio tower: a released Qwen2.5-Omni (thinker, talker and
 /// speech decoder in one file set), or a thinker alone.
 const AUDIO_TOWER_PREFIXES: [&str; 2] = ["thinker.audio_tower", "audio_tower"];
+
+/// The released model's time scales (`position_id_per_seconds`, `seconds_per_chunk`), for
+/// mmproj files, which do not record them, and configs that leave them out.
+const POSITION_ID_PER_SECONDS: f32 = 25.0;
+const SECONDS_PER_CHUNK: f32 = 2.0;
 
 /// The token ids of Qwen2.5-Omni's prompt layout.
 #[derive(Clone, Copy, Debug)]
@@ -63,15 +70,7 @@ impl Qwen25OmniMedia {
             vision_bos: token("vision_start")?,
             vision_eos: token("vision_end")?,
         };
-        let float = |key: &str, default: f64| thinker[key].as_f64().unwrap_or(default) as f32;
-        let position_id_per_seconds = float("position_id_per_seconds", 25.0);
-        let seconds_per_chunk = float("seconds_per_chunk", 2.0);
-        if !(position_id_per_seconds > 0.0 && seconds_per_chunk > 0.0) {
-            return Err(model_error(format!(
-                "position_id_per_seconds {position_id_per_seconds} and seconds_per_chunk \
-                 {seconds_per_chunk} must be positive"
-            )));
-        }
+        let float = |key: &str, default: f32| thinker[key].as_f64().map_or(default, |v| v as f32);
         let vision = Qwen25VlVision::load(dir, thinker)?;
         let files = SafetensorsFiles::open_dir(dir).map_err(|e| VisionError::Model {
             path: dir.to_path_buf(),
@@ -85,12 +84,77 @@ impl Qwen25OmniMedia {
             .ok_or_else(|| model_error("no audio tower tensors (thinker.audio_tower.*)".into()))?;
         let audio = AudioTower::load(&files, prefix, audio_config)
             .map_err(|e| model_error(e.to_string()))?;
+        Self::new(
+            vision,
+            audio,
+            tokens,
+            float("position_id_per_seconds", POSITION_ID_PER_SECONDS),
+            float("seconds_per_chunk", SECONDS_PER_CHUNK),
+        )
+        .map_err(model_error)
+    }
+
+    /// The media side of a GGUF thinker from llama.cpp's mmproj file (projector type
+    /// [`crate::mmproj::QWEN25OMNI_PROJECTOR`]: both towers); the placeholders are the
+    /// language model's tokens of those names, the time scales the released model's.
+    pub fn load_mmproj(
+        mmproj: &MmprojFile,
+        tokenizer: &Tokenizer,
+    ) -> Result<Qwen25OmniMedia, VisionError> {
+        let token = |text: &str| mmproj_token(mmproj, tokenizer, text);
+        let tokens = OmniTokens {
+            audio: token("<|AUDIO|>")?,
+            audio_bos: token("<|audio_bos|>")?,
+            audio_eos: token("<|audio_eos|>")?,
+            vision_bos: token("<|vision_bos|>")?,
+            vision_eos: token("<|vision_eos|>")?,
+        };
+        let vision = Qwen25VlVision::load_mmproj_with(
+            mmproj,
+            MediaTokens {
+                image: token("<|IMAGE|>")?,
+                video: token("<|VIDEO|>")?,
+                tokens_per_second: POSITION_ID_PER_SECONDS,
+            },
+        )?;
+        let model_error = |message: String| VisionError::Model {
+            path: mmproj.path().to_path_buf(),
+            message,
+        };
+        let config = mmproj
+            .omni_audio_config()
+            .map_err(|e| model_error(e.to_string()))?;
+        let audio = AudioTower::build(&mmproj.omni_audio_weights(), config)
+            .map_err(|e| model_error(e.to_string()))?;
+        Self::new(
+            vision,
+            audio,
+            tokens,
+            POSITION_ID_PER_SECONDS,
+            SECONDS_PER_CHUNK,
+        )
+        .map_err(model_error)
+    }
+
+    fn new(
+        vision: Qwen25VlVision,
+        audio: AudioTower,
+        tokens: OmniTokens,
+        position_id_per_seconds: f32,
+        seconds_per_chunk: f32,
+    ) -> Result<Qwen25OmniMedia, String> {
+        if !(position_id_per_seconds > 0.0 && seconds_per_chunk > 0.0) {
+            return Err(format!(
+                "position_id_per_seconds {position_id_per_seconds} and seconds_per_chunk \
+                 {seconds_per_chunk} must be positive"
+            ));
+        }
         if audio.output_dim() != vision.embedding_width() {
-            return Err(model_error(format!(
+            return Err(format!(
                 "the audio tower gives rows of {} values, the vision tower of {}",
                 audio.output_dim(),
                 vision.embedding_width()
-            )));
+            ));
         }
         Ok(Qwen25OmniMedia {
             vision,

@@ -45,10 +45,22 @@ pub struct Qwen25VlVision {
 }
 
 /// The placeholder ids and time scale of a Qwen2.5-VL language model.
-struct MediaTokens {
-    image: u32,
-    video: u32,
-    tokens_per_second: f32,
+pub(crate) struct MediaTokens {
+    pub image: u32,
+    pub video: u32,
+    pub tokens_per_second: f32,
+}
+
+/// The id of token `text` in the vocabulary of the language model an mmproj file serves.
+pub(crate) fn mmproj_token(
+    mmproj: &MmprojFile,
+    tokenizer: &Tokenizer,
+    text: &str,
+) -> Result<u32, VisionError> {
+    tokenizer.token_id(text).ok_or_else(|| VisionError::Model {
+        path: mmproj.path().to_path_buf(),
+        message: format!("the language model's vocabulary has no {text} token"),
+    })
 }
 
 impl Qwen25VlVision {
@@ -86,21 +98,24 @@ impl Qwen25VlVision {
         mmproj: &MmprojFile,
         tokenizer: &Tokenizer,
     ) -> Result<Qwen25VlVision, VisionError> {
+        let image = mmproj_token(mmproj, tokenizer, IMAGE_PLACEHOLDER)?;
+        let video = mmproj_token(mmproj, tokenizer, VIDEO_PLACEHOLDER)?;
+        let tokens = MediaTokens {
+            image,
+            video,
+            tokens_per_second: TOKENS_PER_SECOND,
+        };
+        Self::load_mmproj_with(mmproj, tokens)
+    }
+
+    /// The vision tower of an mmproj file with the placeholders and time scale of `tokens`.
+    pub(crate) fn load_mmproj_with(
+        mmproj: &MmprojFile,
+        tokens: MediaTokens,
+    ) -> Result<Qwen25VlVision, VisionError> {
         let model_error = |message: String| VisionError::Model {
             path: mmproj.path().to_path_buf(),
             message,
-        };
-        let token = |text: &str| {
-            tokenizer.token_id(text).ok_or_else(|| {
-                model_error(format!(
-                    "the language model's vocabulary has no {text} token"
-                ))
-            })
-        };
-        let tokens = MediaTokens {
-            image: token(IMAGE_PLACEHOLDER)?,
-            video: token(VIDEO_PLACEHOLDER)?,
-            tokens_per_second: TOKENS_PER_SECOND,
         };
         let config = mmproj
             .qwen25vl_config()

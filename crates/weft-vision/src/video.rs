@@ -225,6 +225,9 @@ pub fn read_frames(
 /// resampler, 16-bit samples scaled by 1/32768 as a WAV file's are read).
 pub fn read_audio_track(path: &Path, limits: &VideoLimits) -> Result<Vec<f32>, VideoError> {
     const RATE: f64 = 16_000.0;
+    if !has_audio_stream(path, limits)? {
+        return Err(VideoError::NoAudioStream);
+    }
     let mut args: Vec<std::ffi::OsString> =
         ["-v", "error", "-nostdin", "-i"].map(Into::into).to_vec();
     args.push(path.into());
@@ -242,13 +245,10 @@ pub fn read_audio_track(path: &Path, limits: &VideoLimits) -> Result<Vec<f32>, V
             .map_err(|e| VideoError::Undecodable(e.to_string()))?;
         Ok(())
     });
-    match read {
-        Err(VideoError::Undecodable(m)) if m.contains("matches no streams") => {
-            return Err(VideoError::NoAudioStream)
-        }
-        // A reader that stopped at the limit closed the pipe under ffmpeg.
-        Err(_) if bytes.len() as u64 > max_bytes => {}
-        other => other?,
+    // A reader that stopped at the limit closed the pipe under ffmpeg: that failure is the
+    // limit's.
+    if bytes.len() as u64 <= max_bytes {
+        read?;
     }
     if bytes.len() as u64 > max_bytes {
         return Err(VideoError::AudioTooLong { limit });
@@ -257,6 +257,30 @@ pub fn read_audio_track(path: &Path, limits: &VideoLimits) -> Result<Vec<f32>, V
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
         .collect())
+}
+
+/// Whether the file at `path` has an audio stream (`ffprobe`).
+fn has_audio_stream(path: &Path, limits: &VideoLimits) -> Result<bool, VideoError> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "-v",
+        "error",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "stream=codec_type",
+        "-of",
+        "csv=p=0",
+    ]
+    .map(Into::into)
+    .to_vec();
+    args.push(path.into());
+    let mut text = String::new();
+    run("ffprobe", &args, limits.timeout, |out| {
+        out.read_to_string(&mut text)
+            .map_err(|e| VideoError::Undecodable(e.to_string()))?;
+        Ok(())
+    })?;
+    Ok(text.trim() == "audio")
 }
 
 /// An ffmpeg expression true for frame numbers `n` in `indices` (not empty): a balanced tree

@@ -216,12 +216,17 @@ impl Vision {
             Some(crate::mmproj::QWEN25VL_PROJECTOR) => {
                 Qwen25VlVision::load_mmproj(&mmproj, tokenizer).map(Vision::Qwen25Vl)
             }
+            Some(crate::mmproj::QWEN25OMNI_PROJECTOR) => {
+                Qwen25OmniMedia::load_mmproj(&mmproj, tokenizer)
+                    .map(|m| Vision::Qwen25Omni(Box::new(m)))
+            }
             other => Err(VisionError::Model {
                 path: path.to_path_buf(),
                 message: format!(
-                    "projector type {} is not supported (weft reads {} and {})",
+                    "projector type {} is not supported (weft reads {}, {} and {})",
                     other.unwrap_or("(none)"),
                     crate::mmproj::QWEN25VL_PROJECTOR,
+                    crate::mmproj::QWEN25OMNI_PROJECTOR,
                     crate::mmproj::GEMMA3_PROJECTOR,
                 ),
             }),

@@ -140,3 +140,60 @@ fn unreadable_files_fail_with_the_reason() {
     assert!(matches!(e, VideoError::Timeout(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A video's audio track comes back as 16 kHz mono samples: a 3-second 440 Hz tone at
+/// 44.1 kHz stereo beside the picture, resampled by ffmpeg; a track longer than the limit
+/// and a video without audio are refused with the reason.
+#[test]
+fn audio_tracks_are_read_resampled_and_bounded() {
+    let path = scratch("with-audio.mkv");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=64x48:rate=10:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100:duration=3",
+            "-ac",
+            "2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "pcm_s16le",
+        ],
+        &path,
+    );
+    let samples = video::read_audio_track(&path, &VideoLimits::default()).unwrap();
+    assert!(
+        (samples.len() as i64 - 48_000).abs() <= 160,
+        "{}",
+        samples.len()
+    );
+    // Still 440 Hz: two zero crossings per period.
+    let crossings = samples
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    assert!(
+        (crossings as i64 - 2 * 440 * 3).abs() <= 10,
+        "{crossings} zero crossings"
+    );
+    let short = VideoLimits {
+        max_audio_seconds: 1.0,
+        ..VideoLimits::default()
+    };
+    assert!(matches!(
+        video::read_audio_track(&path, &short),
+        Err(VideoError::AudioTooLong { .. })
+    ));
+    let silent = test_pattern("no-audio.mp4", "64x48", 10, 1);
+    assert!(matches!(
+        video::read_audio_track(&silent, &VideoLimits::default()),
+        Err(VideoError::NoAudioStream)
+    ));
+}

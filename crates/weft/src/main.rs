@@ -242,6 +242,12 @@ pub fn load_vision(model: &TextModel, mmproj: Option<&Path>) -> Result<Option<Vi
             t0.elapsed().as_secs_f64()
         );
     }
+    if let Some(Vision::Qwen25Omni(_)) = &vision {
+        tracing::info!(
+            "Qwen2.5-Omni: serving the thinker (text out) with its vision and audio towers; \
+             the talker and the speech decoder are not loaded"
+        );
+    }
     Ok(vision)
 }
 

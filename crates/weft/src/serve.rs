@@ -32,11 +32,13 @@ pub struct ServeArgs {
     /// A Whisper model served next to the text model, under its packaged or directory name.
     #[arg(long)]
     audio_model: Option<String>,
-    /// Largest audio upload in bytes (413 beyond; OpenAI allows 25 MB).
-    #[arg(long, default_value_t = 25 << 20)]
+    /// Largest audio upload in bytes (413 beyond; OpenAI allows 25 MB), and largest audio
+    /// clip in a chat message (400 beyond).
+    #[arg(long, default_value_t = MediaLimits::default().max_audio_bytes)]
     max_audio_bytes: usize,
-    /// Longest recording accepted, in seconds (400 beyond).
-    #[arg(long, default_value_t = 3600.0)]
+    /// Longest recording accepted, in seconds, whether uploaded for transcription, sent in a
+    /// chat message or read from a video with use_audio_in_video (400 beyond).
+    #[arg(long, default_value_t = MediaLimits::default().max_audio_seconds)]
     max_audio_seconds: f64,
     /// Transcriptions run at once (each uses every thread); the rest wait their turn.
     #[arg(long, default_value_t = 1)]
@@ -141,12 +143,6 @@ struct LimitArgs {
     /// Largest video file in bytes, however it arrives.
     #[arg(long, default_value_t = MediaLimits::default().max_video_bytes)]
     max_video_bytes: usize,
-    /// Largest audio file in bytes (input_audio, audio_url).
-    #[arg(long, default_value_t = MediaLimits::default().max_audio_bytes)]
-    max_audio_bytes: usize,
-    /// Longest audio clip, or audio track of a video read with use_audio_in_video, in seconds.
-    #[arg(long, default_value_t = MediaLimits::default().max_audio_seconds)]
-    max_audio_seconds: f64,
     /// Largest image or video frame in pixels (width x height), checked before decoding.
     #[arg(long, default_value_t = MediaLimits::default().max_image_pixels)]
     max_image_pixels: u64,
@@ -211,7 +207,6 @@ impl LimitArgs {
         for (flag, seconds) in [
             ("--media-fetch-timeout", self.media_fetch_timeout),
             ("--video-decode-timeout", self.video_decode_timeout),
-            ("--max-audio-seconds", self.max_audio_seconds),
         ] {
             if !(seconds > 0.0 && seconds.is_finite()) {
                 bail!("{flag} must be a positive number of seconds");
@@ -234,8 +229,9 @@ impl LimitArgs {
                 max_audios: mm.audio.unwrap_or(defaults.max_audios),
                 max_image_bytes: self.max_image_bytes,
                 max_video_bytes: self.max_video_bytes,
-                max_audio_bytes: self.max_audio_bytes,
-                max_audio_seconds: self.max_audio_seconds,
+                // `serve` sets these from the speech flags, which bound every audio input.
+                max_audio_bytes: defaults.max_audio_bytes,
+                max_audio_seconds: defaults.max_audio_seconds,
                 max_image_pixels: self.max_image_pixels,
                 fetch_timeout: Duration::from_secs_f64(self.media_fetch_timeout),
                 video_decode_timeout: Duration::from_secs_f64(self.video_decode_timeout),
@@ -254,7 +250,12 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         },
     };
     let api_key = args.api_key.clone().filter(|k| !k.is_empty());
-    let limits = args.limits.limits()?;
+    let mut limits = args.limits.limits()?;
+    if !(args.max_audio_seconds > 0.0 && args.max_audio_seconds.is_finite()) {
+        bail!("--max-audio-seconds must be a positive number of seconds");
+    }
+    limits.media.max_audio_bytes = args.max_audio_bytes;
+    limits.media.max_audio_seconds = args.max_audio_seconds;
     let config = |names: Vec<String>| ServerConfig {
         served_model_names: names,
         api_key: api_key.clone(),

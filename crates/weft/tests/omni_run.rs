@@ -53,8 +53,15 @@ struct CaseMedia {
 }
 
 fn case_media(vision: &Vision, case: &Value) -> CaseMedia {
+    case_media_with(vision, case, None)
+}
+
+/// [`case_media`] with the videos read within `(min_pixels, max_pixels)`.
+fn case_media_with(vision: &Vision, case: &Value, pixels: Option<(u64, u64)>) -> CaseMedia {
     let kwargs = ProcessorKwargs {
         use_audio_in_video: case["use_audio_in_video"].as_bool().unwrap(),
+        min_pixels: pixels.map(|p| p.0),
+        max_pixels: pixels.map(|p| p.1),
         ..ProcessorKwargs::default()
     };
     let mut media = CaseMedia {
@@ -314,4 +321,46 @@ fn chat_attaches_audio_with_a_command() {
         &format!("/audio {}", wav.display()),
         &case("audio"),
     );
+}
+
+/// The same cases through the files llama.cpp's converter makes of the checkpoint
+/// (tests/data/hf-tiny-omni-gguf, scripts/gen_tiny_vl_gguf.py: the thinker as GGUF, both
+/// towers in one mmproj, f32): the same prompt tokens and positions, the same replies. An
+/// mmproj file carries no video processor settings; the checkpoint's pixel bounds are given
+/// per request instead.
+#[test]
+fn gguf_and_mmproj_give_the_same_results() {
+    let golden = golden();
+    let gguf = dir().join("../hf-tiny-omni-gguf");
+    let model = TextModel::load(&gguf.join("model-f32.gguf")).unwrap();
+    let vision = Vision::load_mmproj(&gguf.join("mmproj-f32.gguf"), &model.tokenizer).unwrap();
+    let pool = ThreadPool::new(2);
+    let mut session = Session::new(&model, SessionConfig::new(2, 1024));
+    for case in golden["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let text = render(&model, &case["messages"]);
+        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: template");
+        let media = case_media_with(&vision, case, Some((3136, 50176)));
+        let tokens = model.tokenizer.encode(&text, true, true);
+        let plan = plan(&vision, &tokens, &media);
+        assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
+        assert_eq!(
+            plan.positions.delta,
+            case["rope_deltas"].as_i64().unwrap(),
+            "{name}"
+        );
+        let rows: Vec<Vec<f32>> = plan
+            .inputs
+            .iter()
+            .map(|i| vision.encode(&pool, i))
+            .collect();
+        check_vision_rows(&golden, name, &plan, &rows);
+        let (tokens, media) = plan.into_media(rows, vision.embedding_width());
+        let ours = greedy_16(&mut session, &tokens, media);
+        let theirs = ids(&case["greedy_tokens"]);
+        assert!(
+            theirs.starts_with(&ours),
+            "{name}: greedy {ours:?}, transformers {theirs:?}"
+        );
+    }
 }

@@ -1,6 +1,9 @@
 //! What the HTTP test files share: a server on an ephemeral 127.0.0.1 port, stopped on
 //! demand, and reading its Prometheus metrics.
 
+// Each test binary uses its own part of these.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

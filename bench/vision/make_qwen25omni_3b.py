@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Random weights at Qwen2.5-Omni-3B's real dimensions (thinker: language 36 x 2048, vision
+32 x 1280, audio 32 x 1280 with 128 mel bins), for timing only: speed does not depend on the
+values. Writes a Hugging Face directory in the released layout (thinker only: the talker and
+speech decoder are not read by either program), then the files llama.cpp users run, made by
+llama.cpp's own tools: the thinker as GGUF (convert_hf_to_gguf.py to f16, llama-quantize to
+Q4_K_M) and both towers as one f16 mmproj (convert_hf_to_gguf.py --mmproj).
+
+    /work/venv-hf/bin/python bench/vision/make_qwen25omni_3b.py OUT_DIR [LLAMA_CPP_DIR]
+
+Needs torch, safetensors, numpy and the llama.cpp checkout with llama-quantize built
+(bench/peers/build-llama-cpp.sh). The tokenizer, processor settings and chat template are the
+tiny test checkpoint's (tests/data/hf-tiny-omni; its special tokens sit where the model's
+embedding rows exist), padded by the converter to the real vocabulary of 151936 rows.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests/data/hf-tiny-omni"
+
+TEXT = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, vocab_size=151936)
+VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+              out_hidden_size=2048, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+              window_size=112, fullatt_block_indexes=[7, 15, 23, 31], in_channels=3)
+AUDIO = dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
+             encoder_ffn_dim=5120, n_window=100, max_source_positions=1500, output_dim=2048)
+
+
+def weights() -> dict:
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).half()
+
+    def ones(n):
+        return torch.ones(n, dtype=torch.float16)
+
+    t = {}
+    d, ff = VISION["hidden_size"], VISION["intermediate_size"]
+    v = "thinker.visual."
+    t[v + "patch_embed.proj.weight"] = r(d, 3, 2, 14, 14)
+    for i in range(VISION["depth"]):
+        b = f"{v}blocks.{i}."
+        t[b + "norm1.weight"], t[b + "norm2.weight"] = ones(d), ones(d)
+        for p in "qkv":
+            t[b + f"attn.{p}.weight"], t[b + f"attn.{p}.bias"] = r(d, d), r(d)
+        t[b + "attn.proj.weight"], t[b + "attn.proj.bias"] = r(d, d), r(d)
+        for n, (o, k) in {"gate_proj": (ff, d), "up_proj": (ff, d), "down_proj": (d, ff)}.items():
+            t[b + f"mlp.{n}.weight"], t[b + f"mlp.{n}.bias"] = r(o, k), r(o)
+    t[v + "merger.ln_q.weight"] = ones(d)
+    t[v + "merger.mlp.0.weight"], t[v + "merger.mlp.0.bias"] = r(4 * d, 4 * d), r(4 * d)
+    out = VISION["out_hidden_size"]
+    t[v + "merger.mlp.2.weight"], t[v + "merger.mlp.2.bias"] = r(out, 4 * d), r(out)
+
+    d, ff, mels = AUDIO["d_model"], AUDIO["encoder_ffn_dim"], AUDIO["num_mel_bins"]
+    a = "thinker.audio_tower."
+    t[a + "conv1.weight"], t[a + "conv1.bias"] = r(d, mels, 3), r(d)
+    t[a + "conv2.weight"], t[a + "conv2.bias"] = r(d, d, 3), r(d)
+    for i in range(AUDIO["encoder_layers"]):
+        b = f"{a}layers.{i}."
+        for n in ["self_attn_layer_norm", "final_layer_norm"]:
+            t[b + n + ".weight"], t[b + n + ".bias"] = ones(d), r(d)
+        for p in ["q_proj", "v_proj", "out_proj"]:
+            t[b + f"self_attn.{p}.weight"], t[b + f"self_attn.{p}.bias"] = r(d, d), r(d)
+        t[b + "self_attn.k_proj.weight"] = r(d, d)
+        t[b + "fc1.weight"], t[b + "fc1.bias"] = r(ff, d), r(ff)
+        t[b + "fc2.weight"], t[b + "fc2.bias"] = r(d, ff), r(d)
+    t[a + "ln_post.weight"], t[a + "ln_post.bias"] = ones(d), r(d)
+    t[a + "proj.weight"], t[a + "proj.bias"] = r(AUDIO["output_dim"], d), r(AUDIO["output_dim"])
+
+    h, f = TEXT["hidden_size"], TEXT["intermediate_size"]
+    kv = h // TEXT["num_attention_heads"] * TEXT["num_key_value_heads"]
+    m = "thinker.model."
+    t[m + "embed_tokens.weight"] = r(TEXT["vocab_size"], h)
+    t[m + "norm.weight"] = ones(h)
+    for i in range(TEXT["num_hidden_layers"]):
+        b = f"{m}layers.{i}."
+        t[b + "input_layernorm.weight"], t[b + "post_attention_layernorm.weight"] = ones(h), ones(h)
+        t[b + "self_attn.q_proj.weight"], t[b + "self_attn.q_proj.bias"] = r(h, h), r(h)
+        t[b + "self_attn.k_proj.weight"], t[b + "self_attn.k_proj.bias"] = r(kv, h), r(kv)
+        t[b + "self_attn.v_proj.weight"], t[b + "self_attn.v_proj.bias"] = r(kv, h), r(kv)
+        t[b + "self_attn.o_proj.weight"] = r(h, h)
+        t[b + "mlp.gate_proj.weight"], t[b + "mlp.up_proj.weight"] = r(f, h), r(f, h)
+        t[b + "mlp.down_proj.weight"] = r(h, f)
+    t["thinker.lm_head.weight"] = r(TEXT["vocab_size"], h)
+    return t
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    llama = Path(sys.argv[2] if len(sys.argv) > 2 else Path.home() / ".cache/weft-peers/llama.cpp-0.3.36")
+    hf = out / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    config = json.loads((TINY / "config.json").read_text())
+    # The released checkpoints' name, which llama.cpp's converter knows.
+    config["architectures"] = ["Qwen2_5OmniModel"]
+    thinker = config["thinker_config"]
+    thinker["text_config"].update(TEXT, max_position_embeddings=32768,
+                                  layer_types=["full_attention"] * TEXT["num_hidden_layers"])
+    thinker["text_config"]["rope_parameters"]["mrope_section"] = [16, 24, 24]
+    thinker["vision_config"].update(VISION)
+    thinker["audio_config"].update(AUDIO)
+    (hf / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "generation_config.json", "processor_config.json"]:
+        shutil.copy(TINY / name, hf / name)
+    # Qwen2.5-Omni's own pixel bounds, not the tiny checkpoint's.
+    pre = json.loads((TINY / "preprocessor_config.json").read_text())
+    pre.update(max_pixels=12845056, min_pixels=3136, size={"shortest_edge": 3136, "longest_edge": 12845056})
+    (hf / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    if not (hf / "model.safetensors").exists():
+        save_file(weights(), str(hf / "model.safetensors"))
+
+    sys.path[:0] = [str(llama), str(llama / "gguf-py")]
+    import convert_hf_to_gguf
+    from conversion import base
+    # The tiny tokenizer is Qwen2's pre-tokenizer over its own vocabulary (see
+    # scripts/gen_tiny_vl_gguf.py).
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
+    f16 = out / "model-f16.gguf"
+    for extra, target in [([], f16), (["--mmproj"], out / "mmproj-f16.gguf")]:
+        if target.exists():
+            continue
+        sys.argv = ["convert_hf_to_gguf.py", str(hf), "--outtype", "f16", "--outfile", str(target), *extra]
+        convert_hf_to_gguf.main()
+    q4 = out / "model-Q4_K_M.gguf"
+    if not q4.exists():
+        subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(q4), "Q4_K_M", "2"], check=True)
+        f16.unlink()
+
+
+if __name__ == "__main__":
+    main()
