@@ -9,7 +9,7 @@ use weft_models::tokenizer::Tokenizer;
 
 use crate::error::ModelError;
 use crate::mel::CHUNK_FRAMES;
-use crate::tensors::TensorSource;
+use crate::tensors::{Tensor, TensorSource};
 
 /// Fewest decoder positions a model may have (Whisper's have 448): the start sequence takes
 /// up to four.
@@ -225,6 +225,19 @@ fn count_layers(src: &dyn TensorSource, side: &str) -> usize {
         .count()
 }
 
+/// The encoder's first convolution `[d_model, n_mels, 3]`, with those two sizes.
+fn conv1(src: &dyn TensorSource) -> Result<(Tensor, usize, usize), ModelError> {
+    let conv1 = src.tensor("encoder/conv1/weight")?;
+    let [d, n_mels, 3] = conv1.shape[..] else {
+        return Err(ModelError::Shape {
+            name: "encoder/conv1/weight".into(),
+            got: conv1.shape,
+            want: vec![0, 80, 3],
+        });
+    };
+    Ok((conv1, d, n_mels))
+}
+
 impl EncoderWeights {
     /// The encoder's weights from tensors under CTranslate2 names (`encoder/...`): `layers`
     /// layers, and `positions` (`[n, d]`, n the most positions a window may have). Its
@@ -234,14 +247,7 @@ impl EncoderWeights {
         layers: usize,
         positions: Vec<f32>,
     ) -> Result<EncoderWeights, ModelError> {
-        let conv1 = src.tensor("encoder/conv1/weight")?;
-        let [d, n_mels, 3] = conv1.shape[..] else {
-            return Err(ModelError::Shape {
-                name: "encoder/conv1/weight".into(),
-                got: conv1.shape,
-                want: vec![0, 80, 3],
-            });
-        };
+        let (conv1, d, n_mels) = conv1(src)?;
         if d == 0 || !positions.len().is_multiple_of(d) {
             return Err(ModelError::Config(format!(
                 "{} position values are not rows of d_model {d}",
@@ -332,14 +338,7 @@ impl Whisper {
         tokens: SpecialTokens,
         source: PathBuf,
     ) -> Result<Whisper, ModelError> {
-        let conv1 = src.tensor("encoder/conv1/weight")?;
-        let [d, n_mels, 3] = conv1.shape[..] else {
-            return Err(ModelError::Shape {
-                name: "encoder/conv1/weight".into(),
-                got: conv1.shape,
-                want: vec![0, 80, 3],
-            });
-        };
+        let (_, d, n_mels) = conv1(src)?;
         let enc_pos = src.tensor("encoder/position_encodings/encodings")?;
         let dec_pos = src.tensor("decoder/position_encodings/encodings")?;
         let embed = src.tensor("decoder/embeddings/weight")?;
