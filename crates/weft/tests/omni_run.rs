@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use weft_engine::session::{Session, SessionConfig};
 use weft_kernels::pool::ThreadPool;
+use weft_models::media::PromptMedia;
 use weft_models::TextModel;
 use weft_test_support::{floats, floats_f32, log_softmax, logprob_diff, relative_diff};
 use weft_vision::video::VideoLimits;
@@ -211,35 +212,13 @@ fn every_case_matches_transformers() {
     let mut session = Session::new(&model, SessionConfig::new(2, 1024));
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let text = render(&model, &case["messages"]);
-        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: template");
-        let media = case_media(&vision, case);
-        let tokens = model.tokenizer.encode(&text, true, true);
-        let plan = plan(&vision, &tokens, &media);
-        assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
+        let plan = planned_case(&model, &vision, case, None);
         let want = case["position_ids"].as_array().unwrap();
         for (c, theirs) in want.iter().enumerate() {
             let ours: Vec<u32> = plan.positions.prompt.iter().map(|p| p.0[c]).collect();
-            let theirs = ids(theirs);
-            if plan.positions.prompt.is_empty() {
-                // Text only: positions are the indices.
-                assert!(theirs.iter().enumerate().all(|(i, &p)| p as usize == i));
-                continue;
-            }
-            assert_eq!(ours, theirs, "{name}: position component {c}");
+            assert_eq!(ours, ids(theirs), "{name}: position component {c}");
         }
-        assert_eq!(
-            plan.positions.delta,
-            case["rope_deltas"].as_i64().unwrap(),
-            "{name}: rope delta"
-        );
-        let rows: Vec<Vec<f32>> = plan
-            .inputs
-            .iter()
-            .map(|i| vision.encode(&pool, i))
-            .collect();
-        check_vision_rows(&golden, name, &plan, &rows);
-        let (tokens, media) = plan.into_media(rows, vision.embedding_width());
+        let (tokens, media) = encoded(&vision, &pool, &golden, name, plan);
         let mut checks = vec![
             (0, "logprobs_first", MAX_FIRST_DIFF),
             (tokens.len() - 1, "logprobs_last", MAX_DIFF),
@@ -261,17 +240,58 @@ fn every_case_matches_transformers() {
                 }
             })
             .unwrap();
-        // transformers ran without stopping; weft stops at an end-of-generation token.
-        let ours = greedy_16(&mut session, &tokens, media);
-        let theirs = ids(&case["greedy_tokens"]);
-        let stopped = theirs
-            .get(ours.len())
-            .is_none_or(|&t| model.tokenizer.is_eog(t));
-        assert!(
-            theirs.starts_with(&ours) && stopped,
-            "{name}: greedy {ours:?}, transformers {theirs:?}"
-        );
+        assert_greedy(&model, case, greedy_16(&mut session, &tokens, media));
     }
+}
+
+/// Golden `case` laid out by `vision` (videos read within `pixels`): its template text,
+/// token ids and generated tokens' position offset checked against transformers'.
+fn planned_case(
+    model: &TextModel,
+    vision: &Vision,
+    case: &Value,
+    pixels: Option<(u64, u64)>,
+) -> PreparedPrompt {
+    let name = case["name"].as_str().unwrap();
+    let text = render(model, &case["messages"]);
+    assert_eq!(text, case["text"].as_str().unwrap(), "{name}: template");
+    let media = case_media_with(vision, case, pixels);
+    let tokens = model.tokenizer.encode(&text, true, true);
+    let plan = plan(vision, &tokens, &media);
+    assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
+    assert_eq!(
+        plan.positions.delta,
+        case["rope_deltas"].as_i64().unwrap(),
+        "{name}: rope delta"
+    );
+    plan
+}
+
+/// `plan` with its inputs encoded (the vision rows checked against transformers').
+fn encoded(
+    vision: &Vision,
+    pool: &ThreadPool,
+    golden: &Value,
+    name: &str,
+    plan: PreparedPrompt,
+) -> (Vec<u32>, PromptMedia) {
+    let rows: Vec<Vec<f32>> = plan.inputs.iter().map(|i| vision.encode(pool, i)).collect();
+    check_vision_rows(golden, name, &plan, &rows);
+    plan.into_media(rows, vision.embedding_width())
+}
+
+/// weft's greedy tokens are transformers', which ran without stopping, up to an
+/// end-of-generation token, where weft stops.
+fn assert_greedy(model: &TextModel, case: &Value, ours: Vec<u32>) {
+    let theirs = ids(&case["greedy_tokens"]);
+    let stopped = theirs
+        .get(ours.len())
+        .is_none_or(|&t| model.tokenizer.is_eog(t));
+    assert!(
+        theirs.starts_with(&ours) && stopped,
+        "{}: greedy {ours:?}, transformers {theirs:?}",
+        case["name"]
+    );
 }
 
 fn case(name: &str) -> Value {
@@ -338,29 +358,8 @@ fn gguf_and_mmproj_give_the_same_results() {
     let mut session = Session::new(&model, SessionConfig::new(2, 1024));
     for case in golden["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let text = render(&model, &case["messages"]);
-        assert_eq!(text, case["text"].as_str().unwrap(), "{name}: template");
-        let media = case_media_with(&vision, case, Some((3136, 50176)));
-        let tokens = model.tokenizer.encode(&text, true, true);
-        let plan = plan(&vision, &tokens, &media);
-        assert_eq!(plan.tokens, ids(&case["input_ids"]), "{name}: token ids");
-        assert_eq!(
-            plan.positions.delta,
-            case["rope_deltas"].as_i64().unwrap(),
-            "{name}"
-        );
-        let rows: Vec<Vec<f32>> = plan
-            .inputs
-            .iter()
-            .map(|i| vision.encode(&pool, i))
-            .collect();
-        check_vision_rows(&golden, name, &plan, &rows);
-        let (tokens, media) = plan.into_media(rows, vision.embedding_width());
-        let ours = greedy_16(&mut session, &tokens, media);
-        let theirs = ids(&case["greedy_tokens"]);
-        assert!(
-            theirs.starts_with(&ours),
-            "{name}: greedy {ours:?}, transformers {theirs:?}"
-        );
+        let plan = planned_case(&model, &vision, case, Some((3136, 50176)));
+        let (tokens, media) = encoded(&vision, &pool, &golden, name, plan);
+        assert_greedy(&model, case, greedy_16(&mut session, &tokens, media));
     }
 }
