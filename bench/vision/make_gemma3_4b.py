@@ -17,12 +17,13 @@ image processor is set to Gemma 3's 896 x 896 and 256 tokens per image.
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from llama_files import convert_and_quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/data/hf-tiny-gemma3-vl"
@@ -123,24 +124,8 @@ def main() -> None:
     if not (q4.exists() and mmproj.exists()) and not (hf / "model.safetensors").exists():
         save_file(weights(), str(hf / "model.safetensors"))
 
-    sys.path[:0] = [str(llama), str(llama / "gguf-py")]
-    import convert_hf_to_gguf
-    from conversion import base
-    # The tiny tokenizer is Qwen2's pre-tokenizer over its own vocabulary (see
-    # scripts/gen_tiny_vl_gguf.py).
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-    q8 = out / "model-Q8_0.gguf"
-    for extra, outtype, target in [([], "q8_0", q8), (["--mmproj"], "f16", mmproj)]:
-        if target.exists() or (target == q8 and q4.exists()):
-            continue
-        sys.argv = ["convert_hf_to_gguf.py", str(hf), "--outtype", outtype, "--outfile", str(target), *extra]
-        convert_hf_to_gguf.main()
-    if not q4.exists():
-        subprocess.run([str(llama / "build/bin/llama-quantize"), "--allow-requantize", str(q8), str(q4),
-                        "Q4_K_M", "2"], check=True)
+    convert_and_quantize(hf, out, llama, intermediate="q8_0", keep_intermediate=False)
     (hf / "model.safetensors").unlink(missing_ok=True)
-    q8.unlink(missing_ok=True)
-
 
 if __name__ == "__main__":
     main()

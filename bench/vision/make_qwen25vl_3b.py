@@ -15,12 +15,13 @@ exist), padded by the converter to the real vocabulary of 151936 rows.
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from llama_files import convert_and_quantize
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/data/hf-tiny-vl"
@@ -95,22 +96,7 @@ def main() -> None:
     if not (hf / "model.safetensors").exists():
         save_file(weights(), str(hf / "model.safetensors"))
 
-    sys.path[:0] = [str(llama), str(llama / "gguf-py")]
-    import convert_hf_to_gguf
-    from conversion import base
-    # The tiny tokenizer is Qwen2's pre-tokenizer over its own vocabulary (see
-    # scripts/gen_tiny_vl_gguf.py).
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-    f16 = out / "model-f16.gguf"
-    for extra, target in [([], f16), (["--mmproj"], out / "mmproj-f16.gguf")]:
-        if target.exists():
-            continue
-        sys.argv = ["convert_hf_to_gguf.py", str(hf), "--outtype", "f16", "--outfile", str(target), *extra]
-        convert_hf_to_gguf.main()
-    q4 = out / "model-Q4_K_M.gguf"
-    if not q4.exists():
-        subprocess.run([str(llama / "build/bin/llama-quantize"), str(f16), str(q4), "Q4_K_M", "2"], check=True)
-
+    convert_and_quantize(hf, out, llama)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,8 @@ use weft_models::weights::{SafetensorsFiles, WeightSource};
 use crate::mmproj::MmprojFile;
 use crate::qwen25vl::{mmproj_token, token_id, MediaTokens, Medium, Qwen25VlVision};
 use crate::vision::{
-    pixels_hash, PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels, Video, VisionError,
+    check_placeholders, pixels_hash, PreparedPrompt, ProcessorKwargs, TowerInput, TowerPixels,
+    Video, VisionError,
 };
 use crate::{MediaKind, RgbImage};
 
@@ -71,11 +72,11 @@ impl Qwen25OmniMedia {
             vision_eos: token("vision_end")?,
         };
         let float = |key: &str, default: f32| thinker[key].as_f64().map_or(default, |v| v as f32);
-        let vision = Qwen25VlVision::load(dir, thinker)?;
         let files = SafetensorsFiles::open_dir(dir).map_err(|e| VisionError::Model {
             path: dir.to_path_buf(),
             message: e.to_string(),
         })?;
+        let vision = Qwen25VlVision::load_from(dir, thinker, &files)?;
         let audio_config = AudioTowerConfig::from_hf(&thinker["audio_config"])
             .map_err(|e| model_error(e.to_string()))?;
         let prefix = AUDIO_TOWER_PREFIXES
@@ -189,20 +190,14 @@ impl Qwen25OmniMedia {
         kwargs: ProcessorKwargs,
     ) -> Result<PreparedPrompt, VisionError> {
         let v = &self.vision;
-        for (kind, token, given) in [
-            (MediaKind::Image, v.image_token(), images.len()),
-            (MediaKind::Video, v.video_token(), videos.len()),
-            (MediaKind::Audio, self.tokens.audio, audios.len()),
-        ] {
-            let placeholders = tokens.iter().filter(|&&t| t == token).count();
-            if placeholders != given {
-                return Err(VisionError::Placeholders {
-                    kind,
-                    placeholders,
-                    given,
-                });
-            }
-        }
+        check_placeholders(
+            tokens,
+            &[
+                (MediaKind::Image, v.image_token(), images.len()),
+                (MediaKind::Video, v.video_token(), videos.len()),
+                (MediaKind::Audio, self.tokens.audio, audios.len()),
+            ],
+        )?;
         let processor = v.processor_for(kwargs)?;
         let (mut images, mut videos, mut audios) = (images.iter(), videos.iter(), audios.iter());
         let mut prompt = OmniPrompt::default();

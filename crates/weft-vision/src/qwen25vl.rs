@@ -18,8 +18,8 @@ use crate::mmproj::MmprojFile;
 use crate::qwen25vl_tower::{self, Grid, Qwen25VisionTower, TowerConfig};
 use crate::video::{self, VideoLimits};
 use crate::vision::{
-    image_processor_json, pixels_hash, processor_json, PreparedPrompt, ProcessorKwargs, TowerInput,
-    TowerPixels, Video, VideoPlan, VisionError,
+    check_placeholders, image_processor_json, pixels_hash, processor_json, PreparedPrompt,
+    ProcessorKwargs, TowerInput, TowerPixels, Video, VideoPlan, VisionError,
 };
 use crate::{
     Backend, MediaKind, Qwen2VlConfig, Qwen2VlProcessor, Qwen2VlVideoConfig, Qwen2VlVideoProcessor,
@@ -67,6 +67,20 @@ impl Qwen25VlVision {
     /// The vision side of the Hugging Face directory `dir`, whose `config.json` (`config`)
     /// is a Qwen2.5-VL model's.
     pub fn load(dir: &Path, config: &serde_json::Value) -> Result<Qwen25VlVision, VisionError> {
+        let weights = SafetensorsFiles::open_dir(dir).map_err(|e| VisionError::Model {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::load_from(dir, config, &weights)
+    }
+
+    /// [`Qwen25VlVision::load`] with the directory's tensors already open (a larger model
+    /// that holds this tower among others).
+    pub(crate) fn load_from(
+        dir: &Path,
+        config: &serde_json::Value,
+        weights: &SafetensorsFiles,
+    ) -> Result<Qwen25VlVision, VisionError> {
         let model_error = |path: &Path, message: String| VisionError::Model {
             path: path.to_path_buf(),
             message,
@@ -84,9 +98,7 @@ impl Qwen25VlVision {
                 .map_or(TOKENS_PER_SECOND, |t| t as f32),
         };
         let tower_config = TowerConfig::from_hf(&config["vision_config"])?;
-        let weights =
-            SafetensorsFiles::open_dir(dir).map_err(|e| model_error(dir, e.to_string()))?;
-        let tower = Qwen25VisionTower::load(&qwen25vl_tower::hf_weights(&weights)?, tower_config)?;
+        let tower = Qwen25VisionTower::load(&qwen25vl_tower::hf_weights(weights)?, tower_config)?;
         let (image, video) = processor_configs(dir)?;
         Self::new(tower, image, video, tokens).map_err(|message| model_error(dir, message))
     }
@@ -176,19 +188,13 @@ impl Qwen25VlVision {
         bounds: ProcessorKwargs,
     ) -> Result<PreparedPrompt, VisionError> {
         let processor = self.processor_for(bounds)?;
-        for (kind, token, given) in [
-            (MediaKind::Image, self.image_token, images.len()),
-            (MediaKind::Video, self.video_token, videos.len()),
-        ] {
-            let placeholders = tokens.iter().filter(|&&t| t == token).count();
-            if placeholders != given {
-                return Err(VisionError::Placeholders {
-                    kind,
-                    placeholders,
-                    given,
-                });
-            }
-        }
+        check_placeholders(
+            tokens,
+            &[
+                (MediaKind::Image, self.image_token, images.len()),
+                (MediaKind::Video, self.video_token, videos.len()),
+            ],
+        )?;
         let t = self.video_processor.config.frame.temporal_patch_size;
         let mut images = images
             .iter()

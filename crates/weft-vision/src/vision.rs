@@ -428,6 +428,25 @@ impl Vision {
     }
 }
 
+/// Checks that `tokens` hold one placeholder per medium: for each `(kind, token, given)`,
+/// `given` tokens `token`.
+pub(crate) fn check_placeholders(
+    tokens: &[u32],
+    expected: &[(MediaKind, u32, usize)],
+) -> Result<(), VisionError> {
+    for &(kind, token, given) in expected {
+        let placeholders = tokens.iter().filter(|&&t| t == token).count();
+        if placeholders != given {
+            return Err(VisionError::Placeholders {
+                kind,
+                placeholders,
+                given,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The hash that names an image's tower input: XXH3-128 over its shape (`dims`: the grid, or
 /// the size) and its pixel values, all little-endian. Two inputs that preprocess to the same
 /// values have the same hash, whatever their files looked like.
